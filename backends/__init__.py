@@ -1,0 +1,1 @@
+"""Code generators: reference (PyTorch), flex (FlexAttention) and triton."""

@@ -1,0 +1,623 @@
+"""The front end: .attn source -> checked pattern definitions -> IR.
+
+Parsing is lark (LALR, with positions).  Resolution substitutes parameters,
+folds constants, validates every argument it can, and records the checks
+that depend on `n` so that analyses and generated modules can run them once
+the length is known.  Every error carries a source span.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Callable, Optional
+
+from . import intexpr as ix
+from . import ir
+from .errors import PatternError, Span, did_you_mean
+
+MAX_SOURCE_BYTES = 1 << 20
+MAX_DEPTH = 200
+MAX_HEADS = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _parser():
+    import lark
+
+    text = resources.files("patternc.grammar").joinpath("attn.lark").read_text()
+    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Check:
+    """A requirement `expr >= minimum` that could not be decided without n."""
+
+    expr: ix.IntExpr
+    minimum: int
+    message: str
+    span: Optional[Span]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Optional[object]  # lark tree of the default, or None when required
+    span: Span
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    params: tuple
+    body: object  # lark tree
+    span: Span
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A resolved pattern: IR plus what is needed to explain and reproduce it."""
+
+    name: str
+    expr: object  # ir node or ir.Heads
+    params: tuple  # ((name, value-as-string), ...), in declaration order
+    checks: tuple  # n-dependent Check objects
+    source: str
+    filename: str
+
+    @property
+    def hash(self) -> str:
+        return ir.ir_hash(self.expr)
+
+    @property
+    def num_heads(self) -> Optional[int]:
+        return self.expr.num_heads if isinstance(self.expr, ir.Heads) else None
+
+    def at(self, n: int):
+        """The IR with every argument evaluated at length n, after running the n-dependent checks."""
+        for c in self.checks:
+            try:
+                v = ix.evaluate(c.expr, n)
+            except ix.EvalError as e:
+                raise PatternError(f"{c.message}: {e} at n={n}", c.span, self.source, self.filename)
+            if v < c.minimum:
+                raise PatternError(f"{c.message} (it is {v} at n={n})", c.span, self.source, self.filename)
+        try:
+            return ir.substitute_n(self.expr, n)
+        except ix.EvalError as e:
+            raise PatternError(f"{e} at n={n}", None, self.source, self.filename)
+
+
+@dataclass
+class Program:
+    source: str
+    filename: str
+    definitions: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list:
+        return list(self.definitions)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _span(node) -> Span:
+    import lark
+
+    if isinstance(node, lark.Token):
+        return Span(node.line or 1, node.column or 1)
+    meta = getattr(node, "meta", None)
+    if meta is not None and not getattr(meta, "empty", True):
+        return Span(meta.line, meta.column)
+    for child in getattr(node, "children", []):
+        if child is not None:
+            return _span(child)
+    return Span(1, 1)
+
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "an integer", "LPAR": "'('", "RPAR": "')'", "COMMA": "','",
+    "EQUAL": "'='", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'",
+    "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "LSQB": "'['", "RSQB": "']'",
+    "LBRACE": "'{'", "RBRACE": "'}'", "COLON": "':'", "__ANON_0": "'//'", "__ANON_1": "'..'",
+    "PATTERN": "'pattern'", "HEADS": "'heads'", "$END": "end of file",
+}
+
+
+def _describe_expected(expected) -> str:
+    words = sorted({_TOKEN_WORDS.get(t, t.lower()) for t in expected})
+    if len(words) > 6:
+        return ""
+    return " (expected " + ", ".join(words) + ")"
+
+
+def parse_program(source: str, filename: str = "<string>") -> Program:
+    """Parse and index the definitions; resolution happens per pattern."""
+    import lark
+
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        raise PatternError(f"file is larger than {MAX_SOURCE_BYTES // 1024} KiB; a pattern file should be small",
+                           Span(1, 1), source, filename)
+    if "\x00" in source:
+        line = source[: source.index("\x00")].count("\n") + 1
+        col = source.index("\x00") - (source.rfind("\n", 0, source.index("\x00")) + 1) + 1
+        raise PatternError("NUL byte in source", Span(line, col), source, filename)
+    depth, worst = 0, 0
+    for ch in source:  # LALR parsing is iterative, but our tree walks are not: bound nesting first
+        if ch in "([{":
+            depth += 1
+            worst = max(worst, depth)
+        elif ch in ")]}":
+            depth -= 1
+    if worst > MAX_DEPTH:
+        pos = 0
+        depth = 0
+        for pos, ch in enumerate(source):
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+            if depth > MAX_DEPTH:
+                break
+        line = source.count("\n", 0, pos) + 1
+        col = pos - (source.rfind("\n", 0, pos) + 1) + 1
+        raise PatternError(f"expression nested more than {MAX_DEPTH} levels deep", Span(line, col), source, filename)
+    try:
+        tree = _parser().parse(source)
+    except lark.UnexpectedCharacters as e:
+        ch = source[e.pos_in_stream] if e.pos_in_stream < len(source) else "?"
+        shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+        raise PatternError(f"unexpected character {shown}", Span(e.line, e.column), source, filename) from None
+    except lark.UnexpectedEOF as e:
+        lines = source.splitlines() or [""]
+        raise PatternError("unexpected end of file" + _describe_expected(e.expected),
+                           Span(len(lines), len(lines[-1]) + 1), source, filename) from None
+    except lark.UnexpectedToken as e:
+        tok = e.token
+        if tok.type == "$END":
+            lines = source.splitlines() or [""]
+            raise PatternError("unexpected end of file" + _describe_expected(e.expected),
+                               Span(len(lines), len(lines[-1]) + 1), source, filename) from None
+        raise PatternError(f"unexpected {str(tok)!r}" + _describe_expected(e.expected),
+                           Span(tok.line, tok.column), source, filename) from None
+    except lark.LarkError as e:  # pragma: no cover - other lark failures
+        raise PatternError(f"syntax error: {e}", Span(1, 1), source, filename) from None
+
+    prog = Program(source, filename)
+    for d in tree.children:
+        name_tok, params_tree, body = d.children
+        name = str(name_tok)
+        if name in prog.definitions:
+            raise PatternError(f"pattern '{name}' is defined twice", _span(name_tok), source, filename)
+        if name in PRIMITIVES or name == "n":
+            raise PatternError(f"'{name}' is a built-in name and cannot be redefined", _span(name_tok), source, filename)
+        params = []
+        seen = set()
+        if params_tree is not None:
+            for p in params_tree.children:
+                if p is None:
+                    continue
+                pname, default = p.children
+                pname_s = str(pname)
+                if pname_s in seen:
+                    raise PatternError(f"parameter '{pname_s}' is declared twice", _span(pname), source, filename)
+                if pname_s == "n" or pname_s in FUNCTIONS:
+                    raise PatternError(f"'{pname_s}' is a built-in name and cannot be a parameter",
+                                       _span(pname), source, filename)
+                seen.add(pname_s)
+                params.append(Param(pname_s, default, _span(pname)))
+        prog.definitions[name] = Definition(name, tuple(params), body, _span(name_tok))
+    if not prog.definitions:
+        raise PatternError("no pattern definitions (write: pattern NAME = EXPRESSION)", Span(1, 1), source, filename)
+    return prog
+
+
+# ---------------------------------------------------------------- primitives
+
+FUNCTIONS = ix.FUNCS
+
+
+@dataclass(frozen=True)
+class Prim:
+    positional: tuple  # names in positional order
+    defaults: dict  # keyword -> default (int) ; absent means required
+    build: Callable
+    doc: str
+    list_args: tuple = ()
+    optional: tuple = ()  # may be omitted with no default (builder gets None)
+
+
+def _local(a, ck):
+    w, d = a["w"], a["dilation"]
+    ck(w, 0, "local window must be >= 0")
+    ck(d, 1, "dilation must be >= 1")
+    if d == ix.Const(1):
+        return ir.band(ix.make("neg", w), w)
+    wd = ix.make("*", w, d)
+    return ir.inter([ir.band(ix.make("neg", wd), wd), ir.diagmod(d)])
+
+
+def _band(a, ck):
+    lo, hi = a["lo"], a["hi"]
+    if lo is None and hi is None:
+        raise _ArgError("band needs lo, hi or both")
+    if isinstance(lo, ix.Const) and isinstance(hi, ix.Const) and lo.value > hi.value:
+        raise _ArgError(f"band({lo.value}, {hi.value}) is empty: lo must be <= hi")
+    if lo is not None and hi is not None:
+        ck(ix.make("-", hi, lo), 0, "band needs lo <= hi")
+    return ir.band(lo, hi)
+
+
+def _global(a, ck):
+    k, at = a["k"], a["at"]
+    if (k is None) == (at is None):
+        raise _ArgError("global takes either a count k or at=[positions]")
+    if k is not None:
+        ck(k, 0, "global count must be >= 0")
+        return ir.union([ir.rows(ix.Const(0), k), ir.cols(ix.Const(0), k)])
+    parts = []
+    for p in at:
+        ck(p, 0, "global position must be >= 0")
+        p1 = ix.make("+", p, ix.Const(1))
+        parts += [ir.rows(p, p1), ir.cols(p, p1)]
+    return ir.union(parts)
+
+
+def _range(kind):
+    def build(a, ck):
+        lo, hi = a["a"], a["b"]
+        ck(lo, 0, f"{kind} start must be >= 0")
+        ck(ix.make("-", hi, lo), 0, f"{kind} range must have start <= end")
+        return (ir.rows if kind == "queries" else ir.cols)(lo, hi)
+    return build
+
+
+def _sink(a, ck):
+    ck(a["k"], 0, "sink count must be >= 0")
+    return ir.cols(ix.Const(0), a["k"])
+
+
+def _stride(a, ck):
+    ck(a["s"], 1, "stride must be >= 1")
+    return ir.diagmod(a["s"])
+
+
+def _block(a, ck):
+    ck(a["b"], 1, "block size must be >= 1")
+    return ir.block(a["b"])
+
+
+def _summary(a, ck):
+    l, c = a["l"], a["c"]
+    ck(l, 1, "summary period must be >= 1")
+    ck(c, 0, "summary width must be >= 0")
+    ck(ix.make("-", l, c), 0, "summary width must be <= its period")
+    return ir.keymod(l, c)
+
+
+def _fixed(a, ck):
+    return ir.union([_block({"b": a["l"]}, ck), _summary(a, ck)])
+
+
+def _random(a, ck):
+    r, b, seed = a["r"], a["block"], a["seed"]
+    ck(r, 0, "random count must be >= 0")
+    ck(b, 1, "random block size must be >= 1")
+    if not isinstance(seed, ix.Const) or not 0 <= seed.value < 2 ** 31:
+        raise _ArgError("random seed must be a constant in 0..2**31-1")
+    return ir.random(r, b, seed.value)
+
+
+PRIMITIVES: dict = {
+    "all": Prim((), {}, lambda a, ck: ir.All(), "every pair"),
+    "none": Prim((), {}, lambda a, ck: ir.Empty(), "no pair"),
+    "causal": Prim((), {}, lambda a, ck: ir.band(ix.Const(0), None), "j <= i"),
+    "local": Prim(("w",), {"dilation": 1}, _local, "|i - j| <= w*d and (i - j) % d == 0"),
+    "band": Prim(("lo", "hi"), {}, _band, "lo <= i - j <= hi", optional=("lo", "hi")),
+    "global": Prim(("k",), {}, _global, "i < k or j < k  /  i in S or j in S", list_args=("at",),
+                   optional=("k", "at")),
+    "sink": Prim(("k",), {}, _sink, "j < k"),
+    "queries": Prim(("a", "b"), {}, _range("queries"), "a <= i < b"),
+    "keys": Prim(("a", "b"), {}, _range("keys"), "a <= j < b"),
+    "stride": Prim(("s",), {}, _stride, "(i - j) % s == 0"),
+    "block": Prim(("b",), {}, _block, "i // b == j // b"),
+    "summary": Prim(("l", "c"), {}, _summary, "j % l >= l - c"),
+    "fixed": Prim(("l", "c"), {}, _fixed, "block(l) | summary(l, c)"),
+    "random": Prim(("r",), {"block": 64, "seed": 0}, _random, "r hashed key blocks per query block"),
+}
+
+
+class _ArgError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- resolution
+
+class _Resolver:
+    def __init__(self, prog: Program):
+        self.prog = prog
+        self.checks: list = []
+        self.stack: list = []
+
+    def err(self, msg: str, node) -> PatternError:
+        return PatternError(msg, _span(node) if node is not None else None, self.prog.source, self.prog.filename)
+
+    # integer expressions -------------------------------------------------
+    def ints(self, t, env: dict) -> ix.IntExpr:
+        import lark
+
+        if isinstance(t, lark.Token):
+            raise self.err(f"expected an integer expression, got {str(t)!r}", t)
+        k = t.data
+        try:
+            if k == "int":
+                text = str(t.children[0])
+                if len(text) > 19 or int(text) > ix.MAX_ABS:
+                    raise self.err(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is too large", t)
+                return ix.Const(int(text))
+            if k == "var":
+                name = str(t.children[0])
+                if name == "n":
+                    return ix.NVar()
+                if name in env:
+                    return env[name]
+                hint = did_you_mean(name, list(env) + ["n"])
+                if name in self.prog.definitions or name in PRIMITIVES:
+                    raise self.err(f"'{name}' is a pattern, not an integer{hint}", t)
+                raise self.err(f"undefined parameter '{name}'{hint}", t)
+            if k in ("add", "sub", "mul", "floordiv", "mod"):
+                op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}[k]
+                a, b = (self.ints(c, env) for c in t.children)
+                if op in ("//", "%") and b == ix.Const(0):
+                    raise self.err("division by zero", t.children[1])
+                return ix.make(op, a, b)
+            if k == "neg":
+                return ix.make("neg", self.ints(t.children[0], env))
+            if k == "icall":
+                name = str(t.children[0])
+                args = [self.ints(c, env) for c in t.children[1:] if c is not None]
+                if name not in FUNCTIONS:
+                    if name in PRIMITIVES or name in self.prog.definitions:
+                        raise self.err(f"'{name}' is a pattern, but an integer is expected here", t)
+                    raise self.err(f"unknown function '{name}'{did_you_mean(name, FUNCTIONS)}", t)
+                lo, hi = FUNCTIONS[name]
+                if len(args) < lo or (hi is not None and len(args) > hi):
+                    want = f"{lo}" if lo == hi else f"at least {lo}"
+                    raise self.err(f"{name}() takes {want} argument{'s' if lo != 1 else ''}, got {len(args)}", t)
+                if name == "cdiv" and args[1] == ix.Const(0):
+                    raise self.err("division by zero", t)
+                if name == "isqrt" and isinstance(args[0], ix.Const) and args[0].value < 0:
+                    raise self.err("isqrt of a negative number", t)
+                e = ix.make(name, *args)
+                if name in ("cdiv",) and not isinstance(e, ix.Const):
+                    self.checks.append(Check(args[1], 1, "cdiv divisor must be >= 1", _span(t)))
+                return e
+            if k == "intlist":
+                raise self.err("a list is not allowed here; lists are only for global(at=[...])", t)
+        except ix.EvalError as e:
+            raise self.err(str(e), t) from None
+        raise self.err(f"expected an integer expression, got a {k}", t)
+
+    # pattern expressions -------------------------------------------------
+    def pattern(self, t, env: dict):
+        import lark
+
+        if isinstance(t, lark.Token):
+            raise self.err(f"unexpected {str(t)!r}", t)
+        k = t.data
+        if k == "union":
+            return ir.union([self.pattern(c, env) for c in t.children])
+        if k == "inter":
+            return ir.inter([self.pattern(c, env) for c in t.children])
+        if k == "diff":
+            a, b = (self.pattern(c, env) for c in t.children)
+            return ir.diff(a, b)
+        if k == "ref":
+            return self.call(t.children[0], [], t, env)
+        if k == "call":
+            return self.call(t.children[0], [c for c in t.children[1:] if c is not None], t, env)
+        if k == "heads":
+            return self.heads(t, env)
+        if k in ("int", "add", "sub", "mul", "floordiv", "mod", "neg", "icall"):
+            raise self.err("expected a pattern, got an integer expression", t)
+        raise self.err(f"unexpected {k}", t)
+
+    def heads(self, t, env: dict):
+        cases = []
+        for c in t.children:
+            if c is None:
+                continue
+            lo_t, hi_t, body = c.children
+            lo, hi = self.ints(lo_t, env), self.ints(hi_t, env)
+            if not isinstance(lo, ix.Const) or not isinstance(hi, ix.Const):
+                raise self.err("head ranges must be constants (they cannot depend on n)", c)
+            if lo.value > hi.value:
+                raise self.err(f"head range {lo.value}..{hi.value} is empty", c)
+            cases.append((lo.value, hi.value, self.pattern(body, env), c))
+        cases.sort(key=lambda x: x[0])
+        expect = 0
+        for lo, hi, _, node in cases:
+            if lo > expect:
+                raise self.err(f"heads {expect}..{lo - 1} have no pattern (ranges must cover 0..H-1)", node)
+            if lo < expect:
+                raise self.err(f"head range {lo}..{hi} overlaps an earlier range", node)
+            expect = hi + 1
+        if expect > MAX_HEADS:
+            raise self.err(f"more than {MAX_HEADS} heads", t)
+        out = []
+        for lo, hi, e, _ in cases:
+            if isinstance(e, ir.Heads):
+                raise self.err("per-head patterns cannot be nested", t)
+            out.append(ir.HeadCase(lo, hi, e))
+        return ir.Heads(tuple(out))
+
+    def call(self, name_tok, args: list, node, env: dict):
+        import lark
+
+        name = str(name_tok)
+        pos, kw = [], {}
+        for a in args:
+            if a.data == "kwarg":
+                key = str(a.children[0])
+                if key in kw:
+                    raise self.err(f"argument '{key}' given twice", a)
+                kw[key] = (a.children[1], a)
+            else:
+                if kw:
+                    raise self.err("positional argument after a keyword argument", a)
+                pos.append((a.children[0], a))
+        if name in PRIMITIVES:
+            return self.primitive(name, PRIMITIVES[name], pos, kw, node, env)
+        if name in self.prog.definitions:
+            return self.user(self.prog.definitions[name], pos, kw, node, env)
+        if name in env or name == "n":
+            raise self.err(f"'{name}' is an integer parameter, not a pattern", name_tok)
+        hint = did_you_mean(name, list(PRIMITIVES) + list(self.prog.definitions))
+        raise self.err(f"unknown pattern '{name}'{hint}", name_tok)
+
+    def primitive(self, name: str, prim: Prim, pos, kw, node, env):
+        import lark
+
+        names = list(prim.positional) + [k for k in prim.defaults if k not in prim.positional] + list(prim.list_args)
+        if len(pos) > len(prim.positional):
+            raise self.err(f"{name}() takes at most {len(prim.positional)} positional argument"
+                           f"{'s' if len(prim.positional) != 1 else ''}, got {len(pos)}", node)
+        values: dict = {}
+        given: dict = {}
+        for pname, (val, anode) in zip(prim.positional, pos):
+            given[pname] = (val, anode)
+        for key, (val, anode) in kw.items():
+            if key not in names:
+                raise self.err(f"{name}() has no argument '{key}'{did_you_mean(key, names)}", anode)
+            if key in given:
+                raise self.err(f"{name}() got '{key}' twice", anode)
+            given[key] = (val, anode)
+        for pname in names:
+            if pname in given:
+                val, anode = given[pname]
+                is_list = isinstance(val, lark.Tree) and val.data == "intlist"
+                if pname in prim.list_args:
+                    if not is_list:
+                        raise self.err(f"{name}() argument '{pname}' must be a list like [0, 5]", anode)
+                    items = [self.ints(c, env) for c in val.children if c is not None]
+                    if not items:
+                        raise self.err(f"{name}() argument '{pname}' must not be empty", anode)
+                    values[pname] = items
+                else:
+                    if is_list:
+                        raise self.err(f"{name}() argument '{pname}' must be an integer, not a list", anode)
+                    values[pname] = self.ints(val, env)
+            elif pname in prim.defaults:
+                values[pname] = ix.Const(prim.defaults[pname])
+            elif pname in prim.optional or pname in prim.list_args:
+                values[pname] = None
+            else:
+                n_req = len([p for p in prim.positional if p not in prim.optional])
+                raise self.err(f"{name}() needs {n_req} argument{'s' if n_req != 1 else ''} "
+                               f"({', '.join(prim.positional)}); '{pname}' is missing", node)
+        anode_of = {k: v[1] for k, v in given.items()}
+
+        def ck(e: ix.IntExpr, minimum: int, message: str, _node=node):
+            argnode = next((anode_of[k] for k, v in values.items() if v is e and k in anode_of), _node)
+            if isinstance(e, ix.Const):
+                if e.value < minimum:
+                    raise self.err(f"{message}, got {e.value}", argnode)
+            else:
+                self.checks.append(Check(e, minimum, f"{name}(): {message}", _span(argnode)))
+
+        try:
+            return prim.build(values, ck)
+        except _ArgError as e:
+            raise self.err(f"{name}(): {e}", node) from None
+        except ix.EvalError as e:
+            raise self.err(f"{name}(): {e}", node) from None
+
+    def user(self, d: Definition, pos, kw, node, env):
+        if d.name in self.stack:
+            chain = " -> ".join(self.stack[self.stack.index(d.name):] + [d.name])
+            raise self.err(f"pattern '{d.name}' refers to itself ({chain})", node)
+        if len(pos) > len(d.params):
+            raise self.err(f"pattern '{d.name}' takes {len(d.params)} argument"
+                           f"{'s' if len(d.params) != 1 else ''}, got {len(pos)}", node)
+        names = [p.name for p in d.params]
+        given = {}
+        for p, (val, anode) in zip(d.params, pos):
+            given[p.name] = self.ints(val, env)
+        for key, (val, anode) in kw.items():
+            if key not in names:
+                raise self.err(f"pattern '{d.name}' has no parameter '{key}'{did_you_mean(key, names)}", anode)
+            if key in given:
+                raise self.err(f"pattern '{d.name}' got '{key}' twice", anode)
+            given[key] = self.ints(val, env)
+        return self.instantiate(d, given, node)[0]
+
+    def instantiate(self, d: Definition, given: dict, node):
+        self.stack.append(d.name)
+        try:
+            inner: dict = {}
+            for p in d.params:
+                if p.name in given:
+                    inner[p.name] = given[p.name]
+                elif p.default is not None:
+                    inner[p.name] = self.ints(p.default, inner)
+                else:
+                    raise self.err(f"pattern '{d.name}' needs a value for parameter '{p.name}'", node)
+            return self.pattern(d.body, inner), inner
+        finally:
+            self.stack.pop()
+
+
+def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict] = None) -> Pattern:
+    """Resolve one definition (default: the last one) with -D style overrides."""
+    if name is None:
+        name = list(prog.definitions)[-1]
+    if name not in prog.definitions:
+        hint = did_you_mean(name, prog.definitions)
+        raise PatternError(f"no pattern named '{name}'{hint}; this file defines: {', '.join(prog.definitions)}",
+                           None, prog.source, prog.filename)
+    d = prog.definitions[name]
+    overrides = dict(overrides or {})
+    names = [p.name for p in d.params]
+    given = {}
+    for key, value in overrides.items():
+        if key not in names:
+            what = f"its parameters are: {', '.join(names)}" if names else "it has no parameters"
+            raise PatternError(f"-D {key}: pattern '{name}' has no parameter '{key}'{did_you_mean(key, names)}; "
+                               f"{what}", None, prog.source, prog.filename)
+        if isinstance(value, bool) or not isinstance(value, int):
+            try:
+                value = int(str(value), 10)
+            except ValueError:
+                raise PatternError(f"-D {key}={value}: value must be an integer", None, prog.source,
+                                   prog.filename) from None
+        if abs(value) > ix.MAX_ABS:
+            raise PatternError(f"-D {key}={value}: value is too large", None, prog.source, prog.filename)
+        given[key] = ix.Const(value)
+    r = _Resolver(prog)
+    try:
+        expr, env = r.instantiate(d, given, d.body)
+    except RecursionError:
+        raise PatternError("pattern is nested too deeply", d.span, prog.source, prog.filename) from None
+    params = tuple((p.name, str(env[p.name])) for p in d.params)
+    uniq = tuple(dict.fromkeys(r.checks))
+    return Pattern(name, expr, params, uniq, prog.source, prog.filename)
+
+
+def check_program(prog: Program) -> list:
+    """Resolve every definition with its defaults; patterns with required parameters are
+    checked when used.  Returns the resolved patterns."""
+    out = []
+    for name, d in prog.definitions.items():
+        if all(p.default is not None for p in d.params):
+            out.append(resolve(prog, name))
+        else:  # check the body with placeholder values so typos are still found
+            r = _Resolver(prog)
+            given = {p.name: ix.Const(1) for p in d.params if p.default is None}
+            try:
+                r.instantiate(d, given, d.body)
+            except PatternError as e:
+                if "must be" in e.message or "is empty" in e.message:
+                    pass  # a placeholder value may violate a constraint; the use site is checked
+                else:
+                    raise
+    return out

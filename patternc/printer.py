@@ -1,0 +1,97 @@
+"""Print IR as code: a mask expression over index tensors, for every backend.
+
+The same printer serves the reference backend (torch), FlexAttention's
+`mask_mod` and the Triton kernels, so their masks cannot drift apart.  Integer
+arguments are printed through `arg`, which lets a backend either inline a
+constant or refer to a runtime scalar (for arguments that depend on n).
+
+Only non-negative operands are ever divided, so C-style (Triton) and
+Python-style (torch) division agree.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from . import ir
+from .intexpr import Const, IntExpr
+
+ArgFn = Callable[[IntExpr], str]
+
+
+def inline_const(e: IntExpr) -> str:
+    if isinstance(e, Const):
+        return str(e.value) if e.value >= 0 else f"({e.value})"
+    raise ValueError(f"argument {e} depends on n; give the printer an argument namer")
+
+
+def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_random_pick",
+              n: str = "n", true: Optional[str] = None) -> str:
+    """A boolean expression in `i` and `j` (broadcastable index tensors)."""
+
+    def p(y) -> str:
+        return mask_expr(y, i, j, arg, hash_fn, n, true)
+
+    if isinstance(x, ir.All):
+        return true or f"(({i} >= 0) | ({j} >= 0))"
+    if isinstance(x, ir.Empty):
+        return f"(({i} < 0) & ({j} < 0))"
+    if isinstance(x, ir.Union):
+        return "(" + " | ".join(p(y) for y in x.items) + ")"
+    if isinstance(x, ir.Inter):
+        return "(" + " & ".join(p(y) for y in x.items) + ")"
+    if isinstance(x, ir.Not):
+        return f"(~{p(x.x)})" if true is None else f"({p(x.x)} == 0)"
+    if isinstance(x, ir.Band):
+        parts = []
+        if x.lo is not None:
+            parts.append(f"({i} - {j} >= {arg(x.lo)})")
+        if x.hi is not None:
+            parts.append(f"({i} - {j} <= {arg(x.hi)})")
+        return parts[0] if len(parts) == 1 else "(" + " & ".join(parts) + ")"
+    if isinstance(x, ir.DiagMod):
+        # (i - j) % m == 0  <=>  i % m == j % m, which divides only non-negative values
+        return f"({i} % {arg(x.m)} == {j} % {arg(x.m)})"
+    if isinstance(x, ir.Rows):
+        return f"(({i} >= {arg(x.a)}) & ({i} < {arg(x.b)}) & ({j} >= 0))"
+    if isinstance(x, ir.Cols):
+        return f"(({j} >= {arg(x.a)}) & ({j} < {arg(x.b)}) & ({i} >= 0))"
+    if isinstance(x, ir.Block):
+        return f"({i} // {arg(x.b)} == {j} // {arg(x.b)})"
+    if isinstance(x, ir.KeyMod):
+        return f"(({j} % {arg(x.l)} >= {arg(x.l)} - {arg(x.c)}) & ({i} >= 0))"
+    if isinstance(x, ir.Random):
+        return f"{hash_fn}({i}, {j}, {arg(x.r)}, {arg(x.b)}, {x.seed}, {n})"
+    raise TypeError(f"cannot print {type(x).__name__}")
+
+
+def formula(x) -> str:
+    """A human-readable formula for comments and docs."""
+    if isinstance(x, ir.All):
+        return "true"
+    if isinstance(x, ir.Empty):
+        return "false"
+    if isinstance(x, ir.Union):
+        return " or ".join(f"({formula(y)})" for y in x.items)
+    if isinstance(x, ir.Inter):
+        return " and ".join(f"({formula(y)})" for y in x.items)
+    if isinstance(x, ir.Not):
+        return f"not ({formula(x.x)})"
+    if isinstance(x, ir.Band):
+        if x.lo is None:
+            return f"i - j <= {x.hi}"
+        if x.hi is None:
+            return f"i - j >= {x.lo}"
+        return f"{x.lo} <= i - j <= {x.hi}"
+    if isinstance(x, ir.DiagMod):
+        return f"(i - j) % {x.m} == 0"
+    if isinstance(x, ir.Rows):
+        return f"{x.a} <= i < {x.b}"
+    if isinstance(x, ir.Cols):
+        return f"{x.a} <= j < {x.b}"
+    if isinstance(x, ir.Block):
+        return f"i // {x.b} == j // {x.b}"
+    if isinstance(x, ir.KeyMod):
+        return f"j % {x.l} >= {x.l} - {x.c}"
+    if isinstance(x, ir.Random):
+        return f"key block j // {x.b} is one of {x.r} hashed picks (seed {x.seed}) of query block i // {x.b}"
+    return str(x)
