@@ -1,0 +1,491 @@
+"""The Triton backend: a self-contained module with the pattern compiled into its kernels.
+
+For every pass of the lowering plan (patternc.lower) it writes three kernels:
+forward, dq (query-major) and dk/dv (key-major, so no atomics are needed and
+gradients are deterministic).  Each kernel walks, per tile, the closed-form
+ranges of the pass's terms, skips tiles an earlier term already visited, and
+runs the tile body without any mask arithmetic when a term proves the tile full.
+"""
+from __future__ import annotations
+
+import string
+from importlib import resources
+
+from patternc import ir, printer
+from patternc.frontend import Pattern
+from patternc.intexpr import Const
+from patternc.lower import Code, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
+    query_major, query_position
+from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
+
+
+def _template() -> string.Template:
+    text = resources.files("patternc.backends").joinpath("templates/triton_module.py.tmpl").read_text()
+    return string.Template(text)
+
+
+def _indent(lines: list, n: int) -> list:
+    return [(" " * n + x) if x else x for x in lines]
+
+
+class _Emitter:
+    def __init__(self, pattern: Pattern):
+        self.pattern = pattern
+        self.args = printer.ArgTable()
+        self.code = Code("triton", self.args)
+        self.uses_random = printer.uses_random(pattern.expr)
+
+    # ---- masks ---------------------------------------------------------------------------
+    def mask_fn(self, name: str, expr) -> list:
+        body = printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_mask")
+        return ["@triton.jit",
+                f"def {name}(i, j, n, r__ARGS__):",
+                f'    """{_doc(printer.formula(expr))}"""',
+                f"    return {body}", "", ""]
+
+    # ---- query-major loops (forward and dq) ---------------------------------------------
+    def query_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
+        c, space = self.code, p.space
+        out: list = []
+        prev: list = []  # (index, TileRanges)
+        for ti, t in enumerate(p.terms):
+            tr = query_major(t, space, c)
+            out.append(f"# term {ti}: {printer.formula(t.expr())}")
+            out.append(f"lo{ti} = {tr.lo}  # first key index this query tile can see")
+            out.append(f"hi{ti} = {tr.hi}  # last key index")
+            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=True)
+            if tr.random is None:
+                out.append(f"kt_lo{ti} = lo{ti} // BN")
+                out.append(f"kt_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BN + 1, kt_lo{ti})")
+                out.append(f"for kt in range(kt_lo{ti}, kt_hi{ti}):")
+                out += _indent(body, 4)
+            else:
+                rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
+                out += [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
+                        f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                        f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+                        f"for t in range(0, picks{ti}):",
+                        f"    kb = _random_block(qb{ti}, t, nkb{ti}, picks{ti}, {_seed_key(tr.random.seed)})",
+                        f"    klo = tl.maximum(kb * {rb}, lo{ti})",
+                        f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
+                        f"    kt_lo = klo // BN",
+                        f"    kt_hi = tl.where(({tr.applies}) & (khi >= klo), khi // BN + 1, kt_lo)",
+                        "    for kt in range(kt_lo, kt_hi):"]
+                out += _indent(body, 8)
+            prev.append((ti, tr))
+        return out
+
+    def key_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
+        c, space = self.code, p.space
+        out: list = []
+        prev: list = []
+        for ti, t in enumerate(p.terms):
+            tr = key_major(t, space, c)
+            out.append(f"# term {ti}: {printer.formula(t.expr())}")
+            out.append(f"lo{ti} = {tr.lo}  # first query index that can see this key tile")
+            out.append(f"hi{ti} = {tr.hi}  # last query index")
+            out.append(f"at_lo{ti} = lo{ti} // BM")
+            out.append(f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})")
+            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=False)
+            if tr.random is None:
+                out.append(f"for at in range(at_lo{ti}, at_hi{ti}):")
+                out += _indent(body, 4)
+            else:
+                rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
+                out += [f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                        f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+                        f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
+                        f"for at in range(at_lo{ti}, at_hi{ti}):  # which query blocks picked this key block?",
+                        f"    if _random_picked((at * BM) // {rb}, kb{ti}, nkb{ti}, picks{ti}, "
+                        f"{_seed_key(tr.random.seed)}):"]
+                out += _indent(body, 8)
+            prev.append((ti, tr))
+        return out
+
+    def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
+                   masked_call: str, query_major_loop: bool) -> list:
+        c, space = self.code, p.space
+        lines = []
+        if query_major_loop:
+            lines += ["b0 = kt * BN", "b1 = b0 + BN - 1"]
+            idx, tile_lo, tile_hi = "kt", "kt_lo", "kt_hi"
+        else:
+            lines += ["a0 = at * BM", "a1 = a0 + BM - 1"]
+            idx, tile_lo, tile_hi = "at", "at_lo", "at_hi"
+        seen = []
+        for si, sr in prev:
+            if sr.random is None:
+                seen.append(f"(({idx} >= {tile_lo}{si}) & ({idx} < {tile_hi}{si}))")
+            else:
+                rb = c.arg(sr.random.b)
+                nk = f"(n + {rb} - 1) // {rb}"
+                picks = f"tl.minimum({c.arg(sr.random.r)}, {nk})"
+                seen.append(f"(_random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {_seed_key(sr.random.seed)}) "
+                            f"& (b0 >= lo{si}) & (b0 <= hi{si}))" if query_major_loop else
+                            f"(_random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {_seed_key(sr.random.seed)}) "
+                            f"& (a0 >= lo{si}) & (a0 <= hi{si}))")
+        fulls = []
+        if p.first:
+            for other in p.terms:
+                if other.randoms:
+                    continue
+                f = query_major(other, space, c).full
+                if f != "False":
+                    fulls.append(f"({f})" if f != "True" else "True")
+            own = query_major(t, space, c).full  # inside its own loop a random tile is a picked tile
+            if tr.random is not None and own != "False":
+                fulls.append(f"({own})" if own != "True" else "True")
+        if query_major_loop:
+            pos = "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")
+            keep = f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]"
+        else:
+            pos = "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")
+            keep = f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]"
+        work: list = [pos]
+        if fulls:
+            inb = "(a1 < LQ) & (b1 < L)"
+            anyfull = "True" if "True" in fulls else " | ".join(fulls)
+            work.append(f"full = {inb} & ({anyfull})" if anyfull != "True" else f"full = {inb}")
+            work += ["if full:  # every pair allowed: no mask arithmetic", f"    {full_call}", "else:",
+                     f"    {keep}", f"    {masked_call}"]
+        else:
+            work += [keep, masked_call]
+        if seen:
+            lines.append(f"seen = {' | '.join(seen)}  # an earlier term already visited this tile")
+            lines.append("if seen == 0:")
+            lines += _indent(work, 4)
+        else:
+            lines += work
+        return lines
+
+    # ---- kernels ---------------------------------------------------------------------------
+    def space_prologue(self, space: Space, major: str) -> list:
+        """Map the program id to a tile of the pass's index space."""
+        c = self.code
+        tile = "BM" if major == "q" else "BN"
+        if space.kind == "diag":
+            m = c.arg(space.m)
+            lines = [f"r = pid // PER  # residue class: positions r, r + {m}, r + 2*{m}, ...",
+                     "t_idx = pid % PER",
+                     f"LQ = (n - r + {m} - 1) // {m}  # length of this residue class",
+                     "L = LQ"]
+        elif space.kind == "keys":
+            lines = ["r = 0", "t_idx = pid", "LQ = n",
+                     f"L = {count_keys_below(space, c, 'n')}  # number of kept key columns"]
+        else:
+            lines = ["r = 0", "t_idx = pid", "LQ = n", "L = n"]
+        if major == "q":
+            lines += [f"a0 = t_idx * {tile}", "a1 = a0 + BM - 1",
+                      "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))"),
+                      "row_ok = (a0 + tl.arange(0, BM)) < LQ"]
+        else:
+            lines += [f"b0 = t_idx * {tile}", "b1 = b0 + BN - 1",
+                      "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))"),
+                      "col_ok = (b0 + tl.arange(0, BN)) < L"]
+        return lines
+
+    def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
+        loops = self.query_loops(
+            p, mask_name,
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
+            "offs_d, D, False, PREC)",
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
+            "offs_d, D, True, PREC)")
+        head = [
+            "@triton.jit",
+            f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
+            "        SEEDED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
+            "        PREC: tl.constexpr):",
+            f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
+            "    pid = tl.program_id(0)",
+            "    zh = tl.program_id(1)",
+            "    z = zh // HC",
+            "    h = HEAD0 + zh % HC",
+            "    hk = h // GROUP",
+        ]
+        body = self.space_prologue(p.space, "q") + [
+            "offs_d = tl.arange(0, BD)",
+            "q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
+            "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
+            "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+            "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
+            "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * n",
+            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D)",
+            "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
+            "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
+            "    m_i = lse_prev * 1.4426950408889634",
+            "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
+            "    acc = _load_rows(o_base, i, row_ok, so2, so3, offs_d, D).to(tl.float32)",
+            "else:",
+            "    m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
+            "    l_i = tl.zeros([BM], dtype=tl.float32)",
+            "    acc = tl.zeros([BM, BD], dtype=tl.float32)",
+        ]
+        tail = [
+            "# epilogue: normalise; rows that saw no key give 0 and lse = -inf",
+            "l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
+            "out = acc / l_safe[:, None]",
+            "lse = tl.where(l_i == 0.0, float('-inf'), (m_i + tl.log2(l_safe)) * 0.6931471805599453)",
+            "o_ptrs = o_base + i.to(tl.int64)[:, None] * so2 + offs_d[None, :] * so3",
+            "tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))",
+            "tl.store(lse_base + i, lse, mask=row_ok)",
+        ]
+        return head + _indent(body + loops + tail, 4) + ["", ""]
+
+    def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
+        loops = self.query_loops(
+            p, mask_name,
+            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
+            "offs_d, D, False, PREC)",
+            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
+            "offs_d, D, True, PREC)")
+        head = [
+            "@triton.jit",
+            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):",
+            f'    """dq, {p.space.describe()}; adds to DQ (float32), so passes accumulate without atomics."""',
+            "    pid = tl.program_id(0)",
+            "    zh = tl.program_id(1)",
+            "    z = zh // HC",
+            "    h = HEAD0 + zh % HC",
+            "    hk = h // GROUP",
+        ]
+        body = self.space_prologue(p.space, "q") + [
+            "offs_d = tl.arange(0, BD)",
+            "q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
+            "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
+            "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+            "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
+            "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
+            "row_base = (z.to(tl.int64) * HTOT + h) * n",
+            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D)",
+            "do = _load_rows(do_base, i, row_ok, sdo2, sdo3, offs_d, D)",
+            "lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
+            "delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
+            "dq = tl.zeros([BM, BD], dtype=tl.float32)",
+        ]
+        tail = [
+            "dq_ptrs = dq_base + i.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
+            "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
+            "tl.store(dq_ptrs, tl.load(dq_ptrs, mask=io_mask, other=0.0) + dq, mask=io_mask)",
+        ]
+        return head + _indent(body + loops + tail, 4) + ["", ""]
+
+    def dkdv_kernel(self, name: str, mask_name: str, p: Pass) -> list:
+        loops = self.key_loops(
+            p, mask_name,
+            "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, 0, "
+            "n, qk_scale, offs_d, D, False, PREC)",
+            "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, "
+            "keep, n, qk_scale, offs_d, D, True, PREC)")
+        head = [
+            "@triton.jit",
+            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER,",
+            "        qk_scale__ARGS__,",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):",
+            f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
+            "    pid = tl.program_id(0)",
+            "    zk = tl.program_id(1)",
+            "    z = zk // KC",
+            "    hk = KV0 + zk % KC",
+        ]
+        body = self.space_prologue(p.space, "k") + [
+            "offs_d = tl.arange(0, BD)",
+            "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
+            "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+            "k = _load_rows(k_base, j, col_ok, sk2, sk3, offs_d, D)",
+            "v = _load_rows(v_base, j, col_ok, sv2, sv3, offs_d, D)",
+            "dk = tl.zeros([BN, BD], dtype=tl.float32)",
+            "dv = tl.zeros([BN, BD], dtype=tl.float32)",
+            "h_first = tl.maximum(hk * GROUP, H0)",
+            "h_last = tl.minimum(hk * GROUP + GROUP - 1, H1)",
+            "for h_it in range(h_first, h_last + 1):  # the query heads that share this key/value head",
+            "    h = z.to(tl.int64) * 0 + h_it  # a 64-bit tensor under the compiler and the interpreter alike",
+            "    q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
+            "    do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
+            "    lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * n",
+            "    delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * n",
+        ]
+        tail = [
+            "dk_base = DK + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
+            "dv_base = DV + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
+            "kv_ptrs = j.to(tl.int64)[:, None] * sdk2 + offs_d[None, :] * sdk3",
+            "io_mask = col_ok[:, None] & (offs_d[None, :] < D)",
+            "tl.store(dk_base + kv_ptrs, tl.load(dk_base + kv_ptrs, mask=io_mask, other=0.0) + dk, mask=io_mask)",
+            "tl.store(dv_base + kv_ptrs, tl.load(dv_base + kv_ptrs, mask=io_mask, other=0.0) + dv, mask=io_mask)",
+        ]
+        return head + _indent(body, 4) + _indent(loops, 8) + _indent(tail, 4) + ["", ""]
+
+    # ---- host-side helpers -------------------------------------------------------------------
+    def torch_mask_fn(self, cases) -> list:
+        """`_mask_head(h, i, j, n)`: the same printed mask on torch tensors (CPU fallback, mask())."""
+        lines = ["def _mask_head(h: int, i, j, n: int):",
+                 '    """Allowed (i, j) pairs for head h, from the same printed formula as the kernels."""',
+                 "    A = _length_args(n)"]
+        for name in self.args.names.values():
+            lines.append(f"    {name} = A[{name!r}]")
+        for (h0, h1), expr in cases:
+            body = printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_pick")
+            lines.append(f"    if {h0} <= h <= {h1}:" if len(cases) > 1 else "    if True:")
+            lines.append(f"        return ({body}) & (i >= 0) & (j >= 0)")
+        lines.append('    raise ValueError(f"head {h} is outside this pattern\'s heads")')
+        return lines
+
+    def space_lambdas(self, p: Pass) -> str:
+        from patternc.intexpr import to_python
+
+        d = {"space": repr(p.space.kind)}
+        if p.space.kind == "diag":
+            m = p.space.m
+            d["m"] = f"lambda A: {m.value}" if isinstance(m, Const) else f"lambda A: A[{self.args(m)!r}]"
+        if p.space.kind == "keys":
+            pc = Code("python", self.args)
+            expr = count_keys_below(p.space, pc, "n")
+            d["kept"] = f"lambda n, A: {expr}"
+        return ", ".join(f"{k!r}: {v}" for k, v in d.items())
+
+
+RANDOM_JIT = '''
+
+# ---- random(r, block=b, seed): the same stratified hash as the language's definition ----------
+
+@triton.jit
+def _hash32(key, qb, t):
+    """32-bit xorshift-multiply hash, computed in int64 exactly as the reference does."""
+    zero = tl.zeros([], dtype=tl.int64)  # promotes plain ints (interpreter loop indices) to int64 tensors
+    x = (key + (qb + zero) * {qb_mul} + (t + zero) * {t_mul}) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * {mul}) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * {mul}) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _random_block(qb, t, nkb, picks, key):
+    """The key block that query block qb picks in segment t (segments split the key blocks evenly)."""
+    start = t * nkb // picks
+    length = (t + 1) * nkb // picks - start
+    return start + (_hash32(key, qb, t) % length)
+
+
+@triton.jit
+def _random_picked(qb, kb, nkb, picks, key):
+    """Did query block qb pick key block kb?  Closed form: kb's segment has one pick."""
+    t = ((kb + 1) * picks - 1) // nkb
+    return _random_block(qb, t, nkb, picks, key) == kb
+
+
+@triton.jit
+def _random_mask(i, j, r, b, seed, n):
+    nkb = (n + b - 1) // b
+    picks = tl.minimum(r, nkb)
+    return _random_picked(i // b, j // b, nkb, picks, (seed * {seed_mul} + 1) & 0xFFFFFFFF)
+'''
+
+
+def emit(pattern: Pattern) -> str:
+    """The module's source text (deterministic for a given pattern)."""
+    from patternc import __version__
+
+    e = _Emitter(pattern)
+    if isinstance(pattern.expr, ir.Heads):
+        cases = [((c.lo, c.hi), c.expr) for c in pattern.expr.cases]
+    else:
+        cases = [((0, None), pattern.expr)]
+    kernels: list = []
+    case_rows = []
+    random_block = None
+    for ci, ((h0, h1), expr) in enumerate(cases):
+        pl: Plan = plan(expr)
+        if pl.random_block is not None:
+            import math
+            random_block = pl.random_block if random_block is None else math.gcd(random_block, pl.random_block)
+        descs = []
+        if not pl.passes:
+            kernels.append(f"# heads {h0}..{h1 if h1 is not None else 'H-1'}: the pattern is empty; "
+                           "every row gives 0 and lse = -inf\n")
+        for pi, p in enumerate(pl.passes):
+            tag = f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}"
+            kernels.append(f"# ---- pass {pi}"
+                           + (f" (heads {h0}..{h1})" if h1 is not None else "")
+                           + f": {p.space.describe()}\n"
+                           + f"# pairs: {_doc(printer.formula(p.mask))}\n")
+            kernels.append("\n".join(e.mask_fn(f"_mask_{tag}", p.mask)))
+            kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p)))
+            kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", f"_mask_{tag}", p)))
+            kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
+            descs.append("{" + f"'fwd': _fwd_{tag}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, " + e.space_lambdas(p) + "}")
+        case_rows.append(f"    (({h0}, {h1}), [" + ", ".join(descs) + "]),")
+    names = list(e.args.names.values())
+    argsig = "".join(", " + a for a in names)
+    kernel_text = "\n".join(kernels).replace("__ARGS__", argsig)
+    # seeds of random terms reach the mask as their hash key, so the kernels and _random_pick agree
+    host = [printer.ISQRT_SOURCE, "", "", e.args.host_function(), "", "", printer.checks_function(pattern, e.args)]
+    if e.uses_random:
+        host += ["", "", _random_pick_with_key()]
+    host += ["", "", "\n".join(e.torch_mask_fn(cases)), "", "", f"_ARG_NAMES = {names!r}"]
+    header = _header(pattern, __version__)
+    t = _template()
+    text = t.substitute(
+        header=header,
+        pattern_source=printer.py_string(pattern.source),
+        pattern_name=repr(pattern.name),
+        num_heads=repr(pattern.num_heads),
+        host_support="\n".join(host),
+        random_jit=RANDOM_JIT.format(seed_mul=hex(HASH_SEED), qb_mul=hex(HASH_QB), t_mul=hex(HASH_T), mul=hex(HASH_MUL))
+        if e.uses_random else "",
+        kernels=kernel_text,
+        cases="[\n" + "\n".join(case_rows) + "\n]",
+        random_block=repr(random_block),
+        op_namespace=f"patternc_{pattern.hash}",
+    )
+    return _fix_arg_refs(text, names)
+
+
+def _fix_arg_refs(text: str, names: list) -> str:
+    import re
+
+    # space lambdas refer to arguments through the dict A
+    def repl(m):
+        return _with_args_exact(m.group(0), names)
+    return re.sub(r"'kept': lambda n, A: [^}]*", repl, text)
+
+
+def _with_args_exact(expr: str, names: list) -> str:
+    import re
+
+    if not names:
+        return expr
+    pat = re.compile(r"\b(" + "|".join(re.escape(x) for x in names) + r")\b")
+    head, _, tail = expr.partition("lambda n, A: ")
+    return head + "lambda n, A: " + pat.sub(lambda m: f"A[{m.group(1)!r}]", tail)
+
+
+def _random_pick_with_key() -> str:
+    """The torch-side random mask takes the raw seed (like the language definition)."""
+    return printer.random_source()
+
+
+def _header(pattern: Pattern, version: str) -> str:
+    try:
+        from patternc.backends.common import module_header
+        return module_header(pattern, "triton")
+    except ImportError:
+        params = ", ".join(f"{k}={v}" for k, v in pattern.params) or "(none)"
+        return (f'"""Generated by patternc {version} -- do not edit.\n\n'
+                f"source:   {pattern.filename}\npattern:  {pattern.name}\nparams:   {params}\n"
+                f"ir:       {pattern.expr}\nir hash:  {pattern.hash}\nbackend:  triton\n\"\"\"")
+
+
+def _doc(s: str) -> str:
+    s = s.replace("\\", "\\\\").replace('"""', "'''")
+    return s if len(s) < 400 else s[:400] + " ..."
+
+
+def _seed_key(seed: int) -> str:
+    """The hash key of a random seed, folded at compile time."""
+    return str((seed * HASH_SEED + 1) & 0xFFFFFFFF)

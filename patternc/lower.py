@@ -1,0 +1,507 @@
+"""Lowering: a pattern becomes a kernel plan of passes, terms and tile ranges.
+
+A pattern is rewritten as a union of *terms* (intersections of atoms).  Each
+term says, in closed form, which key tiles a query tile needs (and, transposed,
+which query tiles a key tile needs), and when a tile is certainly full.
+
+Terms are grouped into *passes*, each with its own index space:
+
+- `identity`: tokens in order (bands, global rows/columns, blocks, random);
+- `diag(m)`: tokens grouped by residue i % m, so `stride(m)` and dilation
+  become contiguous bands (the Sparse Transformer's own trick);
+- `keys(l, c)`: only the key columns with j % l >= l - c ("summary" columns),
+  compressed into a dense range.
+
+Pass p computes the pairs of its terms minus those of earlier passes; later
+passes start from the earlier passes' softmax state, so the result is exact.
+
+Range formulas are produced as code strings in a tiny expression language
+(`E`) that prints both as Python (to simulate the kernel on the host, for tile
+efficiency) and as Triton (the kernel's loop bounds): one formula, two uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import intexpr as ix
+from . import ir
+from .printer import ArgTable
+
+MAX_TERMS = 8
+
+
+# ---------------------------------------------------------------- terms
+
+@dataclass(frozen=True)
+class Term:
+    """One intersection of atoms.  `filters` are checked only by the mask."""
+
+    lo: Optional[ix.IntExpr] = None  # band on i - j
+    hi: Optional[ix.IntExpr] = None
+    rows: tuple = ()  # ((a, b), ...)
+    cols: tuple = ()
+    blocks: tuple = ()
+    diag: tuple = ()  # stride moduli
+    keymods: tuple = ()  # ((l, c), ...)
+    randoms: tuple = ()  # ir.Random atoms
+    filters: tuple = ()  # other IR nodes (negations, unions that could not be expanded)
+
+    def expr(self):
+        parts = []
+        if self.lo is not None or self.hi is not None:
+            parts.append(ir.band(self.lo, self.hi))
+        parts += [ir.rows(a, b) for a, b in self.rows]
+        parts += [ir.cols(a, b) for a, b in self.cols]
+        parts += [ir.block(b) for b in self.blocks]
+        parts += [ir.diagmod(m) for m in self.diag]
+        parts += [ir.keymod(l, c) for l, c in self.keymods]
+        parts += list(self.randoms) + list(self.filters)
+        return ir.inter(parts)
+
+
+def _combine(a: Term, b: Term) -> Term:
+    def bound(x, y, pick):
+        if x is None:
+            return y
+        if y is None:
+            return x
+        return ix.make(pick, x, y)
+
+    return Term(bound(a.lo, b.lo, "max"), bound(a.hi, b.hi, "min"), a.rows + b.rows, a.cols + b.cols,
+                a.blocks + b.blocks, a.diag + b.diag, a.keymods + b.keymods, a.randoms + b.randoms,
+                a.filters + b.filters)
+
+
+def to_terms(x) -> list:
+    """Disjunctive normal form over atoms; negations stay whole as filters."""
+    if isinstance(x, ir.Empty):
+        return []
+    if isinstance(x, ir.All):
+        return [Term()]
+    if isinstance(x, ir.Union):
+        out = []
+        for y in x.items:
+            out += to_terms(y)
+        return out
+    if isinstance(x, ir.Inter):
+        acc = [Term()]
+        for y in x.items:
+            acc = [_combine(a, b) for a in acc for b in to_terms(y)]
+            if len(acc) > MAX_TERMS:
+                return [Term(filters=(x,))]
+        return acc
+    if isinstance(x, ir.Not):
+        return [Term(filters=(x,))]
+    if isinstance(x, ir.Band):
+        return [Term(lo=x.lo, hi=x.hi)]
+    if isinstance(x, ir.Rows):
+        return [Term(rows=((x.a, x.b),))]
+    if isinstance(x, ir.Cols):
+        return [Term(cols=((x.a, x.b),))]
+    if isinstance(x, ir.Block):
+        return [Term(blocks=(x.b,))]
+    if isinstance(x, ir.DiagMod):
+        return [Term(diag=(x.m,))]
+    if isinstance(x, ir.KeyMod):
+        return [Term(keymods=((x.l, x.c),))]
+    if isinstance(x, ir.Random):
+        return [Term(randoms=(x,))]
+    raise TypeError(type(x).__name__)
+
+
+# ---------------------------------------------------------------- passes
+
+@dataclass(frozen=True)
+class Space:
+    kind: str  # "identity" | "diag" | "keys"
+    m: Optional[ix.IntExpr] = None  # diag modulus
+    l: Optional[ix.IntExpr] = None  # keys: period
+    c: Optional[ix.IntExpr] = None  # keys: columns kept per period
+
+    def describe(self) -> str:
+        if self.kind == "diag":
+            return f"tokens grouped by residue mod {self.m}: position = r + {self.m}*index"
+        if self.kind == "keys":
+            return f"keys restricted to columns j % {self.l} >= {self.l} - {self.c}"
+        return "tokens in order"
+
+
+@dataclass(frozen=True)
+class Pass:
+    space: Space
+    terms: tuple
+    mask: object  # IR: this pass's pairs (its terms minus earlier passes)
+    first: bool  # no earlier pass: full tiles need no mask at all
+
+
+@dataclass(frozen=True)
+class Plan:
+    passes: tuple
+    random_block: Optional[int]  # tiles must divide this when the pattern has `random`
+
+
+TILE_QUANTUM = 16  # random blocks must be a constant multiple of this to be visited block by block
+
+
+def _space_of(t: Term) -> tuple[Space, Term]:
+    """Choose the index space where a term is dense, moving leftovers to filters."""
+    odd = tuple(x for x in t.randoms if not (isinstance(x.b, ix.Const) and x.b.value % TILE_QUANTUM == 0))
+    if odd:  # visited through the mask only: correct, but every key tile of the row range is computed
+        t = Term(t.lo, t.hi, t.rows, t.cols, t.blocks, t.diag, t.keymods,
+                 tuple(x for x in t.randoms if x not in odd), t.filters + odd)
+    if t.diag and not t.keymods and not t.randoms:
+        m, rest = t.diag[0], t.diag[1:]
+        extra = tuple(ir.diagmod(x) for x in rest)
+        return Space("diag", m=m), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (m,), (), (), t.filters + extra)
+    if t.keymods and not t.diag and not t.randoms:
+        (l, c), rest = t.keymods[0], t.keymods[1:]
+        extra = tuple(ir.keymod(a, b) for a, b in rest)
+        return Space("keys", l=l, c=c), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), ((l, c),), (),
+                                              t.filters + extra)
+    extra = tuple(ir.diagmod(m) for m in t.diag) + tuple(ir.keymod(a, b) for a, b in t.keymods)
+    if len(t.randoms) > 1:
+        extra += t.randoms[1:]
+        t = Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), (), t.randoms[:1], t.filters)
+    return Space("identity"), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), (), t.randoms, t.filters + extra)
+
+
+def plan(expr) -> Plan:
+    """Lower one (non per-head) IR expression into passes."""
+    terms = to_terms(expr)
+    groups: dict = {}
+    for t in terms:
+        space, t2 = _space_of(t)
+        groups.setdefault(space, []).append(t2)
+    order = sorted(groups, key=lambda s: ({"identity": 0, "keys": 1, "diag": 2}[s.kind], str(s.m), str(s.l),
+                                          str(s.c)))
+    passes, earlier = [], []
+    rb = None
+    for s in order:
+        ts = groups[s]
+        # random terms last, so earlier terms never need to ask "was this tile picked?"
+        ts.sort(key=lambda t: bool(t.randoms))
+        if len(ts) > MAX_TERMS:
+            ts = [Term(filters=(ir.union([t.expr() for t in ts]),))]
+        own = ir.union([t.expr() for t in ts])
+        mask = ir.inter([own] + [ir.neg(e) for e in earlier]) if earlier else own
+        passes.append(Pass(s, tuple(ts), mask, not earlier))
+        earlier.append(own)
+        for t in ts:
+            for r in t.randoms:
+                if isinstance(r.b, ix.Const):
+                    rb = r.b.value if rb is None else _gcd(rb, r.b.value)
+    return Plan(tuple(passes), rb)
+
+
+def _gcd(a: int, b: int) -> int:
+    import math
+
+    return math.gcd(a, b)
+
+
+# ---------------------------------------------------------------- range code
+
+class Code:
+    """Scalar code strings with constant folding; prints as Python or Triton."""
+
+    def __init__(self, dialect: str, args: ArgTable):
+        self.tl = dialect == "triton"
+        self.args = args
+
+    def arg(self, e: ix.IntExpr) -> str:
+        return self.args(e)
+
+    @staticmethod
+    def _int(s: str) -> Optional[int]:
+        try:
+            return int(s.strip("()"))
+        except ValueError:
+            return None
+
+    def add(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(x + y)
+        if y == 0:
+            return a
+        if x == 0:
+            return b
+        return f"({a} + {b})"
+
+    def sub(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(x - y)
+        if y == 0:
+            return a
+        return f"({a} - {b})"
+
+    def mul(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(x * y)
+        if y == 1:
+            return a
+        if x == 1:
+            return b
+        return f"({a} * {b})"
+
+    def div(self, a: str, b: str) -> str:
+        """Floor division of a non-negative value."""
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(x // y)
+        if y == 1:
+            return a
+        return f"({a} // {b})"
+
+    def mod(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(x % y)
+        return f"({a} % {b})"
+
+    def max(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(max(x, y))
+        return f"tl.maximum({a}, {b})" if self.tl else f"max({a}, {b})"
+
+    def min(self, a: str, b: str) -> str:
+        x, y = self._int(a), self._int(b)
+        if x is not None and y is not None:
+            return str(min(x, y))
+        return f"tl.minimum({a}, {b})" if self.tl else f"min({a}, {b})"
+
+    def cdiv0(self, a: str, b: str) -> str:
+        """ceil(max(a, 0) / b) for b >= 1."""
+        return self.div(self.add(self.max(a, "0"), self.sub(b, "1")), b)
+
+    def le(self, a: str, b: str) -> str:
+        return f"({a} <= {b})"
+
+    def lt(self, a: str, b: str) -> str:
+        return f"({a} < {b})"
+
+    def eq(self, a: str, b: str) -> str:
+        return f"({a} == {b})"
+
+    def all(self, conds: list) -> str:
+        conds = [c for c in conds if c != "True"]
+        if not conds:
+            return "True"
+        return " & ".join(conds) if len(conds) > 1 else conds[0]
+
+    def any(self, conds: list) -> str:
+        if not conds:
+            return "False"
+        return " | ".join(conds) if len(conds) > 1 else conds[0]
+
+
+@dataclass
+class TileRanges:
+    """Code for one term: key index interval for a query tile, or query interval for a key tile."""
+
+    lo: str  # first index (may be unclamped)
+    hi: str  # last index, inclusive (may be unclamped)
+    applies: str  # the term can contribute to this tile row at all
+    full: str  # condition (given a concrete other-axis tile) that the tile is entirely allowed
+    random: Optional[ir.Random] = None
+
+
+def space_helpers(space: Space, c: Code) -> dict:
+    """Derived host scalars for a space."""
+    if space.kind == "diag":
+        return {"m": c.arg(space.m)}
+    if space.kind == "keys":
+        return {"l": c.arg(space.l), "c": c.arg(space.c)}
+    return {}
+
+
+def key_position(space: Space, c: Code, u: str) -> str:
+    """Token position of key index u in the space (scalar code)."""
+    if space.kind == "diag":
+        return c.add("r", c.mul(c.arg(space.m), u))
+    if space.kind == "keys":
+        l, cc = c.arg(space.l), c.arg(space.c)
+        return c.add(c.mul(c.div(u, cc), l), c.add(c.sub(l, cc), c.mod(u, cc)))
+    return u
+
+
+def query_position(space: Space, c: Code, a: str) -> str:
+    if space.kind == "diag":
+        return c.add("r", c.mul(c.arg(space.m), a))
+    return a
+
+
+def count_keys_below(space: Space, c: Code, x: str) -> str:
+    """keys space: number of kept columns j < x, for x >= 0."""
+    l, cc = c.arg(space.l), c.arg(space.c)
+    return c.add(c.mul(c.div(x, l), cc), c.max(c.sub(c.mod(x, l), c.sub(l, cc)), "0"))
+
+
+def _floor_div_expr(a: ix.IntExpr, m: ix.IntExpr) -> ix.IntExpr:
+    return ix.make("//", a, m)
+
+
+def _ceil_div_expr(a: ix.IntExpr, m: ix.IntExpr) -> ix.IntExpr:
+    return ix.make("neg", ix.make("//", ix.make("neg", a), m))
+
+
+def query_major(t: Term, space: Space, c: Code) -> TileRanges:
+    """Key index range [lo, hi] for query tile [a0, a1] (names a0, a1, and b0, b1 for `full`)."""
+    lows, highs, applies, full = ["0"], ["L - 1"], [], []
+    if space.kind == "identity":
+        if t.lo is not None:
+            highs.append(c.sub("a1", c.arg(t.lo)))
+            full.append(c.le(c.arg(t.lo), c.sub("a0", "b1")))
+        if t.hi is not None:
+            lows.append(c.sub("a0", c.arg(t.hi)))
+            full.append(c.le(c.sub("a1", "b0"), c.arg(t.hi)))
+        for a, b in t.cols:
+            lows.append(c.arg(a))
+            highs.append(c.sub(c.arg(b), "1"))
+            full += [c.le(c.arg(a), "b0"), c.lt("b1", c.arg(b))]
+        for bs in t.blocks:
+            bsa = c.arg(bs)
+            lows.append(c.mul(c.div("a0", bsa), bsa))
+            highs.append(c.sub(c.mul(c.add(c.div("a1", bsa), "1"), bsa), "1"))
+            full += [c.eq(c.div("a0", bsa), c.div("a1", bsa)), c.eq(c.div("b0", bsa), c.div("a0", bsa)),
+                     c.eq(c.div("b1", bsa), c.div("a0", bsa))]
+        for a, b in t.rows:
+            applies += [c.le(c.arg(a), "a1"), c.lt("a0", c.arg(b))]
+            full += [c.le(c.arg(a), "a0"), c.lt("a1", c.arg(b))]
+    elif space.kind == "diag":
+        m = c.arg(space.m)
+        if t.lo is not None:
+            cl = c.arg(_ceil_div_expr(t.lo, space.m))
+            highs.append(c.sub("a1", cl))
+            full.append(c.le(cl, c.sub("a0", "b1")))
+        if t.hi is not None:
+            fh = c.arg(_floor_div_expr(t.hi, space.m))
+            lows.append(c.sub("a0", fh))
+            full.append(c.le(c.sub("a1", "b0"), fh))
+        for a, b in t.cols:
+            lows.append(c.cdiv0(c.sub(c.arg(a), "r"), m))
+            highs.append(c.sub(c.cdiv0(c.sub(c.arg(b), "r"), m), "1"))
+            full += [c.le(c.arg(a), key_position(space, c, "b0")), c.lt(key_position(space, c, "b1"), c.arg(b))]
+        for a, b in t.rows:
+            ra = c.cdiv0(c.sub(c.arg(a), "r"), m)
+            rb = c.cdiv0(c.sub(c.arg(b), "r"), m)
+            applies += [c.le(ra, "a1"), c.lt("a0", rb)]
+            full += [c.le(ra, "a0"), c.lt("a1", rb)]
+        for bs in t.blocks:  # exact only through the mask; the range is the tokens' block hull
+            bsa = c.arg(bs)
+            p0, p1 = query_position(space, c, "a0"), query_position(space, c, "a1")
+            lo_pos = c.mul(c.div(p0, bsa), bsa)
+            hi_pos = c.sub(c.mul(c.add(c.div(p1, bsa), "1"), bsa), "1")
+            lows.append(c.cdiv0(c.sub(lo_pos, "r"), m))
+            highs.append(c.div(c.sub(hi_pos, "r"), m))
+            full.append("False")
+    else:  # keys space
+        for_pos_lo, for_pos_hi = [], []
+        if t.lo is not None:
+            for_pos_hi.append(c.sub("a1", c.arg(t.lo)))
+            full.append(c.le(key_position(space, c, "b1"), c.sub("a0", c.arg(t.lo))))
+        if t.hi is not None:
+            for_pos_lo.append(c.sub("a0", c.arg(t.hi)))
+            full.append(c.le(c.sub("a1", c.arg(t.hi)), key_position(space, c, "b0")))
+        for a, b in t.cols:
+            for_pos_lo.append(c.arg(a))
+            for_pos_hi.append(c.sub(c.arg(b), "1"))
+            full += [c.le(c.arg(a), key_position(space, c, "b0")), c.lt(key_position(space, c, "b1"), c.arg(b))]
+        for bs in t.blocks:
+            bsa = c.arg(bs)
+            for_pos_lo.append(c.mul(c.div("a0", bsa), bsa))
+            for_pos_hi.append(c.sub(c.mul(c.add(c.div("a1", bsa), "1"), bsa), "1"))
+            kb0 = c.div(key_position(space, c, "b0"), bsa)
+            kb1 = c.div(key_position(space, c, "b1"), bsa)
+            full += [c.eq(c.div("a0", bsa), c.div("a1", bsa)), c.eq(kb0, c.div("a0", bsa)),
+                     c.eq(kb1, c.div("a0", bsa))]
+        for a, b in t.rows:
+            applies += [c.le(c.arg(a), "a1"), c.lt("a0", c.arg(b))]
+            full += [c.le(c.arg(a), "a0"), c.lt("a1", c.arg(b))]
+        for x in for_pos_lo:
+            lows.append(count_keys_below(space, c, c.max(x, "0")))
+        for x in for_pos_hi:
+            highs.append(c.sub(count_keys_below(space, c, c.max(c.add(x, "1"), "0")), "1"))
+    if t.filters or len(t.diag) > 1 or len(t.keymods) > 1:
+        full.append("False")
+    if t.randoms:
+        (rnd,) = t.randoms
+        rb = c.arg(rnd.b)
+        # BM and BN divide the random block: a query tile sits in one query block, and a visited
+        # key tile lies entirely inside a picked key block.
+        return TileRanges(_fold_max(c, lows), _fold_min(c, highs), c.all(applies), c.all(full), rnd)
+    return TileRanges(_fold_max(c, lows), _fold_min(c, highs), c.all(applies), c.all(full))
+
+
+def key_major(t: Term, space: Space, c: Code) -> TileRanges:
+    """Query index range [lo, hi] for key tile [b0, b1] (the transpose of query_major)."""
+    lows, highs, applies = ["0"], ["LQ - 1"], []
+    if space.kind == "identity":
+        if t.lo is not None:
+            lows.append(c.add("b0", c.arg(t.lo)))
+        if t.hi is not None:
+            highs.append(c.add("b1", c.arg(t.hi)))
+        for a, b in t.rows:
+            lows.append(c.arg(a))
+            highs.append(c.sub(c.arg(b), "1"))
+        for a, b in t.cols:
+            applies += [c.le(c.arg(a), "b1"), c.lt("b0", c.arg(b))]
+        for bs in t.blocks:
+            bsa = c.arg(bs)
+            lows.append(c.mul(c.div("b0", bsa), bsa))
+            highs.append(c.sub(c.mul(c.add(c.div("b1", bsa), "1"), bsa), "1"))
+    elif space.kind == "diag":
+        m = c.arg(space.m)
+        if t.lo is not None:
+            lows.append(c.add("b0", c.arg(_ceil_div_expr(t.lo, space.m))))
+        if t.hi is not None:
+            highs.append(c.add("b1", c.arg(_floor_div_expr(t.hi, space.m))))
+        for a, b in t.rows:
+            lows.append(c.cdiv0(c.sub(c.arg(a), "r"), m))
+            highs.append(c.sub(c.cdiv0(c.sub(c.arg(b), "r"), m), "1"))
+        for a, b in t.cols:
+            ka = c.cdiv0(c.sub(c.arg(a), "r"), m)
+            kb = c.cdiv0(c.sub(c.arg(b), "r"), m)
+            applies += [c.le(ka, "b1"), c.lt("b0", kb)]
+        for bs in t.blocks:
+            bsa = c.arg(bs)
+            p0, p1 = key_position(space, c, "b0"), key_position(space, c, "b1")
+            lo_pos = c.mul(c.div(p0, bsa), bsa)
+            hi_pos = c.sub(c.mul(c.add(c.div(p1, bsa), "1"), bsa), "1")
+            lows.append(c.cdiv0(c.sub(lo_pos, "r"), m))
+            highs.append(c.div(c.sub(hi_pos, "r"), m))
+    else:
+        j0, j1 = key_position(space, c, "b0"), key_position(space, c, "b1")
+        if t.lo is not None:
+            lows.append(c.add(j0, c.arg(t.lo)))
+        if t.hi is not None:
+            highs.append(c.add(j1, c.arg(t.hi)))
+        for a, b in t.rows:
+            lows.append(c.arg(a))
+            highs.append(c.sub(c.arg(b), "1"))
+        for a, b in t.cols:
+            applies += [c.le(c.arg(a), j1), c.lt(j0, c.arg(b))]
+        for bs in t.blocks:
+            bsa = c.arg(bs)
+            lows.append(c.mul(c.div(j0, bsa), bsa))
+            highs.append(c.sub(c.mul(c.add(c.div(j1, bsa), "1"), bsa), "1"))
+    rnd = t.randoms[0] if t.randoms else None
+    return TileRanges(_fold_max(c, lows), _fold_min(c, highs), c.all(applies), "", rnd)
+
+
+def _fold_max(c: Code, xs: list) -> str:
+    out = xs[0]
+    for x in xs[1:]:
+        out = c.max(out, x)
+    return out
+
+
+def _fold_min(c: Code, xs: list) -> str:
+    out = xs[0]
+    for x in xs[1:]:
+        out = c.min(out, x)
+    return out
