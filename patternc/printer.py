@@ -95,3 +95,93 @@ def formula(x) -> str:
     if isinstance(x, ir.Random):
         return f"key block j // {x.b} is one of {x.r} hashed picks (seed {x.seed}) of query block i // {x.b}"
     return str(x)
+
+
+# ---------------------------------------------------------------- host code shared by generated modules
+
+class ArgTable:
+    """Names for integer arguments that depend on n.
+
+    Constants are inlined; every distinct n-dependent expression gets one name
+    (`_a0`, `_a1`, ...) computed once per call on the host, so kernels see it
+    as a runtime scalar."""
+
+    def __init__(self, prefix: str = "_a") -> None:
+        self.prefix = prefix
+        self.names: dict = {}
+
+    def __call__(self, e: IntExpr) -> str:
+        if isinstance(e, Const):
+            return inline_const(e)
+        if e not in self.names:
+            self.names[e] = f"{self.prefix}{len(self.names)}"
+        return self.names[e]
+
+    def host_function(self, name: str = "_length_args") -> str:
+        """`def _length_args(n)` returning a dict of the named values."""
+        from .intexpr import to_python
+
+        lines = [f"def {name}(n: int) -> dict:",
+                 '    """Pattern arguments that depend on the sequence length n."""']
+        for e, v in self.names.items():
+            lines.append(f"    {v} = {to_python(e)}  # {e}")
+        lines.append("    return {" + ", ".join(f"{v!r}: {v}" for v in self.names.values()) + "}")
+        return "\n".join(lines)
+
+
+ISQRT_SOURCE = '''\
+def _isqrt(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"isqrt of a negative number ({x})")
+    return math.isqrt(x)'''
+
+
+RANDOM_SOURCE = '''\
+def _random_pick(i, j, r, b, seed, n):
+    """random(r, block=b, seed): key blocks are split into min(r, #blocks) equal segments
+    and query block i // b picks one block per segment by a 32-bit hash.  Works on
+    int64 tensors and Python ints alike."""
+    nkb = -(-n // b)
+    picks = min(r, nkb)
+    qb, kb = i // b, j // b
+    t = ((kb + 1) * picks - 1) // nkb
+    start = t * nkb // picks
+    length = (t + 1) * nkb // picks - start
+    x = (seed * {seed_mul} + qb * {qb_mul} + t * {t_mul} + 1) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * {mul}) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * {mul}) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    return kb == start + x % length'''
+
+
+def random_source() -> str:
+    from .semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
+
+    return RANDOM_SOURCE.format(seed_mul=hex(HASH_SEED), qb_mul=hex(HASH_QB), t_mul=hex(HASH_T),
+                                mul=hex(HASH_MUL))
+
+
+def checks_function(pattern, table: "ArgTable", name: str = "_check_length") -> str:
+    """`def _check_length(n)`: the n-dependent argument checks, as ValueErrors."""
+    from .intexpr import to_python
+
+    lines = [f"def {name}(n: int) -> None:",
+             '    """Reject lengths at which the pattern\'s arguments are invalid."""',
+             "    if n < 1:",
+             '        raise ValueError(f"sequence length must be >= 1, got n={n}")']
+    for c in pattern.checks:
+        msg = c.message.replace("\\", "\\\\").replace('"', "'").replace("{", "{{").replace("}", "}}")
+        lines.append(f"    if {to_python(c.expr)} < {c.minimum}:")
+        lines.append(f'        raise ValueError(f"{msg} (n={{n}})")')
+    return "\n".join(lines)
+
+
+def uses_random(expr) -> bool:
+    return any(isinstance(x, ir.Random) for x in ir.walk(expr))
+
+
+def py_string(text: str) -> str:
+    """A safe Python string literal for arbitrary text (source files go in only this way)."""
+    return repr(text)
