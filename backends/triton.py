@@ -14,7 +14,7 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const
-from patternc.lower import Code, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
+from patternc.lower import Code, choose_forward_tiles, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
     query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -188,15 +188,15 @@ class _Emitter:
         loops = self.query_loops(
             p, mask_name,
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
-            "offs_d, D, False, PREC)",
+            "offs_d, D, False, PREC, WIDEN)",
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
-            "offs_d, D, True, PREC)")
+            "offs_d, D, True, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
             "        SEEDED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
-            "        PREC: tl.constexpr):",
+            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
             "    pid = tl.program_id(0)",
             "    zh = tl.program_id(1)",
@@ -211,12 +211,12 @@ class _Emitter:
             "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * n",
-            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D)",
+            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
             "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
-            "    acc = _load_rows(o_base, i, row_ok, so2, so3, offs_d, D).to(tl.float32)",
+            "    acc = _load_rows(o_base, i, row_ok, so2, so3, offs_d, D, WIDEN).to(tl.float32)",
             "else:",
             "    m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
             "    l_i = tl.zeros([BM], dtype=tl.float32)",
@@ -237,14 +237,14 @@ class _Emitter:
         loops = self.query_loops(
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
-            "offs_d, D, False, PREC)",
+            "offs_d, D, False, PREC, WIDEN)",
             "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
-            "offs_d, D, True, PREC)")
+            "offs_d, D, True, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """dq, {p.space.describe()}; adds to DQ (float32), so passes accumulate without atomics."""',
             "    pid = tl.program_id(0)",
             "    zh = tl.program_id(1)",
@@ -260,8 +260,8 @@ class _Emitter:
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
-            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D)",
-            "do = _load_rows(do_base, i, row_ok, sdo2, sdo3, offs_d, D)",
+            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
+            "do = _load_rows(do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN)",
             "lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
             "delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
             "dq = tl.zeros([BM, BD], dtype=tl.float32)",
@@ -277,15 +277,15 @@ class _Emitter:
         loops = self.key_loops(
             p, mask_name,
             "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, 0, "
-            "n, qk_scale, offs_d, D, False, PREC)",
+            "n, qk_scale, offs_d, D, False, PREC, WIDEN)",
             "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, "
-            "keep, n, qk_scale, offs_d, D, True, PREC)")
+            "keep, n, qk_scale, offs_d, D, True, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER,",
             "        qk_scale__ARGS__,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
             "    pid = tl.program_id(0)",
             "    zk = tl.program_id(1)",
@@ -296,8 +296,8 @@ class _Emitter:
             "offs_d = tl.arange(0, BD)",
             "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
             "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
-            "k = _load_rows(k_base, j, col_ok, sk2, sk3, offs_d, D)",
-            "v = _load_rows(v_base, j, col_ok, sv2, sv3, offs_d, D)",
+            "k = _load_rows(k_base, j, col_ok, sk2, sk3, offs_d, D, WIDEN)",
+            "v = _load_rows(v_base, j, col_ok, sv2, sv3, offs_d, D, WIDEN)",
             "dk = tl.zeros([BN, BD], dtype=tl.float32)",
             "dv = tl.zeros([BN, BD], dtype=tl.float32)",
             "h_first = tl.maximum(hk * GROUP, H0)",
@@ -441,6 +441,7 @@ def emit(pattern: Pattern) -> str:
         kernels=kernel_text,
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
+        fwd_tiles=repr(choose_forward_tiles(pattern)),
         op_namespace=f"patternc_{pattern.hash}",
     )
     return _fix_arg_refs(text, names)

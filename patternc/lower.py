@@ -207,6 +207,7 @@ class Code:
 
     def __init__(self, dialect: str, args: ArgTable):
         self.tl = dialect == "triton"
+        self.np = dialect == "numpy"
         self.args = args
 
     def arg(self, e: ix.IntExpr) -> str:
@@ -266,12 +267,16 @@ class Code:
         x, y = self._int(a), self._int(b)
         if x is not None and y is not None:
             return str(max(x, y))
+        if self.np:
+            return f"np.maximum({a}, {b})"
         return f"tl.maximum({a}, {b})" if self.tl else f"max({a}, {b})"
 
     def min(self, a: str, b: str) -> str:
         x, y = self._int(a), self._int(b)
         if x is not None and y is not None:
             return str(min(x, y))
+        if self.np:
+            return f"np.minimum({a}, {b})"
         return f"tl.minimum({a}, {b})" if self.tl else f"min({a}, {b})"
 
     def cdiv0(self, a: str, b: str) -> str:
@@ -505,3 +510,136 @@ def _fold_min(c: Code, xs: list) -> str:
     for x in xs[1:]:
         out = c.min(out, x)
     return out
+
+
+# ---------------------------------------------------------------- host simulation of the kernels
+
+def visited_tiles(expr, n: int, bm: int, bn: int) -> int:
+    """How many (query tile, key tile) pairs the forward kernel computes at length n.
+
+    `expr` must be evaluated at n (Pattern.at).  This runs the very range formulas the
+    kernel uses, printed for numpy instead of Triton and evaluated for all query tiles
+    at once, so it reports what the kernel does in milliseconds even at n = 2**20."""
+    import numpy as np
+
+    from .semantics import HASH_QB, HASH_SEED, HASH_T, mix32
+
+    if isinstance(expr, ir.Heads):
+        raise TypeError("visited_tiles works on one head's pattern")
+    pl = plan(expr)
+    args = ArgTable()
+    c = Code("numpy", args)
+    total = 0
+    for p in pl.passes:
+        ranges = [query_major(t, p.space, c) for t in p.terms]
+        env: dict = {"np": np, "n": n}
+        for e, name in args.names.items():
+            env[name] = ix.evaluate(e, n)
+        if p.space.kind == "diag":
+            m = ix.evaluate(p.space.m, n)
+            r = np.arange(min(m, n), dtype=np.int64)
+            lq = (n - r + m - 1) // m
+            per = -(-lq // bm)
+            rr = np.repeat(r, per)
+            lqq = np.repeat(lq, per)
+            a0 = (np.arange(int(per.sum()), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)) * bm
+            env.update(r=rr, LQ=lqq, L=lqq)
+        else:
+            a0 = np.arange(-(-n // bm), dtype=np.int64) * bm
+            env.update(r=0, LQ=n, L=n)
+            if p.space.kind == "keys":
+                env["L"] = int(eval(count_keys_below(p.space, c, "n"), env))
+        env.update(a0=a0, a1=a0 + bm - 1)
+        rows = a0.shape[0]
+
+        def ev(code: str):
+            return np.broadcast_to(np.asarray(eval(code, env)), (rows,)).astype(np.int64)
+
+        los, his = [], []
+        randoms = []
+        for tr in ranges:
+            lo, hi = ev(tr.lo), ev(tr.hi)
+            ok = ev(tr.applies).astype(bool) & (hi >= lo)
+            if tr.random is None:
+                los.append(np.where(ok, lo // bn, 0))
+                his.append(np.where(ok, hi // bn + 1, 0))
+            else:
+                randoms.append((tr.random, lo, hi, ok))
+        merged_lo = merged_hi = None
+        if los:
+            lo_m, hi_m = np.stack(los, 1), np.stack(his, 1)
+            order = np.argsort(lo_m, 1, kind="stable")
+            lo_m, hi_m = np.take_along_axis(lo_m, order, 1), np.take_along_axis(hi_m, order, 1)
+            count = np.zeros(rows, dtype=np.int64)
+            cur_lo, cur_hi = lo_m[:, 0].copy(), hi_m[:, 0].copy()
+            for k in range(1, lo_m.shape[1]):  # sweep the sorted spans, merging overlaps
+                gap = lo_m[:, k] > cur_hi
+                count += np.where(gap, np.maximum(cur_hi - cur_lo, 0), 0)
+                cur_lo = np.where(gap, lo_m[:, k], cur_lo)
+                cur_hi = np.where(gap, hi_m[:, k], np.maximum(cur_hi, hi_m[:, k]))
+            count += np.maximum(cur_hi - cur_lo, 0)
+            total += int(count.sum())
+            merged_lo, merged_hi = lo_m, hi_m
+        for rnd, lo, hi, ok in randoms:
+            b, r_ = ix.evaluate(rnd.b, n), ix.evaluate(rnd.r, n)
+            nkb = -(-n // b)
+            picks = min(r_, nkb)
+            key = (rnd.seed * HASH_SEED + 1) & 0xFFFFFFFF
+            qb = a0 // b
+            for t in range(picks):
+                start = t * nkb // picks
+                length = (t + 1) * nkb // picks - start
+                kb = start + mix32((key + qb * HASH_QB + t * HASH_T) & 0xFFFFFFFF) % length
+                klo, khi = np.maximum(kb * b, lo), np.minimum(kb * b + b - 1, hi)
+                for off in range(-(-b // bn)):  # the key tiles of the picked block
+                    kt = klo // bn + off
+                    live = ok & (khi >= klo) & (kt <= khi // bn)
+                    if merged_lo is not None:
+                        live &= ~((merged_lo <= kt[:, None]) & (kt[:, None] < merged_hi)).any(1)
+                    total += int(live.sum())
+    return total
+
+
+def count_pairs(expr, n: int, chunk: int = 256) -> int:
+    """Exact number of allowed pairs, by chunks of rows (numpy; for checks at moderate n)."""
+    import numpy as np
+
+    from .semantics import allowed
+
+    j = np.arange(n, dtype=np.int64)[None, :]
+    total = 0
+    for s in range(0, n, chunk):
+        i = np.arange(s, min(n, s + chunk), dtype=np.int64)[:, None]
+        total += int(np.broadcast_to(allowed(expr, i, j, n), (i.shape[0], n)).sum())
+    return total
+
+
+def kernel_tile_efficiency(expr, n: int, bm: int = 128, bn: int = 64, nnz: Optional[int] = None) -> float:
+    """Allowed pairs / pairs the kernel computes (visited tiles x bm x bn)."""
+    visited = visited_tiles(expr, n, bm, bn)
+    if visited == 0:
+        return 1.0
+    if nnz is None:
+        nnz = count_pairs(expr, n)
+    return nnz / (visited * bm * bn)
+
+
+# Forward tile shapes the GPU kernels may use (D <= 128, 16-bit inputs), largest first.  A bigger
+# tile does more work per load, so it must keep most of the smaller tile's efficiency to win.
+TILE_CHOICES = ((128, 64), (64, 64))
+BIG_TILE_ADVANTAGE = 1.15
+REFERENCE_LENGTH = 16384
+
+
+def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
+    """(BM, BN) for the forward kernel, by the cost model: maximise tile efficiency,
+    weighted by the larger tile's higher throughput.  Decided once, at compile time."""
+    exprs = pattern.at(n)
+    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
+    best, best_score = TILE_CHOICES[0], -1.0
+    for k, (bm, bn) in enumerate(TILE_CHOICES):
+        visited = sum(visited_tiles(e, n, bm, bn) for e in exprs) * bm * bn  # allowed pairs are fixed
+        score = (1.0 / visited if visited else 0.0) * (BIG_TILE_ADVANTAGE if k == 0 else 1.0)
+        if score > best_score:
+            best, best_score = (bm, bn), score
+    return best

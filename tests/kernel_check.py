@@ -1,0 +1,98 @@
+"""Shared checks for generated attention modules: run one against a float64 dense oracle.
+
+Used by the interpreter tests (CPU, TRITON_INTERPRET=1) and the GPU suite
+(`pytest -m gpu`), so both assert exactly the same contract.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from patternc import semantics
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def dense_reference(q, k, v, allowed: torch.Tensor, scale: float, dtype=torch.float64):
+    """Masked softmax attention in high precision; fully masked rows give 0 and lse = -inf."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, 1)
+    v = v.repeat_interleave(group, 1)
+    s = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - safe[..., None]).masked_fill(~allowed, 0.0)
+    return torch.einsum("bhij,bhjd->bhid", p, v), lse
+
+
+def pattern_mask(pattern, n: int, H: int, device) -> torch.Tensor:
+    """(1, H or 1, n, n) boolean mask from the semantics oracle."""
+    e = pattern.at(n)
+    if pattern.num_heads:
+        m = torch.stack([semantics.dense_mask(e.for_head(h), n) for h in range(H)])[None]
+    else:
+        m = semantics.dense_mask(e, n)[None, None]
+    return m.to(device)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, with max |b| floored at 0.1 so that exactly-zero references
+    (e.g. dq at n = 1) compare on an absolute scale (NaN anywhere counts as infinite error)."""
+    a, b = a.double(), b.double()
+    if torch.isnan(a).any():
+        return math.inf
+    denom = b.abs().max().item()
+    return (a - b).abs().max().item() / max(denom, 0.1)
+
+
+@dataclass
+class Result:
+    out: float
+    lse_ok: bool
+    dq: float
+    dk: float
+    dv: float
+
+    def worst(self) -> float:
+        return max(self.out, self.dq, self.dk, self.dv)
+
+
+def make_inputs(B, H, HK, n, D, dtype, device, seed=None, noncontiguous=False):
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed if seed is not None else torch.seed() % (2 ** 31))
+
+    def rnd(h):
+        if noncontiguous:  # (B, n, H, D) storage, viewed as (B, H, n, D)
+            t = torch.randn(B, n, h, D, generator=g).transpose(1, 2)
+        else:
+            t = torch.randn(B, h, n, D, generator=g)
+        return t.to(device=device, dtype=dtype).requires_grad_(True)
+
+    return rnd(H), rnd(HK), rnd(HK)
+
+
+def check_module(mod, pattern, n: int, D: int = 16, B: int = 1, H: int = 2, HK: int = 1,
+                 dtype=torch.float32, device="cpu", backward: bool = True, noncontiguous: bool = False,
+                 seed=None, ref_dtype=torch.float64) -> Result:
+    q, k, v = make_inputs(B, H, HK, n, D, dtype, device, seed, noncontiguous)
+    if noncontiguous:
+        assert not q.is_contiguous()
+    scale = 1.0 / math.sqrt(D)
+    out, lse = mod.attention(q, k, v, return_lse=True)
+    allowed = pattern_mask(pattern, n, H, device)
+    qq, kk, vv = (t.detach().to(ref_dtype).requires_grad_(True) for t in (q, k, v))
+    ro, rl = dense_reference(qq, kk, vv, allowed, scale, ref_dtype)
+    fin = torch.isfinite(rl)
+    lse_ok = bool(torch.equal(torch.isinf(lse), torch.isinf(rl)) and not torch.isnan(lse).any()
+                  and (not fin.any() or (lse.double() - rl.double())[fin].abs().max().item() < 50 * TOL[dtype]))
+    res = Result(rel_err(out, ro), lse_ok, 0.0, 0.0, 0.0)
+    if backward:
+        do = torch.randn_like(out)
+        (out.float() * do.float()).sum().backward()
+        (ro * do.to(ref_dtype)).sum().backward()
+        res.dq, res.dk, res.dv = rel_err(q.grad, qq.grad), rel_err(k.grad, kk.grad), rel_err(v.grad, vv.grad)
+    return res
