@@ -335,7 +335,6 @@ class _Emitter:
         return lines
 
     def space_lambdas(self, p: Pass) -> str:
-        from patternc.intexpr import to_python
 
         d = {"space": repr(p.space.kind)}
         if p.space.kind == "diag":
@@ -369,7 +368,7 @@ def _random_block(qb, t, nkb, picks, key):
     """The key block that query block qb picks in segment t (segments split the key blocks evenly)."""
     start = t * nkb // picks
     length = (t + 1) * nkb // picks - start
-    return start + (_hash32(key, qb, t) % length)
+    return (start + (_hash32(key, qb, t) % length)).to(tl.int32)
 
 
 @triton.jit

@@ -12,3 +12,12 @@ __version__ = "0.1.0"
 
 from .api import analyze, compile, load, parse  # noqa: E402,F401
 from .errors import PatternError  # noqa: E402,F401
+
+# In a source checkout, backends/ and grammar/ sit beside this package rather than inside it
+# (the installed package maps them to patternc.backends and patternc.grammar).
+import os as _os  # noqa: E402
+
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")) \
+        and _os.path.isfile(_os.path.join(_root, "backends", "triton.py")):
+    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821

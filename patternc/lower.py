@@ -21,7 +21,7 @@ efficiency) and as Triton (the kernel's loop bounds): one formula, two uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from . import intexpr as ix

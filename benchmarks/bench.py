@@ -1,0 +1,248 @@
+"""Benchmark generated kernels against FlexAttention and SDPA, in one run, on one GPU.
+
+    python benchmarks/bench.py                       # every pattern, n = 16384 and 65536, D = 128 and 64
+    python benchmarks/bench.py --n 16384 --d 128 --patterns local,strided
+
+For each pattern it times, with triton.testing.do_bench (median, after warm-up):
+  - patternc's generated Triton module: forward, and forward + backward;
+  - FlexAttention (torch.compile'd flex_attention) with a BlockMask for the same pattern
+    (the mask_mod is printed from the same IR); BlockMask build time is reported apart;
+  - SDPA dense and causal on the cuDNN and flash backends (the ceiling).
+Useful TFLOP/s = 4 * nnz * D * H * B / time (forward), 2.5x that for forward + backward.
+It writes a markdown table and JSON to benchmarks/results/ with GPU, versions, date and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import patternc  # noqa: E402
+from patternc import printer  # noqa: E402
+from patternc.lower import choose_forward_tiles, kernel_tile_efficiency  # noqa: E402
+
+# The patterns of the reference measurements (shared anchors), written in .attn.
+PATTERNS = {
+    "local": "local(256)",
+    "causal_local": "causal & local(256)",
+    "longformer": "local(256) | global(16)",
+    "bigbird": "local(127) | global(128) | random(3, block=64)",
+    "strided": "causal & (local(isqrt(n) - 1) | stride(isqrt(n)))",
+    "fixed": "causal & fixed(isqrt(n), 8)",
+    "dilated": "local(256, dilation=4)",
+    "streaming": "causal & (sink(4) | local(1024))",
+    "prefix_lm": "causal | (queries(0, 2048) & keys(0, 2048))",
+    "causal": "causal",
+}
+
+
+def nnz_of(pattern, n: int) -> int:
+    """Exact allowed-pair count, evaluated on the GPU in row chunks from the semantics oracle."""
+    from patternc.semantics import allowed
+
+    expr = pattern.at(n)
+    j = torch.arange(n, device="cuda")[None, :]
+    total = 0
+    for s in range(0, n, 1024):
+        i = torch.arange(s, min(n, s + 1024), device="cuda")[:, None]
+        total += int(allowed(expr, i, j, n).expand(i.shape[0], n).sum().item())
+    return total
+
+
+def flex_mask_mod(pattern, n: int):
+    """A FlexAttention mask_mod printed from the same IR the kernels are compiled from."""
+    args = printer.ArgTable()
+    expr = pattern.at(n)
+    body = printer.mask_expr(expr, "q_idx", "kv_idx", args, hash_fn="_random_pick")
+    src = printer.random_source() + "\n\ndef mask_mod(b, h, q_idx, kv_idx):\n    return " + body + "\n"
+    env: dict = {"n": n}
+    exec(compile(src, "<flex-mask>", "exec"), env)
+    return env["mask_mod"]
+
+
+def bench(fn, warmup=25, rep=100) -> float:
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def run(args) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    dev = "cuda"
+    flex = torch.compile(flex_attention, dynamic=False)
+    rows = []
+    names = args.patterns.split(",") if args.patterns else list(PATTERNS)
+    for n in args.n:
+        for D in args.d:
+            B, H = 1, args.heads
+            g = torch.Generator(device="cpu").manual_seed(0)
+            q, k, v = (torch.randn(B, H, n, D, generator=g).to(dev, torch.bfloat16) for _ in range(3))
+            do = torch.randn_like(q)
+            # ---- SDPA ceilings
+            for backend, bname in ((SDPBackend.CUDNN_ATTENTION, "sdpa_cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash")):
+                for causal in (False, True):
+                    try:
+                        with sdpa_kernel([backend]):
+                            ms = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))
+                        nnz = n * n if not causal else n * (n + 1) // 2
+                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", ms_fwd=ms,
+                                         tflops_fwd=4 * nnz * D * H * B / ms / 1e9))
+                    except Exception as e:  # a backend may be missing for a shape
+                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", error=str(e)[:200]))
+            print_table(rows[-4:])
+            for name in names:
+                p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
+                nnz = nnz_of(p, n)
+                flops = 4 * nnz * D * H * B
+                row = dict(n=n, D=D, pattern=name, nnz=nnz, density=nnz / n / n)
+                # ---- ours
+                try:
+                    ours(p, q, k, v, do, row, flops, n)
+                except Exception as e:  # record and go on: one failure must not lose the run
+                    row["error"] = f"{type(e).__name__}: {str(e)[-300:]}"
+                    rows.append(row)
+                    print(f"  n={n} D={D} {name}: ERROR {row['error'][:200]}", flush=True)
+                    continue
+                out = row.pop("_out")
+                qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                # ---- FlexAttention with a BlockMask for the same pattern
+                try:
+                    mm = flex_mask_mod(p, n)
+                    t0 = time.perf_counter()
+                    bmask = create_block_mask(mm, None, None, n, n, device=dev, BLOCK_SIZE=128)
+                    torch.cuda.synchronize()
+                    row["flex_mask_s_first"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    bmask = create_block_mask(mm, None, None, n, n, device=dev, BLOCK_SIZE=128)
+                    torch.cuda.synchronize()
+                    row["flex_mask_s"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    flex(q, k, v, block_mask=bmask)
+                    torch.cuda.synchronize()
+                    row["flex_first_call_s"] = time.perf_counter() - t0
+                    row["flex_ms_fwd"] = bench(lambda: flex(q, k, v, block_mask=bmask))
+
+                    def flex_fwd_bwd():
+                        o = flex(qg, kg, vg, block_mask=bmask)
+                        o.backward(do)
+                    row["flex_ms_fwd_bwd"] = bench(flex_fwd_bwd, warmup=10, rep=50)
+                    row["flex_tflops_fwd"] = flops / row["flex_ms_fwd"] / 1e9
+                    row["speedup_fwd"] = row["flex_ms_fwd"] / row["ms_fwd"]
+                    row["speedup_fwd_bwd"] = row["flex_ms_fwd_bwd"] / row["ms_fwd_bwd"]
+                    # agreement check: both compute the same function
+                    ref = flex(q, k, v, block_mask=bmask)
+                    row["max_abs_diff_vs_flex"] = (ref.float() - out.float()).abs().max().item()
+                except Exception as e:
+                    row["flex_error"] = str(e)[:300]
+                rows.append(row)
+                print_table([row])
+                del out
+                torch.cuda.empty_cache()
+    return dict(rows=rows)
+
+
+def ours(p, q, k, v, do, row: dict, flops: int, n: int) -> None:
+    """Time the generated module; fills `row`."""
+    t0 = time.perf_counter()
+    mod = patternc.load(p, backend="triton")
+    out = mod.attention(q, k, v)
+    torch.cuda.synchronize()
+    row["first_call_s"] = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    row["ms_fwd"] = bench(lambda: mod.attention(q, k, v))
+    row["extra_mem_bytes"] = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+    def fwd_bwd():
+        o = mod.attention(qg, kg, vg)
+        o.backward(do)
+    row["ms_fwd_bwd"] = bench(fwd_bwd, warmup=10, rep=50)
+    row["tflops_fwd"] = flops / row["ms_fwd"] / 1e9
+    row["tflops_fwd_bwd"] = 2.5 * flops / row["ms_fwd_bwd"] / 1e9
+    bm, bn = choose_forward_tiles(p)
+    row["tiles"] = f"{bm}x{bn}"
+    row["tile_efficiency"] = kernel_tile_efficiency(p.at(n), n, bm, bn, nnz=row["nnz"])
+    row["_out"] = out
+
+
+def print_table(rows):
+    for r in rows:
+        if "pattern" in r and "impl" in r:
+            if "error" in r:
+                print(f"  n={r['n']:6d} D={r['D']:3d} {r['impl']:11s} {r['pattern']:8s} error: {r['error'][:80]}")
+            else:
+                print(f"  n={r['n']:6d} D={r['D']:3d} {r['impl']:11s} {r['pattern']:8s} {r['ms_fwd']:8.3f} ms "
+                      f"{r['tflops_fwd']:6.1f} TFLOP/s")
+            continue
+        if "error" in r:
+            continue
+        s = (f"  n={r['n']:6d} D={r['D']:3d} {r['pattern']:13s} ours {r['ms_fwd']:8.3f} ms {r['tflops_fwd']:6.1f} TF/s"
+             f" fb {r['ms_fwd_bwd']:8.3f} ms | eff {r['tile_efficiency']:.2f} {r['tiles']}")
+        if "flex_ms_fwd" in r:
+            s += (f" | flex {r['flex_ms_fwd']:8.3f} ms fb {r['flex_ms_fwd_bwd']:8.3f} | x{r['speedup_fwd']:.2f} "
+                  f"fb x{r['speedup_fwd_bwd']:.2f} diff {r['max_abs_diff_vs_flex']:.1e}")
+        else:
+            s += f" | flex error {r.get('flex_error', '')[:80]}"
+        print(s, flush=True)
+
+
+def markdown(meta: dict, rows: list) -> str:
+    lines = [f"# Benchmark: {meta['gpu']}", "",
+             f"- date: {meta['date']}", f"- torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}",
+             f"- command: `{meta['command']}`", f"- shape: B=1, H={meta['heads']}, bf16; times are medians of "
+             "triton.testing.do_bench", "",
+             "| n | D | pattern | ours fwd ms | ours TFLOP/s | flex fwd ms | flex TFLOP/s | fwd speedup | "
+             "ours fwd+bwd ms | flex fwd+bwd ms | fwd+bwd speedup | tile eff | first call s (ours / flex) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "impl" in r:
+            continue
+        f = lambda k, fmt="{:.3f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['n']} | {r['D']} | {r['pattern']} | {f('ms_fwd')} | {f('tflops_fwd', '{:.0f}')} | "
+                     f"{f('flex_ms_fwd')} | {f('flex_tflops_fwd', '{:.0f}')} | {f('speedup_fwd', '{:.2f}x')} | "
+                     f"{f('ms_fwd_bwd')} | {f('flex_ms_fwd_bwd')} | {f('speedup_fwd_bwd', '{:.2f}x')} | "
+                     f"{f('tile_efficiency', '{:.2f}')} | {f('first_call_s', '{:.2f}')} / {f('flex_first_call_s', '{:.2f}')} |")
+    lines += ["", "| n | D | SDPA backend | pattern | ms | TFLOP/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "impl" in r and "ms_fwd" in r:
+            lines.append(f"| {r['n']} | {r['D']} | {r['impl']} | {r['pattern']} | {r['ms_fwd']:.3f} | {r['tflops_fwd']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[16384, 65536])
+    ap.add_argument("--d", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--patterns", default="")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench.py needs a CUDA GPU")
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"), command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])]
+                                                                              + sys.argv[1:]), heads=args.heads)
+    result = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    stem = "bench" + (f"-{args.tag}" if args.tag else "")
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(dict(meta=meta, **result), f, indent=1)
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+        f.write(markdown(meta, result["rows"]))
+    print(markdown(meta, result["rows"]))
+
+
+if __name__ == "__main__":
+    main()
