@@ -14,7 +14,7 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const
-from patternc.lower import Code, choose_forward_tiles, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
+from patternc.lower import Code, choose_forward_tiles, full_span, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
     query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -45,22 +45,87 @@ class _Emitter:
 
     # ---- query-major loops (forward and dq) ---------------------------------------------
     def query_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
+        return self.loops(p, "q", mask_name, full_call, masked_call)
+
+    def key_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
+        return self.loops(p, "k", mask_name, full_call, masked_call)
+
+    def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str) -> list:
+        """Visit every needed tile once.  Interval terms are walked as segments of full tiles
+        (no mask, branch-free inner loop) and partial tiles (masked); random terms follow."""
         c, space = self.code, p.space
+        q = major == "q"
+        T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
         out: list = []
-        prev: list = []  # (index, TileRanges)
+        spans: list = []  # (term index, TileRanges) of the interval terms
+        randoms: list = []
         for ti, t in enumerate(p.terms):
-            tr = query_major(t, space, c)
+            tr = query_major(t, space, c) if q else key_major(t, space, c)
             out.append(f"# term {ti}: {printer.formula(t.expr())}")
-            out.append(f"lo{ti} = {tr.lo}  # first key index this query tile can see")
-            out.append(f"hi{ti} = {tr.hi}  # last key index")
-            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=True)
-            if tr.random is None:
-                out.append(f"kt_lo{ti} = lo{ti} // BN")
-                out.append(f"kt_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BN + 1, kt_lo{ti})")
-                out.append(f"for kt in range(kt_lo{ti}, kt_hi{ti}):")
-                out += _indent(body, 4)
+            out.append(f"lo{ti} = {tr.lo}  # first {what} index that can meet this tile")
+            out.append(f"hi{ti} = {tr.hi}  # last {what} index")
+            if tr.random is not None:
+                randoms.append((ti, t, tr))
+                continue
+            out.append(f"v_lo{ti} = lo{ti} // {T}")
+            out.append(f"v_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // {T} + 1, v_lo{ti})")
+            fs = full_span(t, space, c, major) if p.first else None
+            if fs is None:
+                out.append(f"f_lo{ti} = v_lo{ti}  # never certified full: always masked")
+                out.append(f"f_hi{ti} = v_lo{ti}")
             else:
-                rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
+                out.append(f"f_lo{ti} = tl.minimum(tl.maximum({fs.lo}, v_lo{ti}), v_hi{ti})  # full tiles: no mask")
+                out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
+                           f"f_lo{ti})")
+            spans.append((ti, tr))
+        masked = [f"{idx}0 = {idx}"] if False else []
+        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
+                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
+        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
+               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
+        full_body = pos + [full_call]
+        masked_body = pos + [keep, masked_call]
+        del masked
+        if len(spans) == 1:
+            (ti, _), = spans
+            out += [f"for {idx} in range(v_lo{ti}, f_lo{ti}):  # partial tiles before the full run"]
+            out += _indent(masked_body, 4)
+            out += [f"for {idx} in range(f_lo{ti}, f_hi{ti}):  # full tiles"]
+            out += _indent(full_body, 4)
+            out += [f"for {idx} in range(f_hi{ti}, v_hi{ti}):  # partial tiles after it"]
+            out += _indent(masked_body, 4)
+        elif spans:
+            ids = [ti for ti, _ in spans]
+            big = "2147483647"
+            out.append("# walk the union of the terms' tile ranges as segments, each tile once")
+            out.append("cur = " + _nest("tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {big})" for k in ids]))
+            out.append("end = " + _nest("tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids]))
+            out.append("while cur < end:")
+            inside = " | ".join(f"((v_lo{k} <= cur) & (cur < v_hi{k}))" for k in ids)
+            in_full = " | ".join(f"((f_lo{k} <= cur) & (cur < f_hi{k}))" for k in ids)
+            seg_full = _nest("tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
+                                            for k in ids])
+            vis = _nest("tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
+            nxt_full = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
+                                            for k in ids])
+            nxt = _nest("tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids])
+            body = [f"if {inside}:",
+                    f"    if {in_full}:",
+                    f"        seg = {seg_full}",
+                    f"        for {idx} in range(cur, seg):  # full tiles"]
+            body += _indent(full_body, 12)
+            body += ["    else:",
+                     f"        vis = {vis}",
+                     f"        seg = {nxt_full}",
+                     f"        for {idx} in range(cur, seg):  # partial tiles"]
+            body += _indent(masked_body, 12)
+            body += ["    cur = seg", "else:", f"    cur = {nxt}  # jump the gap to the next range"]
+            out += _indent(body, 4)
+        for ti, t, tr in randoms:
+            prev = [(k, tr2) for k, tr2 in spans] + [(k, tr2) for k, _, tr2 in randoms if k < ti]
+            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=q)
+            rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
+            if q:
                 out += [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
                         f"nkb{ti} = (n + {rb} - 1) // {rb}",
                         f"picks{ti} = tl.minimum({rr}, nkb{ti})",
@@ -68,38 +133,20 @@ class _Emitter:
                         f"    kb = _random_block(qb{ti}, t, nkb{ti}, picks{ti}, {_seed_key(tr.random.seed)})",
                         f"    klo = tl.maximum(kb * {rb}, lo{ti})",
                         f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
-                        f"    kt_lo = klo // BN",
+                        "    kt_lo = klo // BN",
                         f"    kt_hi = tl.where(({tr.applies}) & (khi >= klo), khi // BN + 1, kt_lo)",
                         "    for kt in range(kt_lo, kt_hi):"]
                 out += _indent(body, 8)
-            prev.append((ti, tr))
-        return out
-
-    def key_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
-        c, space = self.code, p.space
-        out: list = []
-        prev: list = []
-        for ti, t in enumerate(p.terms):
-            tr = key_major(t, space, c)
-            out.append(f"# term {ti}: {printer.formula(t.expr())}")
-            out.append(f"lo{ti} = {tr.lo}  # first query index that can see this key tile")
-            out.append(f"hi{ti} = {tr.hi}  # last query index")
-            out.append(f"at_lo{ti} = lo{ti} // BM")
-            out.append(f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})")
-            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=False)
-            if tr.random is None:
-                out.append(f"for at in range(at_lo{ti}, at_hi{ti}):")
-                out += _indent(body, 4)
             else:
-                rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
-                out += [f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                out += [f"at_lo{ti} = lo{ti} // BM",
+                        f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})",
+                        f"nkb{ti} = (n + {rb} - 1) // {rb}",
                         f"picks{ti} = tl.minimum({rr}, nkb{ti})",
                         f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
                         f"for at in range(at_lo{ti}, at_hi{ti}):  # which query blocks picked this key block?",
                         f"    if _random_picked((at * BM) // {rb}, kb{ti}, nkb{ti}, picks{ti}, "
                         f"{_seed_key(tr.random.seed)}):"]
                 out += _indent(body, 8)
-            prev.append((ti, tr))
         return out
 
     def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
@@ -108,10 +155,11 @@ class _Emitter:
         lines = []
         if query_major_loop:
             lines += ["b0 = kt * BN", "b1 = b0 + BN - 1"]
-            idx, tile_lo, tile_hi = "kt", "kt_lo", "kt_hi"
+            idx = "kt"
         else:
             lines += ["a0 = at * BM", "a1 = a0 + BM - 1"]
-            idx, tile_lo, tile_hi = "at", "at_lo", "at_hi"
+            idx = "at"
+        tile_lo, tile_hi = "v_lo", "v_hi"
         seen = []
         for si, sr in prev:
             if sr.random is None:
@@ -489,3 +537,11 @@ def _doc(s: str) -> str:
 def _seed_key(seed: int) -> str:
     """The hash key of a random seed, folded at compile time."""
     return str((seed * HASH_SEED + 1) & 0xFFFFFFFF)
+
+
+def _nest(fn: str, xs: list) -> str:
+    """fn(x0, fn(x1, ...)) for Triton's two-argument minimum/maximum."""
+    out = xs[-1]
+    for x in reversed(xs[:-1]):
+        out = f"{fn}({x}, {out})"
+    return out

@@ -78,7 +78,6 @@ def run(args) -> dict:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     dev = "cuda"
-    flex = torch.compile(flex_attention, dynamic=False)
     rows = []
     names = args.patterns.split(",") if args.patterns else list(PATTERNS)
     for n in args.n:
@@ -116,6 +115,8 @@ def run(args) -> dict:
                 qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
                 # ---- FlexAttention with a BlockMask for the same pattern
                 try:
+                    torch._dynamo.reset()  # a fresh compile per pattern: no recompile-limit fallback to eager
+                    flex = torch.compile(flex_attention, dynamic=False)
                     mm = flex_mask_mod(p, n)
                     t0 = time.perf_counter()
                     bmask = create_block_mask(mm, None, None, n, n, device=dev, BLOCK_SIZE=128)

@@ -643,3 +643,104 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
         if score > best_score:
             best, best_score = (bm, bn), score
     return best
+
+
+# ---------------------------------------------------------------- full spans
+
+@dataclass
+class FullSpan:
+    """Tiles that are entirely allowed, as a half-open range of tile indices along the loop
+    axis (`lo`, `hi`), valid when the tile-level condition `cond` holds."""
+
+    lo: str
+    hi: str
+    cond: str
+
+
+def full_span(t: Term, space: Space, c: Code, major: str) -> Optional[FullSpan]:
+    """Closed-form range of full tiles for one term: key tiles of query tile [a0, a1]
+    (major 'q', tile size BN), or query tiles of key tile [b0, b1] (major 'k', size BM).
+    None when the term's pairs are never certified full (filters, random, extra moduli)."""
+    if t.filters or t.randoms or len(t.diag) > 1 or len(t.keymods) > 1:
+        return None
+    T = "BN" if major == "q" else "BM"
+    los: list = []
+    his: list = ["L // BN" if major == "q" else "LQ // BM"]
+    conds: list = ["(a1 < LQ)" if major == "q" else "(b1 < L)"]
+
+    def ceil_tiles(x: str) -> str:
+        return c.cdiv0(x, T)
+
+    def floor_tiles(x: str) -> str:  # tiles [.., x // T) end before index x
+        return c.div(c.max(x, "0"), T)
+
+    if space.kind == "identity" or space.kind == "keys":
+        keys = space.kind == "keys"
+
+        def kpos_count(x: str) -> str:  # index (along the key axis) of the first key at position >= x
+            return count_keys_below(space, c, c.max(x, "0")) if keys else x
+
+        j0 = key_position(space, c, "b0")
+        j1 = key_position(space, c, "b1")
+        if major == "q":
+            if t.lo is not None:  # i - j >= lo for the tile's first row and last key
+                his.append(floor_tiles(kpos_count(c.add(c.sub("a0", c.arg(t.lo)), "1"))))
+            if t.hi is not None:
+                los.append(ceil_tiles(kpos_count(c.sub("a1", c.arg(t.hi)))))
+            for a, b in t.cols:
+                los.append(ceil_tiles(kpos_count(c.arg(a))))
+                his.append(floor_tiles(kpos_count(c.arg(b))))
+            for a, b in t.rows:
+                conds += [c.le(c.arg(a), "a0"), c.lt("a1", c.arg(b))]
+            for bs in t.blocks:
+                bsa = c.arg(bs)
+                blk = c.mul(c.div("a0", bsa), bsa)
+                conds.append(c.eq(c.div("a0", bsa), c.div("a1", bsa)))
+                los.append(ceil_tiles(kpos_count(blk)))
+                his.append(floor_tiles(kpos_count(c.add(blk, bsa))))
+        else:
+            if t.lo is not None:
+                los.append(ceil_tiles(c.add(j1, c.arg(t.lo))))
+            if t.hi is not None:
+                his.append(floor_tiles(c.add(c.add(j0, c.arg(t.hi)), "1")))
+            for a, b in t.rows:
+                los.append(ceil_tiles(c.arg(a)))
+                his.append(floor_tiles(c.arg(b)))
+            for a, b in t.cols:
+                conds += [c.le(c.arg(a), j0), c.lt(j1, c.arg(b))]
+            for bs in t.blocks:
+                bsa = c.arg(bs)
+                blk = c.mul(c.div(j0, bsa), bsa)
+                conds.append(c.eq(c.div(j0, bsa), c.div(j1, bsa)))
+                los.append(ceil_tiles(blk))
+                his.append(floor_tiles(c.add(blk, bsa)))
+    else:  # diag space: indices a (queries) and b (keys) with positions r + m*index
+        if t.blocks:
+            return None
+        m = c.arg(space.m)
+        cl = c.arg(_ceil_div_expr(t.lo, space.m)) if t.lo is not None else None
+        fh = c.arg(_floor_div_expr(t.hi, space.m)) if t.hi is not None else None
+        if major == "q":
+            if cl is not None:
+                his.append(floor_tiles(c.add(c.sub("a0", cl), "1")))
+            if fh is not None:
+                los.append(ceil_tiles(c.sub("a1", fh)))
+            for a, b in t.cols:
+                los.append(ceil_tiles(c.cdiv0(c.sub(c.arg(a), "r"), m)))
+                his.append(floor_tiles(c.cdiv0(c.sub(c.arg(b), "r"), m)))
+            for a, b in t.rows:
+                conds += [c.le(c.cdiv0(c.sub(c.arg(a), "r"), m), "a0"),
+                          c.lt("a1", c.cdiv0(c.sub(c.arg(b), "r"), m))]
+        else:
+            if cl is not None:
+                los.append(ceil_tiles(c.add("b1", cl)))
+            if fh is not None:
+                his.append(floor_tiles(c.add(c.add("b0", fh), "1")))
+            for a, b in t.rows:
+                los.append(ceil_tiles(c.cdiv0(c.sub(c.arg(a), "r"), m)))
+                his.append(floor_tiles(c.cdiv0(c.sub(c.arg(b), "r"), m)))
+            for a, b in t.cols:
+                conds += [c.le(c.arg(a), key_position(space, c, "b0")),
+                          c.lt(key_position(space, c, "b1"), c.arg(b))]
+    lo = _fold_max(c, los) if los else "0"
+    return FullSpan(lo, _fold_min(c, his), c.all(conds))
