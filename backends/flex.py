@@ -138,7 +138,7 @@ _compiled = None
 def _flex():
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(flex_attention, dynamic=False)
+        _compiled = torch.compile(flex_attention)  # shapes become dynamic after a recompile
     return _compiled
 
 

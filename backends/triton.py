@@ -292,8 +292,9 @@ class _Emitter:
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
-            f'    """dq, {p.space.describe()}; adds to DQ (float32), so passes accumulate without atomics."""',
+            "        sm_scale, ACCUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
+            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
             "    pid = tl.program_id(0)",
             "    zh = tl.program_id(1)",
             "    z = zh // HC",
@@ -317,7 +318,10 @@ class _Emitter:
         tail = [
             "dq_ptrs = dq_base + i.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
             "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
-            "tl.store(dq_ptrs, tl.load(dq_ptrs, mask=io_mask, other=0.0) + dq, mask=io_mask)",
+            "dq = dq * sm_scale",
+            "if ACCUM:  # a later pass or head group adds to what earlier launches wrote (float32)",
+            "    dq += tl.load(dq_ptrs, mask=io_mask, other=0.0)",
+            "tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=io_mask)",
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
@@ -333,7 +337,8 @@ class _Emitter:
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER,",
             "        qk_scale__ARGS__,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            "        sm_scale, ACCUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
+            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
             "    pid = tl.program_id(0)",
             "    zk = tl.program_id(1)",
@@ -362,8 +367,12 @@ class _Emitter:
             "dv_base = DV + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
             "kv_ptrs = j.to(tl.int64)[:, None] * sdk2 + offs_d[None, :] * sdk3",
             "io_mask = col_ok[:, None] & (offs_d[None, :] < D)",
-            "tl.store(dk_base + kv_ptrs, tl.load(dk_base + kv_ptrs, mask=io_mask, other=0.0) + dk, mask=io_mask)",
-            "tl.store(dv_base + kv_ptrs, tl.load(dv_base + kv_ptrs, mask=io_mask, other=0.0) + dv, mask=io_mask)",
+            "dk = dk * sm_scale",
+            "if ACCUM:",
+            "    dk += tl.load(dk_base + kv_ptrs, mask=io_mask, other=0.0)",
+            "    dv += tl.load(dv_base + kv_ptrs, mask=io_mask, other=0.0)",
+            "tl.store(dk_base + kv_ptrs, dk.to(DK.dtype.element_ty), mask=io_mask)",
+            "tl.store(dv_base + kv_ptrs, dv.to(DV.dtype.element_ty), mask=io_mask)",
         ]
         return head + _indent(body, 4) + _indent(loops, 8) + _indent(tail, 4) + ["", ""]
 

@@ -66,7 +66,11 @@ def flex_mask_mod(pattern, n: int):
     src = printer.random_source() + "\n\ndef mask_mod(b, h, q_idx, kv_idx):\n    return " + body + "\n"
     env: dict = {"n": n}
     exec(compile(src, "<flex-mask>", "exec"), env)
-    return env["mask_mod"]
+    inner = env["mask_mod"]
+
+    def mask_mod(b, h, q_idx, kv_idx):  # FlexAttention passes int32 indices: widen for the hash
+        return inner(b, h, q_idx.to(torch.int64), kv_idx.to(torch.int64))
+    return mask_mod
 
 
 def bench(fn, warmup=25, rep=100) -> float:
