@@ -132,13 +132,19 @@ def _empty_rows(n: int, device: str) -> torch.Tensor:
     return torch.cat(rows, 1)
 
 
+def _flex_call(q, k, v, block_mask, scale: float, enable_gqa: bool):
+    # A function of this module's own: torch.compile keeps its recompile budget per code
+    # object, so every generated module gets its own instead of sharing flex_attention's.
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa, return_lse=True)
+
+
 _compiled = None
 
 
 def _flex():
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(flex_attention)  # shapes become dynamic after a recompile
+        _compiled = torch.compile(_flex_call, dynamic=False)  # dynamic shapes break the BlockMask guards
     return _compiled
 
 
@@ -189,8 +195,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     bm = block_mask(n, q.device)
     use_compile = q.is_cuda if COMPILE is None else COMPILE
-    fn = _flex() if use_compile else flex_attention
-    out, lse = fn(q, k, v, block_mask=bm, scale=float(scale), enable_gqa=H != k.shape[1], return_lse=True)
+    fn = _flex() if use_compile else _flex_call
+    out, lse = fn(q, k, v, bm, float(scale), H != k.shape[1])
     empty = _empty_rows(n, _device_key(q.device))[None]  # (1, H or 1, n)
     out = torch.where(empty[..., None], torch.zeros((), dtype=out.dtype, device=out.device), out)
     lse = torch.where(empty, torch.full((), float("-inf"), dtype=lse.dtype, device=lse.device), lse)

@@ -379,13 +379,13 @@ class _Emitter:
     # ---- host-side helpers -------------------------------------------------------------------
     def torch_mask_fn(self, cases) -> list:
         """`_mask_head(h, i, j, n)`: the same printed mask on torch tensors (CPU fallback, mask())."""
+        bodies = [printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_pick") for _, expr in cases]
         lines = ["def _mask_head(h: int, i, j, n: int):",
                  '    """Allowed (i, j) pairs for head h, from the same printed formula as the kernels."""',
                  "    A = _length_args(n)"]
-        for name in self.args.names.values():
+        for name in self.args.names.values():  # every name exists now: the bodies were printed first
             lines.append(f"    {name} = A[{name!r}]")
-        for (h0, h1), expr in cases:
-            body = printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_pick")
+        for ((h0, h1), _), body in zip(cases, bodies):
             lines.append(f"    if {h0} <= h <= {h1}:" if len(cases) > 1 else "    if True:")
             lines.append(f"        return ({body}) & (i >= 0) & (j >= 0)")
         lines.append('    raise ValueError(f"head {h} is outside this pattern\'s heads")')
@@ -476,14 +476,13 @@ def emit(pattern: Pattern) -> str:
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
             descs.append("{" + f"'fwd': _fwd_{tag}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, " + e.space_lambdas(p) + "}")
         case_rows.append(f"    (({h0}, {h1}), [" + ", ".join(descs) + "]),")
+    torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
     names = list(e.args.names.values())
-    argsig = "".join(", " + a for a in names)
-    kernel_text = "\n".join(kernels).replace("__ARGS__", argsig)
-    # seeds of random terms reach the mask as their hash key, so the kernels and _random_pick agree
+    kernel_text = "\n".join(kernels).replace("__ARGS__", "".join(", " + a for a in names))
     host = [printer.ISQRT_SOURCE, "", "", e.args.host_function(), "", "", printer.checks_function(pattern, e.args)]
     if e.uses_random:
         host += ["", "", _random_pick_with_key()]
-    host += ["", "", "\n".join(e.torch_mask_fn(cases)), "", "", f"_ARG_NAMES = {names!r}"]
+    host += ["", "", torch_mask, "", "", f"_ARG_NAMES = {names!r}"]
     header = _header(pattern, __version__)
     t = _template()
     text = t.substitute(

@@ -77,7 +77,7 @@ def bench(fn, warmup=25, rep=100) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def run(args) -> dict:
+def run(args, save=lambda rows: None) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -150,6 +150,7 @@ def run(args) -> dict:
                     row["flex_error"] = str(e)[:300]
                 rows.append(row)
                 print_table([row])
+                save(rows)  # results survive a run cut short
                 del out
                 torch.cuda.empty_cache()
     return dict(rows=rows)
@@ -239,13 +240,17 @@ def main():
                 python=platform.python_version(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"), command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])]
                                                                               + sys.argv[1:]), heads=args.heads)
-    result = run(args)
     os.makedirs(args.out, exist_ok=True)
     stem = "bench" + (f"-{args.tag}" if args.tag else "")
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump(dict(meta=meta, **result), f, indent=1)
-    with open(os.path.join(args.out, stem + ".md"), "w") as f:
-        f.write(markdown(meta, result["rows"]))
+
+    def save(rows):
+        with open(os.path.join(args.out, stem + ".json"), "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        with open(os.path.join(args.out, stem + ".md"), "w") as f:
+            f.write(markdown(meta, rows))
+
+    result = run(args, save)
+    save(result["rows"])
     print(markdown(meta, result["rows"]))
 
 
