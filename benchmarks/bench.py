@@ -163,10 +163,14 @@ def ours(p, q, k, v, do, row: dict, flops: int, n: int) -> None:
     out = mod.attention(q, k, v)
     torch.cuda.synchronize()
     row["first_call_s"] = time.perf_counter() - t0
+    del out
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    row["ms_fwd"] = bench(lambda: mod.attention(q, k, v))
+    out = mod.attention(q, k, v)  # one call, outside do_bench (whose L2-flush buffer is 256 MiB)
+    torch.cuda.synchronize()
     row["extra_mem_bytes"] = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    row["ms_fwd"] = bench(lambda: mod.attention(q, k, v))
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
 
     def fwd_bwd():
