@@ -27,7 +27,8 @@ Fully masked rows: FlexAttention's output for a query row with no allowed key is
 defined across torch versions (NaN or garbage has been seen).  attention() computes
 which rows of the pattern are empty (once per length and device, cached) and returns
 output 0 and lse = -inf there, like every patternc backend.  On CUDA flex_attention
-runs through torch.compile; elsewhere it runs eagerly (slow, forward only on CPU).
+runs through torch.compile (static shapes: one compile per length and dtype, with this
+module's own recompile budget); elsewhere it runs eagerly (slow, forward only on CPU).
 Importing this module works without FlexAttention; attention() then raises RuntimeError.
 """
 

@@ -603,6 +603,10 @@ def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict]
     return Pattern(name, expr, params, uniq, prog.source, prog.filename)
 
 
+# Errors that the placeholder value 1 for a required parameter can cause by itself.
+_PLACEHOLDER_ERRORS = ("must be", "is empty", "division by zero", "isqrt of a negative")
+
+
 def check_program(prog: Program) -> list:
     """Resolve every definition with its defaults; patterns with required parameters are
     checked when used.  Returns the resolved patterns."""
@@ -615,8 +619,10 @@ def check_program(prog: Program) -> list:
             given = {p.name: ix.Const(1) for p in d.params if p.default is None}
             try:
                 r.instantiate(d, given, d.body)
+            except RecursionError:
+                raise PatternError("pattern is nested too deeply", d.span, prog.source, prog.filename) from None
             except PatternError as e:
-                if "must be" in e.message or "is empty" in e.message:
+                if any(s in e.message for s in _PLACEHOLDER_ERRORS):
                     pass  # a placeholder value may violate a constraint; the use site is checked
                 else:
                     raise

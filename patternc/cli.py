@@ -1,0 +1,392 @@
+"""The `patternc` command line: check, analyze, mask, show and compile .attn files.
+
+Errors are for people, not for debuggers: a mistake in a pattern or in how the
+command is used prints `FILE:LINE:COL: message` with the source line and a
+caret and exits 1; anything unexpected prints one `internal error` line and
+exits 2 (set PATTERNC_DEBUG=1 for the traceback).  Heavy imports (numpy,
+matplotlib, torch) happen inside the commands that need them, so `check` and
+`compile` start fast and never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Callable, Optional, Sequence
+
+from .errors import PatternError
+
+MAX_MASK_N = 32768  # a dense bool mask takes n*n bytes: 1 GiB at this size
+MAX_MASK_BYTES = 1 << 30
+
+
+# ---------------------------------------------------------------- helpers
+
+def _fail(message: str, where: str = "patternc") -> PatternError:
+    """An error that is not located in the pattern source (options, output paths)."""
+    return PatternError(message, None, "", where)
+
+
+def _int_at_least(what: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type for integer options, with the option named in its message."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {v}")
+        return v
+    return parse
+
+
+def _positive(what: str) -> Callable[[str], int]:
+    return _int_at_least(what, 1)
+
+
+def _defines(items: Optional[list], filename: str) -> dict:
+    """-D name=value pairs; the front end checks names and integer values."""
+    out: dict = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise _fail(f"-D {item}: expected NAME=VALUE, e.g. -D w=64", filename)
+        if name in out:
+            raise _fail(f"-D {name} is given twice", filename)
+        out[name] = value.strip()
+    return out
+
+
+def _load(args: argparse.Namespace):
+    """Read, parse and resolve the pattern the command works on."""
+    from .api import read_source
+    from .frontend import parse_program, resolve
+
+    source = read_source(args.file)
+    prog = parse_program(source, args.file)
+    return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file))
+
+
+def _concrete(pattern, n: int):
+    """The IR at length n (runs the pattern's n-dependent checks)."""
+    return pattern.at(n)
+
+
+def _pick_head(pattern, head: Optional[int]) -> int:
+    if head is None:
+        return 0
+    if pattern.num_heads is not None and head >= pattern.num_heads:
+        raise _fail(f"--head {head}: pattern '{pattern.name}' has heads 0..{pattern.num_heads - 1}",
+                    pattern.filename)
+    return head
+
+
+def atomic_write(path: str, data: bytes, write: Optional[Callable[[str], None]] = None) -> None:
+    """Write `data` (or let `write(tmp_path)` produce the file) so that `path` is either
+    untouched or complete: temporary file in the same directory, fsync, rename."""
+    if os.path.isdir(path):
+        raise _fail("is a directory; give a file name to write", path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _fail(f"cannot write: directory {os.path.dirname(path) or folder!r} does not exist", path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _fail(f"cannot write: {e.strerror or e}", path) from None
+    try:
+        try:
+            if write is None:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                os.close(fd)
+                write(tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            try:
+                mode = os.stat(path).st_mode & 0o7777
+            except FileNotFoundError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _fail(f"cannot write: {e.strerror or e}", path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    try:  # make the rename itself durable; not possible everywhere, and not fatal
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .api import read_source
+    from .frontend import check_program, parse_program
+
+    source = read_source(args.file)
+    prog = parse_program(source, args.file)
+    check_program(prog)
+    names = []
+    for name, d in prog.definitions.items():
+        required = [p.name for p in d.params if p.default is None]
+        names.append(f"{name}({', '.join(required)})" if required else name)
+    count = len(names)
+    print(f"{args.file}: ok ({count} pattern{'s' if count != 1 else ''}: {', '.join(names)})")
+    return 0
+
+
+def _empty_rows_info(value) -> tuple[Optional[int], Optional[list]]:
+    """(count, first rows) from whatever form the analysis reports empty rows in."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return int(value), None
+    if isinstance(value, int):
+        return value, None
+    if isinstance(value, dict):
+        count = value.get("count", value.get("total"))
+        first = value.get("first", value.get("rows"))
+        return (int(count) if count is not None else (len(first) if first is not None else None),
+                list(first) if first is not None else None)
+    if isinstance(value, (list, tuple)):
+        return len(value), list(value)
+    return None, None
+
+
+SCAN_PAIRS = 1 << 26  # how much of the mask the CLI evaluates itself to name empty rows
+
+
+def _check_empty_rows(pattern, n: int, reported) -> None:
+    """Fail when some query rows have no allowed key.  The analysis gives the count; the
+    first few rows are found here by scanning the mask, within a budget at long lengths."""
+    count, first = _empty_rows_info(reported)
+    if count == 0:
+        return
+    from . import show
+
+    heads = list(range(pattern.num_heads)) if pattern.num_heads else [0]
+    complete = n * n * len(heads) <= SCAN_PAIRS
+    if count is None and not complete:
+        return  # the analysis did not say, and the mask is too big to check here
+    where: list = [(0, r) for r in first or []]
+    if count is None or first is None:
+        expr = _concrete(pattern, n)
+        total, where = 0, []
+        for h in heads:
+            c, rows, _ = show.first_empty_rows(expr, n, 5 - len(where), head=h,
+                                               max_pairs=None if complete else SCAN_PAIRS // len(heads))
+            total += c
+            where += [(h, r) for r in rows]
+        if count is None:
+            count = total
+    if count == 0:
+        return
+    rows_word = f"{count} query row{'s' if count != 1 else ''}"
+    if pattern.num_heads:
+        listed = ", ".join(f"head {h} row {r}" for h, r in where[:5])
+        rows_word += f" (over {pattern.num_heads} heads)"
+    else:
+        listed = ", ".join(str(r) for _, r in where[:5])
+    shown = f" (first: {listed}{', ...' if count > len(where[:5]) else ''})" if where else ""
+    raise _fail(f"{rows_word} of {n} {'have' if count != 1 else 'has'} no allowed key{shown}; "
+                f"their attention output is 0. Pass --allow-empty-rows to analyze anyway", pattern.filename)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    pattern = _load(args)
+    _concrete(pattern, args.n)  # located errors for n-dependent checks come first
+    try:
+        from .api import analyze
+        result = analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("patternc"):
+            raise _fail("analysis is not available in this installation (patternc.analysis is missing)") from None
+        raise
+    data = result.to_dict()
+    if not args.allow_empty_rows:
+        _check_empty_rows(pattern, args.n, data.get("empty_rows"))
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(result.format_table())
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    pattern = _load(args)
+    n = args.n
+    if n > MAX_MASK_N:
+        raise _fail(f"--n {n} is too large for a dense mask ({n}x{n} = {n * n / 2 ** 30:.1f} GiB); "
+                    f"the limit is n <= {MAX_MASK_N}; use `patternc analyze` for long sequences", pattern.filename)
+    expr = _concrete(pattern, n)
+    if pattern.num_heads is not None and args.head is None:
+        heads = list(range(pattern.num_heads))
+    else:
+        heads = [_pick_head(pattern, args.head)]
+    if len(heads) * n * n > MAX_MASK_BYTES:
+        raise _fail(f"a ({len(heads)}, {n}, {n}) mask takes {len(heads) * n * n / 2 ** 30:.1f} GiB; "
+                    f"pick one head with --head", pattern.filename)
+    import io
+
+    import numpy as np
+
+    from . import show
+
+    masks = [show.dense_mask(expr, n, head=h) for h in heads]
+    m = masks[0] if len(masks) == 1 and (pattern.num_heads is None or args.head is not None) else np.stack(masks)
+    buf = io.BytesIO()
+    np.save(buf, m, allow_pickle=False)
+    atomic_write(args.output, buf.getvalue())
+    print(f"{args.output}: {'x'.join(map(str, m.shape))} bool mask of pattern '{pattern.name}' "
+          f"({int(m.sum())} allowed pairs)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import show
+
+    pattern = _load(args)
+    n = args.n
+    if n > show.MAX_N:
+        raise _fail(f"--n {n} is too large to draw (the limit is {show.MAX_N}); "
+                    f"use `patternc analyze` for long sequences", pattern.filename)
+    if -(-n // args.tile) > show.MAX_BLOCKS:
+        raise _fail(f"--tile {args.tile} is too small to draw n={n}: at most {show.MAX_BLOCKS} tiles per side "
+                    f"(use --tile {-(-n // show.MAX_BLOCKS)} or more)", pattern.filename)
+    expr = _concrete(pattern, n)
+    head = _pick_head(pattern, args.head)
+    title = f"pattern {pattern.name}"
+    if pattern.params:
+        title += " (" + ", ".join(f"{k}={v}" for k, v in pattern.params) + ")"
+    if pattern.num_heads is not None:
+        title += f", head {head} of {pattern.num_heads}"
+    if args.output:
+        atomic_write(args.output, b"", write=lambda tmp: show.save_png(expr, n, tmp, args.tile, head, title))
+        print(f"{args.output}: picture of pattern '{pattern.name}' at n={n}, tile={args.tile}")
+    else:
+        sys.stdout.write(show.ascii_picture(expr, n, args.tile, head, width=min(args.width, 512), title=title))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .api import BACKENDS, compile as compile_pattern
+    from .errors import did_you_mean
+
+    if args.backend not in BACKENDS:
+        raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, BACKENDS)}; "
+                    f"choose one of: {', '.join(BACKENDS)}")
+    pattern = _load(args)
+    text = compile_pattern(pattern, args.backend)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    atomic_write(args.output, text.encode("utf-8"))
+    print(f"{args.output}: {args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
+    return 0
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="patternc", description="A compiler for sparse attention patterns (.attn files).")
+    p.add_argument("--version", action="version", version=f"patternc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp, pattern: bool = True, defines: bool = True):
+        sp.add_argument("file", metavar="FILE", help="the .attn file")
+        if pattern:
+            sp.add_argument("--pattern", "-p", metavar="NAME", help="which pattern (default: the last one defined)")
+        if defines:
+            sp.add_argument("-D", dest="define", action="append", metavar="NAME=VALUE",
+                            help="set an integer parameter of the pattern (repeatable)")
+
+    sp = sub.add_parser("check", help="report syntax and semantic errors")
+    common(sp, pattern=False, defines=False)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n")
+    common(sp)
+    sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
+    sp.add_argument("--heads", type=_positive("--heads"), help="number of heads (default: the pattern's, or 1)")
+    sp.add_argument("--tile", type=_positive("--tile"), default=128, help="kernel tile size (default 128)")
+    sp.add_argument("--head-dim", type=_positive("--head-dim"), default=128, help="head dimension (default 128)")
+    sp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sp.add_argument("--allow-empty-rows", action="store_true",
+                    help="do not fail when some query rows have no allowed key")
+    sp.set_defaults(func=cmd_analyze)
+
+    sp = sub.add_parser("mask", help="write the dense boolean mask as .npy")
+    common(sp)
+    sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
+    sp.add_argument("-o", "--output", default="mask.npy", help="output .npy file (default mask.npy)")
+    sp.add_argument("--head", type=_int_at_least("--head", 0),
+                    help="head of a per-head pattern (default: all heads, shape (H, n, n))")
+    sp.set_defaults(func=cmd_mask)
+
+    sp = sub.add_parser("show", help="draw the mask and its tiles (ASCII, or PNG with -o)")
+    common(sp)
+    sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
+    sp.add_argument("-o", "--output", help="write a PNG here instead of printing ASCII")
+    sp.add_argument("--tile", type=_positive("--tile"), default=128, help="tile size (default 128)")
+    sp.add_argument("--head", type=_int_at_least("--head", 0), help="head of a per-head pattern (default 0)")
+    sp.add_argument("--width", type=_positive("--width"), default=64, help="ASCII columns (default 64, at most 512)")
+    sp.set_defaults(func=cmd_show)
+
+    sp = sub.add_parser("compile", help="generate a Python module for a backend")
+    common(sp)
+    sp.add_argument("--backend", "-b", default="triton", metavar="{triton,reference,flex}",
+                    help="code generator (default triton)")
+    sp.add_argument("-o", "--output", required=True, help="output .py file (written atomically), or - for stdout")
+    sp.set_defaults(func=cmd_compile)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `patternc` console script; returns the exit status."""
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version and usage errors: argparse has printed already
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
+        return args.func(args)
+    except PatternError as e:
+        print(e.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("patternc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `patternc show ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1
+    except Exception as e:  # noqa: BLE001 - the last line of defence: no tracebacks for users
+        if os.environ.get("PATTERNC_DEBUG") == "1":
+            raise
+        text = str(e).strip().splitlines()
+        print(f"patternc: internal error: {type(e).__name__}: {text[0] if text else ''} "
+              "(set PATTERNC_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Pictures of a pattern: an ASCII map for the terminal and a PNG with the tile grid.
+
+A kernel pays per tile, not per pair, so both pictures show which tiles are
+full (no mask arithmetic needed), partial (masked) or empty (skipped).  Counts
+come from the semantics oracle evaluated in row chunks, so memory stays small
+even where the n x n mask would not (n up to MAX_N).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from . import ir, semantics
+
+MAX_N = 16384
+MAX_BLOCKS = 2048  # per side: the per-tile counts are a MAX_BLOCKS**2 array at most
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Allowed pairs per (row block, column block) and each block's size."""
+
+    counts: object  # np.ndarray (nb, nb) of int64
+    areas: object  # np.ndarray (nb, nb) of int64
+    block: int
+
+    @property
+    def states(self):
+        """EMPTY / PARTIAL / FULL per block."""
+        import numpy as np
+
+        s = np.full(self.counts.shape, PARTIAL, dtype=np.int8)
+        s[self.counts == 0] = EMPTY
+        s[self.counts == self.areas] = FULL
+        return s
+
+
+def _head_expr(expr, head: int):
+    return expr.for_head(head) if isinstance(expr, ir.Heads) else expr
+
+
+def block_counts(expr, n: int, block: int, head: int = 0) -> Counts:
+    """Count allowed pairs per block of a concrete (n-substituted) IR, a few rows at a time."""
+    import numpy as np
+
+    expr = _head_expr(expr, head)
+    starts = np.arange(0, n, block)
+    sizes = np.minimum(starts + block, n) - starts
+    counts = np.zeros((len(starts), len(starts)), dtype=np.int64)
+    j = np.arange(n, dtype=np.int64)[None, :]
+    rows_per_chunk = max(block, ((1 << 22) // max(n, 1)) // block * block)
+    for r0 in range(0, n, rows_per_chunk):
+        r1 = min(n, r0 + rows_per_chunk)
+        i = np.arange(r0, r1, dtype=np.int64)[:, None]
+        m = np.broadcast_to(semantics.allowed(expr, i, j, n), (r1 - r0, n)).astype(np.int64)
+        per_col = np.add.reduceat(m, starts, axis=1)  # (rows, nb)
+        row_starts = np.arange(0, r1 - r0, block)
+        counts[r0 // block: r0 // block + len(row_starts)] = np.add.reduceat(per_col, row_starts, axis=0)
+    return Counts(counts, np.outer(sizes, sizes), block)
+
+
+def dense_mask(expr, n: int, head: int = 0):
+    """The n x n boolean mask, filled a few rows at a time (no n x n int64 temporaries)."""
+    import numpy as np
+
+    expr = _head_expr(expr, head)
+    out = np.empty((n, n), dtype=bool)
+    j = np.arange(n, dtype=np.int64)[None, :]
+    step = max(1, (1 << 22) // max(n, 1))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        i = np.arange(r0, r1, dtype=np.int64)[:, None]
+        out[r0:r1] = np.broadcast_to(semantics.allowed(expr, i, j, n), (r1 - r0, n))
+    return out
+
+
+def first_empty_rows(expr, n: int, limit: int = 5, head: int = 0, max_pairs: Optional[int] = None) -> tuple:
+    """(number of query rows with no allowed key, the first `limit` of them, whether every row
+    was looked at).  With `max_pairs`, stop once `limit` rows are found or the budget is spent."""
+    import numpy as np
+
+    expr = _head_expr(expr, head)
+    j = np.arange(n, dtype=np.int64)[None, :]
+    total, first = 0, []
+    step = max(1, (1 << 22) // max(n, 1))
+    for r0 in range(0, n, step):
+        if max_pairs is not None and (len(first) >= limit or r0 * n >= max_pairs):
+            return total, first, False
+        i = np.arange(r0, min(n, r0 + step), dtype=np.int64)[:, None]
+        empty = ~np.broadcast_to(semantics.allowed(expr, i, j, n), (len(i), n)).any(axis=1)
+        rows = np.nonzero(empty)[0] + r0
+        total += len(rows)
+        first += [int(r) for r in rows[: max(0, limit - len(first))]]
+    return total, first, True
+
+
+def _cell_size(n: int, tile: int, width: int) -> int:
+    """Pairs per character: small enough to fit `width` columns, aligned with tiles if possible."""
+    need = -(-n // width)
+    if need <= tile:
+        return next(d for d in range(need, tile + 1) if tile % d == 0)
+    return -(-need // tile) * tile
+
+
+_CELL = {EMPTY: " ", PARTIAL: "+", FULL: "#"}
+_TILE = {EMPTY: ".", PARTIAL: "+", FULL: "#"}
+
+
+def _group_states(states, g: int):
+    """Merge g x g tiles into one character: full or empty only if all of them are."""
+    import numpy as np
+
+    nb = states.shape[0]
+    ng = -(-nb // g)
+    pad = ng * g - nb
+
+    def all_of(value):
+        x = np.pad(states == value, ((0, pad), (0, pad)), constant_values=True)
+        return x.reshape(ng, g, ng, g).all(axis=(1, 3))
+
+    out = np.full((ng, ng), PARTIAL, dtype=np.int8)
+    out[all_of(EMPTY)] = EMPTY
+    out[all_of(FULL)] = FULL
+    return out
+
+
+def summary_line(tiles: Counts, n: int) -> str:
+    import numpy as np
+
+    nnz = int(tiles.counts.sum())
+    st = tiles.states
+    return (f"n={n}, tile={tiles.block}: {nnz} of {n * n} pairs allowed ({nnz / (n * n):.2%}); "
+            f"tiles: {int(np.sum(st == FULL))} full, {int(np.sum(st == PARTIAL))} partial, "
+            f"{int(np.sum(st == EMPTY))} empty of {st.size}")
+
+
+def ascii_picture(expr, n: int, tile: int = 128, head: int = 0, width: int = 64, title: str = "") -> str:
+    """The mask downsampled to about `width` columns with the tile grid, then the tile map."""
+    cell = _cell_size(n, tile, width)
+    cells = block_counts(expr, n, cell, head)
+    tiles = cells if cell == tile else block_counts(expr, n, tile, head)
+    out = [title] if title else []
+    out.append(summary_line(tiles, n))
+    out.append("")
+    per_tile = tile // cell if tile % cell == 0 else 0
+    grid = per_tile >= 2 and tiles.states.shape[0] <= 32
+    legend = f"mask, 1 char = {cell}x{cell} pairs: '#' all allowed, '+' some, ' ' none"
+    out.append(legend + ("; lines are tile borders:" if grid else ":"))
+    cs = cells.states
+    nc = cs.shape[0]
+
+    def rule() -> str:
+        if not grid:
+            return "+" + "-" * nc + "+"
+        return "+" + "+".join("-" * len(range(c, min(nc, c + per_tile))) for c in range(0, nc, per_tile)) + "+"
+
+    out.append(rule())
+    for r in range(nc):
+        if grid and r and r % per_tile == 0:
+            out.append(rule())
+        chars = [_CELL[int(s)] for s in cs[r]]
+        if grid:
+            chars = ["|".join("".join(chars[c:c + per_tile]) for c in range(0, nc, per_tile))]
+        out.append("|" + "".join(chars) + "|")
+    out.append(rule())
+    ts = tiles.states
+    g = max(1, -(-ts.shape[0] // width))
+    shown = _group_states(ts, g) if g > 1 else ts
+    what = f"1 char = {g}x{g} tiles" if g > 1 else "1 char = 1 tile"
+    out.append("")
+    out.append(f"tiles of {tile}x{tile} ({what}): '#' full, '+' partial (masked), '.' empty (skipped):")
+    for r in range(shown.shape[0]):
+        out.append("  " + "".join(_TILE[int(s)] for s in shown[r]))
+    return "\n".join(out) + "\n"
+
+
+def save_png(expr, n: int, path: str, tile: int = 128, head: int = 0, title: str = "") -> None:
+    """A PNG of the mask (density per pixel) with the tile grid; full and partial tiles shaded.
+
+    Writes to `path` as given (the CLI passes a temporary file and renames it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    cell = max(1, -(-n // 1024))
+    cells = block_counts(expr, n, cell, head)
+    tiles = block_counts(expr, n, tile, head)
+    density = cells.counts / cells.areas
+    fig, ax = plt.subplots(figsize=(7.5, 8), dpi=100)
+    try:
+        ax.imshow(density, cmap="Greys", vmin=0, vmax=1.6, extent=(0, n, n, 0), interpolation="nearest")
+        st = tiles.states
+        nb = st.shape[0]
+        shade = np.zeros((nb, nb, 4))
+        shade[st == FULL] = matplotlib.colors.to_rgba("tab:green", 0.3)
+        shade[st == PARTIAL] = matplotlib.colors.to_rgba("tab:orange", 0.3)
+        ax.imshow(shade, extent=(0, nb * tile, nb * tile, 0), interpolation="nearest")
+        if nb <= 128:
+            for t in range(tile, n, tile):
+                ax.axhline(t, color="tab:blue", lw=0.5, alpha=0.6)
+                ax.axvline(t, color="tab:blue", lw=0.5, alpha=0.6)
+        ax.set_xlim(0, n)
+        ax.set_ylim(n, 0)
+        ax.set_xlabel("key j")
+        ax.set_ylabel("query i")
+        ax.set_title((title + "\n" if title else "") + summary_line(tiles, n), fontsize=8)
+        ax.legend(handles=[Patch(facecolor="tab:green", alpha=0.4, label="full tile"),
+                           Patch(facecolor="tab:orange", alpha=0.4, label="partial tile"),
+                           Patch(facecolor="white", edgecolor="grey", label="empty tile")],
+                  loc="upper right", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
