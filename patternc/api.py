@@ -107,6 +107,9 @@ def load(path_or_source: Union[str, os.PathLike, Pattern], pattern: Optional[str
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
         return mod
+    import sys
+
+    sys.modules[name] = mod  # torch.compile (FlexAttention) looks module globals up there
     exec(builtins_compile(text, mod.__file__, "exec"), mod.__dict__)
     return mod
 

@@ -1,0 +1,137 @@
+"""The files under examples/ and the language reference stay correct.
+
+Every example parses, every pattern in it resolves with its defaults, the
+reference backend's mask equals the semantics oracle at ragged lengths, and
+examples/model.py trains a few steps with a finite loss.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import patternc
+from patternc import semantics
+from patternc.frontend import PRIMITIVES, check_program, parse_program
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+FILES = sorted(EXAMPLES.glob("*.attn"))
+EXPECTED = {"longformer", "bigbird", "strided", "fixed", "sliding_window", "streaming", "dilated",
+            "prefix_lm", "per_head"}
+LENGTHS = (77, 300)
+
+
+def _all_patterns():
+    out = []
+    for f in FILES:
+        prog = parse_program(f.read_text(), str(f))
+        out += [(f, name) for name in prog.definitions]
+    return out
+
+
+PATTERNS = _all_patterns()
+
+
+def test_every_family_has_an_example():
+    assert {f.stem for f in FILES} >= EXPECTED
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_example_parses_and_every_pattern_resolves(path):
+    p = patternc.parse(path)  # the default pattern: the last one defined
+    prog = parse_program(path.read_text(), str(path))
+    assert p.name == prog.names[-1]
+    resolved = check_program(prog)
+    assert [r.name for r in resolved] == prog.names, "every example pattern should have defaults for all parameters"
+    text = path.read_text()
+    assert text.lstrip().startswith("#"), "an example should open with a comment saying what it is"
+
+
+@pytest.mark.parametrize("path,name", PATTERNS, ids=[f"{f.stem}:{n}" for f, n in PATTERNS])
+def test_reference_mask_matches_semantics(path, name):
+    p = patternc.parse(path, name)
+    mod = patternc.load(p, backend="reference")
+    for n in LENGTHS:
+        expr = p.at(n)
+        got = mod.mask(n).numpy()
+        if p.num_heads is None:
+            want = semantics.dense_mask_numpy(expr, n)
+        else:
+            want = np.stack([semantics.dense_mask_numpy(expr, n, head=h) for h in range(p.num_heads)])
+        assert got.shape == want.shape
+        assert np.array_equal(got, want), f"{path.name}:{name} differs from the oracle at n={n}"
+        assert want.any(axis=-1).all(), f"{path.name}:{name} has a query row with no key at n={n}"
+
+
+def test_equivalent_spellings_hash_equal():
+    f = EXAMPLES / "fixed.attn"
+    assert patternc.parse(f, "fixed_explicit").hash == patternc.parse(f, "fixed_sparse").hash
+    s = EXAMPLES / "sliding_window.attn"
+    assert patternc.parse(s, "sliding_window").hash == patternc.parse(s, "sliding_window_band").hash
+
+
+def test_reference_attention_runs_on_an_example():
+    mod = patternc.load(EXAMPLES / "bigbird.attn", backend="reference", b=16, r=2)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 77, 8, generator=g) for _ in range(3))
+    out = mod.attention(q, k, v)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+def _run_model(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(EXAMPLES / "model.py"), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _losses(stdout: str) -> list:
+    return [float(x) for x in re.findall(r"^step\s+\d+/\d+\s+loss\s+(\S+)", stdout, re.M)]
+
+
+def test_model_trains_with_load():
+    r = _run_model("--attn", EXAMPLES / "streaming.attn", "-D", "w=16", "--backend", "reference",
+                   "--steps", 3, "--n", 64, "--batch", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    losses = _losses(r.stdout)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), r.stdout
+
+
+def test_model_trains_with_compiled_file(tmp_path):
+    out = tmp_path / "per_head_ref.py"
+    out.write_text(patternc.compile(patternc.parse(EXAMPLES / "per_head.attn"), "reference"))
+    r = _run_model("--module", out, "--steps", 3, "--n", 64, "--batch", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "using its 8 heads" in r.stdout
+    losses = _losses(r.stdout)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), r.stdout
+
+
+def test_language_reference_documents_every_primitive():
+    text = (ROOT / "docs" / "language.md").read_text()
+    for name in PRIMITIVES:
+        assert re.search(rf"^#+ .*`{name}\b", text, re.M), f"docs/language.md has no section for {name}"
+
+
+def test_docs_pictures_exist_and_are_small():
+    docs = ROOT / "docs"
+    for md in ("language.md", "tutorial.md", "internals.md", "examples.md"):
+        for ref in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (docs / md).read_text()):
+            path = docs / ref
+            assert path.is_file(), f"docs/{md} shows {ref}, which does not exist (run docs/make_pictures.py)"
+            assert path.stat().st_size < 60 * 1024, f"{ref} is larger than 60 KB"
+
+
+def test_random_hash_test_vectors_in_internals():
+    text = (ROOT / "docs" / "internals.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", text, re.M)
+    assert len(rows) >= 5
+    for s, qb, t, h in rows:
+        assert semantics.random_pick(int(s), int(qb), int(t)) == int(h)
