@@ -410,13 +410,16 @@ class _Resolver:
         if isinstance(t, lark.Token):
             raise self.err(f"unexpected {str(t)!r}", t)
         k = t.data
-        if k == "union":
-            return ir.union([self.pattern(c, env) for c in t.children])
-        if k == "inter":
-            return ir.inter([self.pattern(c, env) for c in t.children])
-        if k == "diff":
-            a, b = (self.pattern(c, env) for c in t.children)
-            return ir.diff(a, b)
+        try:
+            if k == "union":
+                return ir.union([self.pattern(c, env) for c in t.children])
+            if k == "inter":
+                return ir.inter([self.pattern(c, env) for c in t.children])
+            if k == "diff":
+                a, b = (self.pattern(c, env) for c in t.children)
+                return ir.diff(a, b)
+        except ir.HeadsMismatch as e:
+            raise self.err(str(e), t) from None
         if k == "ref":
             return self.call(t.children[0], [], t, env)
         if k == "call":

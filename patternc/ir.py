@@ -245,8 +245,16 @@ def neg(x: "Node") -> "Node":
     return Not(x)
 
 
+class HeadsMismatch(ValueError):
+    """Two per-head operands cover different numbers of heads."""
+
+
 def _lift_heads(op, items: list) -> "Node":
     """Push an operator through per-head cases, refining the head ranges."""
+    counts = sorted({x.num_heads for x in items if isinstance(x, Heads)})
+    if len(counts) > 1:
+        raise HeadsMismatch(f"per-head operands cover different head counts ({' vs '.join(map(str, counts))}); "
+                            "combine heads { } blocks over the same heads")
     cuts = sorted({c.lo for x in items if isinstance(x, Heads) for c in x.cases}
                   | {c.hi + 1 for x in items if isinstance(x, Heads) for c in x.cases})
     cases = []
