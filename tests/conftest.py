@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, generated Triton kernels run on the CPU through Triton's interpreter.  The switch
+# must be on before anything imports triton (torch's FlexAttention does): triton.language's own
+# jit helpers (tl.max, tl.sum) are decorated at import time and would not be interpretable.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).parent / "patternc"
