@@ -29,8 +29,8 @@ class PatternError(Exception):
 
     def format(self) -> str:
         if self.span is None:
-            return f"{self.filename}: {self.message}"
-        head = f"{self.filename}:{self.span.line}:{self.span.column}: {self.message}"
+            return _one_line(f"{self.filename}: {self.message}")
+        head = _one_line(f"{self.filename}:{self.span.line}:{self.span.column}: {self.message}")
         lines = self.source.splitlines()
         if 1 <= self.span.line <= len(lines):
             text = lines[self.span.line - 1]
@@ -46,6 +46,14 @@ class PatternError(Exception):
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _one_line(text: str) -> str:
+    """The first line of an error stays one line whatever a file name or a -D value holds:
+    control characters (newlines, escapes) are spelled out as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

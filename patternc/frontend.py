@@ -19,6 +19,11 @@ from .errors import PatternError, Span, did_you_mean
 MAX_SOURCE_BYTES = 1 << 20
 MAX_DEPTH = 200
 MAX_HEADS = 4096
+MAX_TOKENS = 20_000  # lark needs ~30 us a token: this keeps the worst parse well under a second
+MAX_EXPR_DEPTH = 64  # operator nesting of a resolved expression; generated code nests ~2 parens a level
+MAX_WORK = 40_000  # expression nodes visited while resolving a file (user patterns expand inline): ~1 s
+MAX_LENGTH = (1 << 31) - 1  # the longest sequence every generated module must handle
+MAX_NAME = 128  # characters in a pattern or parameter name (names become file and symbol names)
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,6 +141,35 @@ def _describe_expected(expected) -> str:
     return " (expected " + ", ".join(words) + ")"
 
 
+_TOKEN_RE = None
+
+
+def _check_token_count(source: str, filename: str) -> None:
+    """Refuse files with more tokens than a pattern file needs, before the (slow) parser runs."""
+    import re
+
+    global _TOKEN_RE
+    if _TOKEN_RE is None:
+        _TOKEN_RE = re.compile(r"#[^\n]*|[A-Za-z0-9_]+|\S")
+    count = 0
+    for m in _TOKEN_RE.finditer(source):
+        if m.group().startswith("#"):
+            continue
+        count += 1
+        if count > MAX_TOKENS:
+            pos = m.start()
+            line = source.count("\n", 0, pos) + 1
+            col = pos - (source.rfind("\n", 0, pos) + 1) + 1
+            raise PatternError(f"file has more than {MAX_TOKENS} tokens; a pattern file should be small",
+                               Span(line, col), source, filename)
+
+
+def _check_name(tok, source: str, filename: str) -> None:
+    if len(tok) > MAX_NAME:
+        raise PatternError(f"name '{str(tok)[:32]}...' is {len(tok)} characters long (at most {MAX_NAME})",
+                           _span(tok), source, filename)
+
+
 def parse_program(source: str, filename: str = "<string>") -> Program:
     """Parse and index the definitions; resolution happens per pattern."""
     import lark
@@ -165,11 +199,18 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
         line = source.count("\n", 0, pos) + 1
         col = pos - (source.rfind("\n", 0, pos) + 1) + 1
         raise PatternError(f"expression nested more than {MAX_DEPTH} levels deep", Span(line, col), source, filename)
+    _check_token_count(source, filename)
     try:
         tree = _parser().parse(source)
     except lark.UnexpectedCharacters as e:
         ch = source[e.pos_in_stream] if e.pos_in_stream < len(source) else "?"
         shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+        if not ch.isascii():  # a look-alike (Cyrillic 'а', fullwidth '（') must not read as 'a' or '('
+            import unicodedata
+
+            what = unicodedata.name(ch, "")
+            shown += (f" (U+{ord(ch):04X} {what})" if ch.isprintable() and what else
+                      f" ({what})" if what else "") + "; names and operators are ASCII"
         raise PatternError(f"unexpected character {shown}", Span(e.line, e.column), source, filename) from None
     except lark.UnexpectedEOF as e:
         lines = source.splitlines() or [""]
@@ -190,6 +231,7 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
     for d in tree.children:
         name_tok, params_tree, body = d.children
         name = str(name_tok)
+        _check_name(name_tok, source, filename)
         if name in prog.definitions:
             raise PatternError(f"pattern '{name}' is defined twice", _span(name_tok), source, filename)
         if name in PRIMITIVES or name == "n":
@@ -202,6 +244,7 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
                     continue
                 pname, default = p.children
                 pname_s = str(pname)
+                _check_name(pname, source, filename)
                 if pname_s in seen:
                     raise PatternError(f"parameter '{pname_s}' is declared twice", _span(pname), source, filename)
                 if pname_s == "n" or pname_s in FUNCTIONS:
@@ -339,10 +382,22 @@ class _ArgError(Exception):
 # ---------------------------------------------------------------- resolution
 
 class _Resolver:
-    def __init__(self, prog: Program):
+    def __init__(self, prog: Program, shared: Optional[dict] = None):
         self.prog = prog
         self.checks: list = []
         self.stack: list = []
+        # (pattern, arguments) -> (IR, checks): a pattern used twice is resolved once.  check_program
+        # shares the memo and the work budget between the definitions of one file.
+        self.shared = shared if shared is not None else {"memo": {}, "work": 0}
+        self.memo = self.shared["memo"]
+
+    def tick(self, node) -> None:
+        """Bound the work of resolution: user patterns expand inline, so a few lines that each
+        use the previous pattern twice, with new arguments each time, take exponential time."""
+        self.shared["work"] += 1
+        if self.shared["work"] > MAX_WORK:
+            raise self.err(f"pattern expands to more than {MAX_WORK} expression nodes "
+                           "(user patterns are expanded inline wherever they are used)", node)
 
     def err(self, msg: str, node) -> PatternError:
         return PatternError(msg, _span(node) if node is not None else None, self.prog.source, self.prog.filename)
@@ -353,6 +408,7 @@ class _Resolver:
 
         if isinstance(t, lark.Token):
             raise self.err(f"expected an integer expression, got {str(t)!r}", t)
+        self.tick(t)
         k = t.data
         try:
             if k == "int":
@@ -409,15 +465,11 @@ class _Resolver:
 
         if isinstance(t, lark.Token):
             raise self.err(f"unexpected {str(t)!r}", t)
+        self.tick(t)
         k = t.data
         try:
-            if k == "union":
-                return ir.union([self.pattern(c, env) for c in t.children])
-            if k == "inter":
-                return ir.inter([self.pattern(c, env) for c in t.children])
-            if k == "diff":
-                a, b = (self.pattern(c, env) for c in t.children)
-                return ir.diff(a, b)
+            if k in ("union", "inter", "diff"):
+                return self.chain(t, env)
         except ir.HeadsMismatch as e:
             raise self.err(str(e), t) from None
         if k == "ref":
@@ -429,6 +481,35 @@ class _Resolver:
         if k in ("int", "add", "sub", "mul", "floordiv", "mod", "neg", "icall"):
             raise self.err("expected a pattern, got an integer expression", t)
         raise self.err(f"unexpected {k}", t)
+
+    def chain(self, t, env: dict):
+        """A left-deep chain `a | b - c | d ...` (or `a & b & c ...`) without recursion: the parser
+        nests one node per operator, and printed normal forms of wide unions have thousands.
+        Consecutive operators of one kind combine in one call (the normal form is associative)."""
+        ops = []
+        node = t
+        while not isinstance(node, str) and getattr(node, "data", None) in ("union", "inter", "diff") \
+                and (node is t or (node.data == "inter") == (t.data == "inter")):
+            if node is not t:
+                self.tick(node)
+            ops.append((node.data, node.children[1]))
+            node = node.children[0]
+        acc = self.pattern(node, env)
+        ops.reverse()
+        i = 0
+        while i < len(ops):
+            kind = ops[i][0]
+            run = []
+            while i < len(ops) and ops[i][0] == kind:
+                run.append(self.pattern(ops[i][1], env))
+                i += 1
+            if kind == "union":
+                acc = ir.union([acc] + run)
+            elif kind == "inter":
+                acc = ir.inter([acc] + run)
+            else:
+                acc = ir.inter([acc] + [ir.neg(x) for x in run])  # a - b - c = a & ~b & ~c
+        return acc
 
     def heads(self, t, env: dict):
         cases = []
@@ -557,7 +638,15 @@ class _Resolver:
             if key in given:
                 raise self.err(f"pattern '{d.name}' got '{key}' twice", anode)
             given[key] = self.ints(val, env)
-        return self.instantiate(d, given, node)[0]
+        memo_key = (d.name, tuple(sorted(given.items())))
+        if memo_key not in self.memo:
+            before = len(self.checks)
+            expr = self.instantiate(d, given, node)[0]
+            self.memo[memo_key] = (expr, tuple(self.checks[before:]))
+            return expr
+        expr, checks = self.memo[memo_key]
+        self.checks.extend(checks)
+        return expr
 
     def instantiate(self, d: Definition, given: dict, node):
         self.stack.append(d.name)
@@ -577,6 +666,10 @@ class _Resolver:
 
 def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict] = None) -> Pattern:
     """Resolve one definition (default: the last one) with -D style overrides."""
+    return _resolve(prog, name, overrides, None)
+
+
+def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shared: Optional[dict]) -> Pattern:
     if name is None:
         name = list(prog.definitions)[-1]
     if name not in prog.definitions:
@@ -601,14 +694,72 @@ def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict]
         if abs(value) > ix.MAX_ABS:
             raise PatternError(f"-D {key}={value}: value is too large", None, prog.source, prog.filename)
         given[key] = ix.Const(value)
-    r = _Resolver(prog)
+    r = _Resolver(prog, shared)
     try:
         expr, env = r.instantiate(d, given, d.body)
+        uniq = tuple(dict.fromkeys(r.checks))
+        _check_limits(expr, d, prog)
     except RecursionError:
         raise PatternError("pattern is nested too deeply", d.span, prog.source, prog.filename) from None
     params = tuple((p.name, str(env[p.name])) for p in d.params)
-    uniq = tuple(dict.fromkeys(r.checks))
     return Pattern(name, expr, params, uniq, prog.source, prog.filename)
+
+
+def _int_depth(e) -> int:
+    return 1 + max(map(_int_depth, e.args)) if isinstance(e, ix.Op) else 0
+
+
+def _expr_depth(x) -> int:
+    """Operator nesting of a resolved expression: pattern operators plus integer operators.
+    Generated code prints about two parentheses a level, and Python allows 200."""
+    if isinstance(x, ir.Heads):
+        return max(_expr_depth(c.expr) for c in x.cases)
+    if isinstance(x, (ir.Union, ir.Inter)):
+        return 1 + max(map(_expr_depth, x.items))
+    if isinstance(x, ir.Not):
+        return 1 + _expr_depth(x.x)
+    return 1 + max((_int_depth(e) for e in ir.int_args(x)), default=0)
+
+
+# lengths at which n-dependent integers are checked to stay within 64 bits
+_SAMPLE_LENGTHS = (3, MAX_LENGTH) + tuple(1 << k for k in range(31))
+
+
+def _bounded_value(e, n: int, memo: dict) -> int:
+    """The value of e at length n; OverflowError if it or any intermediate leaves +-2**62."""
+    if isinstance(e, ix.Const):
+        return e.value
+    if isinstance(e, ix.NVar):
+        return n
+    if id(e) not in memo:  # shared subexpressions (user patterns, band bounds) count once
+        v = ix._apply(e.op, [_bounded_value(a, n, memo) for a in e.args])
+        if abs(v) > ix.MAX_ABS:
+            text = str(e)
+            text = text if len(text) <= 80 else text[:80] + "..."
+            raise OverflowError(f"{text} is {v} at n={n}" if abs(v) < 10 ** 40 else f"{text} is too large at n={n}")
+        memo[id(e)] = v
+    return memo[id(e)]
+
+
+def _check_limits(expr, d: Definition, prog: Program) -> None:
+    """Reject what would break code generation or overflow 64-bit integers at run time."""
+    depth = _expr_depth(expr)
+    if depth > MAX_EXPR_DEPTH:
+        raise PatternError(f"expression nests {depth} operators deep (at most {MAX_EXPR_DEPTH}); "
+                           "split it into named patterns or simplify the arithmetic", d.span, prog.source,
+                           prog.filename)
+    # Arguments reach kernels and numpy as 64-bit integers; the checks run on Python integers.
+    exprs = [e for node in ir.walk(expr) for e in ir.int_args(node) if isinstance(e, ix.Op)]  # stable order
+    for n in _SAMPLE_LENGTHS:
+        memo: dict = {}
+        for e in exprs:
+            try:
+                _bounded_value(e, n, memo)
+            except ix.EvalError:
+                continue  # an invalid length: the n-dependent checks reject it at run time
+            except OverflowError as err:
+                raise PatternError(f"integer overflow: {err}; every value must stay within +-2**62 for "
+                                   f"lengths up to n={MAX_LENGTH}", d.span, prog.source, prog.filename) from None
 
 
 # Errors that the placeholder value 1 for a required parameter can cause by itself.
@@ -619,11 +770,12 @@ def check_program(prog: Program) -> list:
     """Resolve every definition with its defaults; patterns with required parameters are
     checked when used.  Returns the resolved patterns."""
     out = []
+    shared = {"memo": {}, "work": 0}  # one work budget for the file; definitions reuse each other's work
     for name, d in prog.definitions.items():
         if all(p.default is not None for p in d.params):
-            out.append(resolve(prog, name))
+            out.append(_resolve(prog, name, None, shared))
         else:  # check the body with placeholder values so typos are still found
-            r = _Resolver(prog)
+            r = _Resolver(prog, shared)
             given = {p.name: ix.Const(1) for p in d.params if p.default is None}
             try:
                 r.instantiate(d, given, d.body)

@@ -266,9 +266,11 @@ def _lift_heads(op, items: list) -> "Node":
 
 def _merge_intervals(items: list, cls) -> list:
     """Merge constant, overlapping or touching Rows/Cols intervals in a union."""
-    const = sorted((x for x in items if isinstance(x, cls) and _cval(x.a) is not None
-                    and _cval(x.b) is not None), key=lambda x: (x.a.value, x.b.value))
-    rest = [x for x in items if x not in const]
+    def is_const(x) -> bool:
+        return isinstance(x, cls) and _cval(x.a) is not None and _cval(x.b) is not None
+
+    const = sorted((x for x in items if is_const(x)), key=lambda x: (x.a.value, x.b.value))
+    rest = [x for x in items if not is_const(x)]  # not `x not in const`: quadratic on long unions
     merged: list = []
     for x in const:
         if merged and x.a.value <= merged[-1].b.value:
@@ -285,16 +287,21 @@ def _merge_bands_union(items: list) -> list:
     def hi_v(x):
         return float("inf") if x.hi is None else x.hi.value
 
-    ok = [x for x in items if isinstance(x, Band)
-          and (x.lo is None or _cval(x.lo) is not None) and (x.hi is None or _cval(x.hi) is not None)]
-    rest = [x for x in items if x not in ok]
+    def is_const(x) -> bool:
+        return isinstance(x, Band) and (x.lo is None or _cval(x.lo) is not None) \
+            and (x.hi is None or _cval(x.hi) is not None)
+
+    ok = [x for x in items if is_const(x)]
+    rest = [x for x in items if not is_const(x)]  # not `x not in ok`: quadratic on long unions
     ok.sort(key=lo_v)
     merged: list = []
     for x in ok:
         if merged and lo_v(x) <= hi_v(merged[-1]) + 1:
             last = merged.pop()
             hi = None if (last.hi is None or x.hi is None) else Const(max(last.hi.value, x.hi.value))
-            x = Band(last.lo, hi)
+            x = band(last.lo, hi)  # both ends open (e.g. causal | band(hi=0)) is All, not Band(None, None)
+            if isinstance(x, All):
+                return [x]  # union() turns any All into All
         merged.append(x)
     return rest + merged
 
@@ -313,7 +320,8 @@ def union(items) -> "Node":
     flat = _merge_intervals(flat, Rows)
     flat = _merge_intervals(flat, Cols)
     uniq = sorted(set(flat), key=_key)
-    if any(isinstance(x, Not) and x.x in uniq for x in uniq):
+    present = set(uniq)  # a set: `in uniq` is quadratic on long unions/intersections
+    if any(isinstance(x, Not) and x.x in present for x in uniq):
         return All()
     if not uniq:
         return Empty()
@@ -353,7 +361,8 @@ def inter(items) -> "Node":
     if any(isinstance(x, Empty) for x in out):
         return Empty()
     uniq = sorted(set(x for x in out if not isinstance(x, All)), key=_key)
-    if any(isinstance(x, Not) and x.x in uniq for x in uniq):
+    present = set(uniq)  # a set: `in uniq` is quadratic on long unions/intersections
+    if any(isinstance(x, Not) and x.x in present for x in uniq):
         return Empty()
     if not uniq:
         return All()

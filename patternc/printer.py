@@ -24,6 +24,18 @@ def inline_const(e: IntExpr) -> str:
     raise ValueError(f"argument {e} depends on n; give the printer an argument namer")
 
 
+CHAIN = 32  # operands per parenthesised group in printed unions and intersections
+
+
+def _chain(parts: list, op: str) -> str:
+    """`(a | b | ...)`, grouped into a tree of at most CHAIN operands a level: Python parses
+    `a | b | c ...` into a left-deep tree, and thousands of operands (global(at=[...]) with a
+    long list) overflow the parser's recursion."""
+    while len(parts) > CHAIN:
+        parts = ["(" + f" {op} ".join(parts[k:k + CHAIN]) + ")" for k in range(0, len(parts), CHAIN)]
+    return "(" + f" {op} ".join(parts) + ")"
+
+
 def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_random_pick",
               n: str = "n", true: Optional[str] = None) -> str:
     """A boolean expression in `i` and `j` (broadcastable index tensors)."""
@@ -36,9 +48,9 @@ def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_ran
     if isinstance(x, ir.Empty):
         return f"(({i} < 0) & ({j} < 0))"
     if isinstance(x, ir.Union):
-        return "(" + " | ".join(p(y) for y in x.items) + ")"
+        return _chain([p(y) for y in x.items], "|")
     if isinstance(x, ir.Inter):
-        return "(" + " & ".join(p(y) for y in x.items) + ")"
+        return _chain([p(y) for y in x.items], "&")
     if isinstance(x, ir.Not):
         return f"(~{p(x.x)})" if true is None else f"({p(x.x)} == 0)"
     if isinstance(x, ir.Band):
@@ -143,6 +155,8 @@ def _random_pick(i, j, r, b, seed, n):
     int64 tensors and Python ints alike."""
     nkb = -(-n // b)
     picks = min(r, nkb)
+    if picks <= 0:  # an n-dependent count can be 0 at some lengths: random(0) allows nothing
+        return (i < 0) & (j < 0)
     qb, kb = i // b, j // b
     t = ((kb + 1) * picks - 1) // nkb
     start = t * nkb // picks
@@ -183,5 +197,21 @@ def uses_random(expr) -> bool:
 
 
 def py_string(text: str) -> str:
-    """A safe Python string literal for arbitrary text (source files go in only this way)."""
-    return repr(text)
+    """A safe Python string literal for arbitrary text (source files go in only this way).
+
+    Pure ASCII and always single-quoted with every quote escaped, so the literal's text never
+    contains a quoted word such as 'kept' that a later pass over the generated module could
+    mistake for code, never a raw newline or control character, and no non-ASCII character
+    (look-alikes, bidirectional overrides) whatever the file's encoding."""
+    out = []
+    for ch in text:
+        if ch == "\\" or ch == "'":
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        elif ch == "\n":
+            out.append("\\n")
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "'" + "".join(out) + "'"

@@ -1,0 +1,147 @@
+"""`analyze`: the combined report, per-head patterns, errors, output formats and speed."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import patternc
+from patternc import semantics
+from patternc.analysis import Analysis, analyze
+from patternc.errors import PatternError
+
+from conftest import resolve_source
+from test_cost import EXAMPLES
+from test_tiles import brute as brute_tiles
+
+REQUIRED = ("nnz", "density", "nnz_formula", "flops_fwd", "flops_bwd", "order", "tile_efficiency", "empty_rows",
+            "layers_to_full_reach", "metadata_bytes", "kernel_tile_efficiency", "n", "heads", "tile", "pattern",
+            "params", "ir_hash")
+
+
+@pytest.mark.parametrize("src,n,tile", [("causal & (local(5) | stride(8))", 100, 16),
+                                        ("local(4) | global(2) | random(2, block=8)", 77, 32),
+                                        ("causal & fixed(8, 2)", 64, 64)])
+def test_numbers_match_brute_force(src, n, tile):
+    p = resolve_source(src)
+    a = analyze(p, n, tile=tile, head_dim=64)
+    m = semantics.dense_mask_numpy(p.at(n), n)
+    nnz = int(m.sum())
+    assert a.nnz == nnz and a.density == pytest.approx(nnz / n / n)
+    assert a.flops_fwd == 4 * nnz * 64 and a.flops_bwd == 10 * nnz * 64
+    st = brute_tiles(m, tile, tile)
+    assert a.tiles == {"empty": int((st == 0).sum()), "partial": int((st == 1).sum()),
+                       "full": int((st == 2).sum()), "total": st.size}
+    rows = np.repeat(np.minimum(n, np.arange(1, st.shape[0] + 1) * tile) - np.arange(st.shape[0]) * tile, 1)
+    visited = int(((st > 0) * np.outer(rows, rows)).sum())
+    assert a.tile_efficiency == pytest.approx(nnz / visited)
+    assert a.empty_rows == 0 and a.reach_decided
+    d = a.to_dict()
+    for key in REQUIRED:
+        assert key in d, key
+    assert d["kernel_tile_efficiency"] is None and d["metadata_bytes"] == 0
+    json.dumps(d)
+
+
+def test_dict_values_and_formula():
+    p = resolve_source("pattern w(w = 8) = local(w)")
+    a = analyze(p, 1000, tile=64)
+    d = a.to_dict()
+    assert d["pattern"] == "w" and d["params"] == {"w": "8"} and d["ir_hash"] == p.hash
+    assert d["n"] == 1000 and d["heads"] == 1 and d["tile"] == 64 and d["head_dim"] == 128
+    assert d["nnz"] == 17 * 1000 - 8 * 9 and d["order"] == "O(n·w)"
+    assert d["nnz_formula"] == "Piecewise((n**2, n <= 9), (17*n - 72, True))"
+    assert d["layers_to_full_reach"] == -(-999 // 8) and d["causal"] is False
+    assert analyze(resolve_source("random(2)"), 256).to_dict()["nnz_formula"] == "no closed form"
+    assert analyze(p, 100, tile=(32, 16)).to_dict()["tile"] == [32, 16]
+
+
+def test_per_head_patterns():
+    p = resolve_source("heads { 0..1: causal & local(3), 2..3: random(2, block=4, seed=1) | sink(n // 8) }")
+    a = analyze(p, 64, tile=16)
+    assert a.heads == 4 and len(a.per_head) == 2
+    masks = [semantics.dense_mask_numpy(p.at(64), 64, head=h) for h in range(4)]
+    assert a.nnz == sum(int(m.sum()) for m in masks)
+    assert a.density == pytest.approx(a.nnz / (4 * 64 * 64))
+    assert a.per_head[0].heads == (0, 1) and a.per_head[0].nnz == int(masks[0].sum())
+    assert a.per_head[0].layers_to_full_reach == 21  # causal band of 3: ceil(63 / 3)
+    union = masks[0] | masks[2]  # a layer depends on a pair when any head allows it
+    from test_reach import brute_layers
+    assert a.layers_to_full_reach == brute_layers(union)
+    d = a.to_dict()
+    assert [h["heads"] for h in d["per_head"]] == [[0, 1], [2, 3]]
+    assert "per head:" in a.format_table()
+    assert analyze(p, 64, heads=4).heads == 4
+    with pytest.raises(PatternError, match="defines 4 heads .* heads=3"):
+        analyze(p, 64, heads=3)
+
+
+def test_same_pattern_on_several_heads_scales_totals():
+    p = resolve_source("causal")
+    one, four = analyze(p, 128, tile=32), analyze(p, 128, heads=4, tile=32)
+    assert four.nnz == 4 * one.nnz and four.flops_fwd == 4 * one.flops_fwd
+    assert four.density == one.density and four.tile_efficiency == one.tile_efficiency
+    assert four.tiles["total"] == 4 * one.tiles["total"]
+
+
+def test_empty_rows_are_prominent():
+    a = analyze(resolve_source("causal - local(0) - queries(5, 8)"), 20)
+    assert a.empty_rows == 4 and a.empty_rows_first == [0, 5, 6, 7]
+    table = a.format_table()
+    assert table.startswith("WARNING: 4 query rows have no allowed key (first: 0, 5, 6, 7)")
+    assert a.layers_to_full_reach is None and a.reach_decided
+    h = analyze(resolve_source("heads { 0..0: causal, 1..2: causal - local(0) }"), 8)
+    assert h.empty_rows == 2 and h.empty_rows_first == [[1, 0], [2, 0]]
+    assert "head 1 row 0" in h.format_table().splitlines()[0]
+
+
+def test_table_is_aligned():
+    table = analyze(resolve_source("local(16) | global(2)"), 500).format_table()
+    lines = [ln for ln in table.splitlines() if ln]
+    col = len(lines[0]) - len(lines[0][len("pattern"):].lstrip())  # values start in one column
+    assert all(len(ln) > col and ln[col - 2:col] == "  " and ln[col] != " " for ln in lines)
+    for label in ("allowed pairs (nnz)", "density", "nnz(n)", "order", "flops fwd", "flops bwd", "tile efficiency",
+                  "empty query rows", "layers to full reach", "metadata bytes"):
+        assert any(ln.startswith(label) for ln in lines), label
+
+
+def test_bad_arguments():
+    p = resolve_source("causal")
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(PatternError):
+            analyze(p, bad)
+    with pytest.raises(PatternError):
+        analyze(p, 16, tile=0)
+    with pytest.raises(PatternError):
+        analyze(p, 16, heads=0)
+    with pytest.raises(PatternError, match="window"):
+        analyze(resolve_source("local(n - 10)"), 5)
+
+
+def test_public_api():
+    a = patternc.analyze("pattern x = causal & local(4)", 64, tile=16)
+    assert isinstance(a, Analysis) and a.nnz == 64 * 5 - 10
+
+
+@pytest.mark.parametrize("name", ["longformer", "strided"])
+def test_a_million_tokens_in_under_two_seconds(name):
+    p = resolve_source(EXAMPLES[name])
+    analyze(p, 4096)  # warm imports (sympy) once; the budget below is the analysis itself
+    t = time.perf_counter()
+    a = analyze(p, 1 << 20)
+    took = time.perf_counter() - t
+    assert took < 2.0, took
+    assert a.reach_decided and a.layers_to_full_reach == 2
+    assert a.nnz == {"longformer": 545 * (1 << 20) - 74256, "strided": 1609564672}[name]
+    assert a.order == {"longformer": "O(n)", "strided": "O(n^1.5)"}[name]
+
+
+def test_every_example_at_a_million():
+    for name, src in EXAMPLES.items():
+        t = time.perf_counter()
+        a = analyze(resolve_source(src), 1 << 20)
+        assert time.perf_counter() - t < 3.0, name
+        assert a.reach_decided and a.empty_rows == 0, name
+        assert (a.nnz_formula is None) == (name == "bigbird"), name
