@@ -11,8 +11,9 @@ Conventions:
 * flops_fwd = 4 * nnz * head_dim (QK^T and PV, 2 flops per multiply-add);
   flops_bwd = 2.5 * flops_fwd (recompute S, dV, dP, dQ, dK).
 * tile_efficiency = allowed pairs / pairs inside non-empty tiles (tile x tile,
-  pairs outside 0..n-1 not counted); `kernel_tile_efficiency` is left None for the
-  Triton backend to fill in with its own visited-tile count.
+  pairs outside 0..n-1 not counted); `kernel_tile_efficiency` is the same ratio for
+  the tiles the generated Triton forward kernel really computes (lower.visited_tiles,
+  at the tile shape its cost model picks), strides and summaries included.
 * layers_to_full_reach: for a multi-head pattern a layer's output depends on an input
   when any head allows the pair, so reach is computed on the union of the heads
   (each head's own value is in `per_head`).  Above reach.EXACT_N only the structural
@@ -84,6 +85,7 @@ class Analysis:
     metadata_bytes: int = 0
     csr_layout_bytes: int = 0
     kernel_tile_efficiency: Optional[float] = None
+    kernel_tile: tuple = ()
     per_head: tuple = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -105,6 +107,7 @@ class Analysis:
             "tiles": dict(self.tiles),
             "tile_efficiency": self.tile_efficiency,
             "kernel_tile_efficiency": self.kernel_tile_efficiency,
+            "kernel_tile": list(self.kernel_tile),
             "empty_rows": self.empty_rows,
             "empty_rows_first": list(self.empty_rows_first),
             "layers_to_full_reach": self.layers_to_full_reach,
@@ -158,7 +161,9 @@ class Analysis:
             ("metadata bytes", f"{self.metadata_bytes} (a CSR tile layout would need {self.csr_layout_bytes:,})"),
         ]
         if self.kernel_tile_efficiency is not None:
-            rows.insert(12, ("kernel tile efficiency", f"{self.kernel_tile_efficiency:.4f}"))
+            shape = "x".join(map(str, self.kernel_tile))
+            rows.insert(12, (f"kernel tile eff. {shape}", f"{self.kernel_tile_efficiency:.4f}  (Triton forward: "
+                                                         "allowed / computed pairs)"))
         w = max(len(k) for k, _ in rows)
         lines += [f"{k:<{w}}  {v}" for k, v in rows]
         if self.per_head:
@@ -245,7 +250,13 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
     if f is not None and cost.eval_int(f, n) == nnz:  # the exact count has the last word
         formula = cost.formula_string(f, lambda m: cost._valid_at(pattern.expr, m))
     fwd, bwd = cost.flops(nnz, head_dim)
+    # What the generated Triton forward kernel computes: its own visited tiles, at its own tile shape.
+    from . import lower
+    kbm, kbn = lower.choose_forward_tiles(pattern)
+    kvisited = sum((hi - lo + 1) * lower.visited_tiles(e, n, kbm, kbn) for (lo, hi), e in cases) * kbm * kbn
+    kernel_eff = nnz / kvisited if kvisited else 1.0
     return Analysis(
+        kernel_tile_efficiency=kernel_eff, kernel_tile=(kbm, kbn),
         pattern=pattern.name, params=dict(pattern.params), ir_hash=pattern.hash, n=n, heads=H, tile=(bm, bn),
         head_dim=head_dim, nnz=nnz, density=nnz / (H * n * n), nnz_formula=formula,
         order=cost.asymptotic_order(pattern), flops_fwd=fwd, flops_bwd=bwd, tiles=tcount,

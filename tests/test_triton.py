@@ -249,3 +249,14 @@ def test_random_expressions_match_the_oracle(src, n, gqa):
     res = check_module(mod, p, n, D=16, H=2, HK=1 if gqa else 2)
     assert res.lse_ok, (src, n, res)
     assert res.worst() <= TOL[torch.float32], (src, n, res)
+
+
+@pytest.mark.parametrize("path,name", [("examples/strided.attn", None), ("examples/fixed.attn", None)])
+def test_analyze_reports_kernel_tile_efficiency(path, name):
+    """The issue's target: tile efficiency >= 0.5 for strided and fixed at s = 128, n = 16,384."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = patternc.parse(os.path.join(root, path), name)
+    a = patternc.analyze(p, 16384)
+    assert a.kernel_tile_efficiency >= 0.5, a.kernel_tile_efficiency
+    assert a.tile_efficiency < 0.1  # what a plain 128-tile grid (FlexAttention's view) would compute
+    assert a.to_dict()["kernel_tile_efficiency"] == a.kernel_tile_efficiency
