@@ -17,7 +17,14 @@ Two ways to count the allowed pairs (i, j), 0 <= i, j < n:
   one per block for block/random atoms), not on n, so n = 2**20 takes
   milliseconds.  The same machinery counts the pairs of any rectangle,
   which tile classification uses for the tiles it cannot decide by atom
-  states alone.
+  states alone, and a transposed view counts per key column.
+
+  Exact always; the costs differ: strides and summaries together are
+  counted row by row (tables per row residue, or floor sums when one stride
+  and one summary have unrelated periods).  Only when the combined period of
+  several strides/summaries exceeds PERIOD_LIMIT does the counter fall back
+  to evaluating `semantics.allowed` over the rectangle in row chunks, which
+  is O(n^2) and meant for n <= 16384.
 
 Flop convention (FlashAttention's): the forward pass does two matmuls
 (S = QK^T and O = PV) over the allowed pairs, 2 flops per multiply-add, so
@@ -39,7 +46,6 @@ from .semantics import random_allowed, random_layout
 
 SQUARE_CACHE_RANGES = 1 << 16  # full-square segment tables kept per engine up to this size
 PERIOD_LIMIT = 1 << 22  # largest combined stride/summary period tabulated (else a slow exact path)
-BWD_FACTOR = 2.5
 
 
 # ============================================================== formula evaluation
@@ -245,6 +251,11 @@ class Engine:
         self.phase = 1 if dm else 0  # periodic coordinate y = j - phase * i
         # tables: one per truth assignment (and, with both strides and summaries, per row residue)
         self.slow = self.P > PERIOD_LIMIT or (self.mixed and self.P * min(self.Pd, n) > 4 * PERIOD_LIMIT)
+        # one stride and one summary with unrelated periods: count their joint residues with floor
+        # sums instead of (row residue x period) tables
+        self.fsum = self.mixed and len(dm) == 1 and len(km) == 1 and (self.slow or self.P * min(self.Pd, n) > (1 << 20))
+        if self.fsum:
+            self.slow = False
         self._tables: dict = {}
         self.bands = [v for v in self.ivs if v.kind == "band"]
         self.steps = [v for v in self.ivs if v.kind in ("block", "random", "trandom")]
@@ -421,6 +432,9 @@ class Engine:
         rr, kk = np.nonzero(live)
         if len(rr) == 0:
             return out
+        if self.fsum:  # one row per range here
+            out[rr, kk] = self._fsum_counts(code[rr, kk], seg["row"][rr, kk], seg["vs"][rr, kk], seg["ve"][rr, kk])
+            return out
         c = code[rr, kk]
         P = self.P
         ps = self.phase if not self.mixed else 0
@@ -459,6 +473,34 @@ class Engine:
         sig_e = seg["se"][rr, kk] - ps
         out[rr, kk] = sumG(ye, sig_e) - sumG(ys, sig_s)
         return out
+
+    def _fsum_counts(self, code, row, s, e):
+        """Allowed keys in [s, e) of row `row` when the periodic atoms are one stride D (m) and one
+        summary K (l, c): from the counts of D, K and D & K (a floor sum), by minterms."""
+        dv = next(v for v in self.pvs if v.kind == "dmod")
+        kv = next(v for v in self.pvs if v.kind == "kmod")
+        m = dv.args[0]
+        l, c = kv.args
+        uc, inv = np.unique(code, return_inverse=True)
+        tt = np.zeros((len(uc), 4), bool)  # truth for (D, K) = (0,0), (0,1), (1,0), (1,1)
+        dd, kk_ = np.array([False, False, True, True]), np.array([False, True, False, True])
+        for u, cv in enumerate(uc.tolist()):
+            env = {v.node: np.bool_((cv >> k) & 1) for k, v in enumerate(self.ivs)}
+            env[dv.node], env[kv.node] = dd, kk_
+            tt[u] = np.broadcast_to(eval_formula(self.expr, env), (4,))
+        tt = tt[inv]
+        ln = e - s
+        cD = (e - 1 - row) // m - (s - 1 - row) // m
+
+        def K(x):
+            return (x // l) * c + np.maximum(0, x % l - (l - c))
+
+        cK = K(e) - K(s)
+        j0 = s + (row - s) % m
+        T = np.maximum(0, (e - j0 + m - 1) // m)
+        cDK = floor_sum(T, l, m, j0 + c) - floor_sum(T, l, m, j0)
+        mins = np.stack([ln - cD - cK + cDK, cK - cDK, cD - cDK, cDK], 1)
+        return np.where(tt, mins, 0).sum(1)
 
     def rect_counts(self, a0, a1, b0, b1) -> np.ndarray:
         """Exact allowed pairs in each rectangle [a0,a1) x [b0,b1) (arrays, clipped to the square)."""
@@ -566,6 +608,8 @@ class Engine:
                     lo[r - a0], hi[r - a0] = b0 + w[0], b0 + w[-1]
             return cnt, lo, hi
         rid, s0, s1 = self.ranges(np.zeros(1, np.int64), np.array([a0]), np.array([a1]), B0, B1)
+        if self.fsum:
+            raise NotImplementedError("first/last allowed keys with a stride and an unrelated summary")
         if self.pvs:  # row by row
             own, r_ = _ragged(s0, s1 - s0)
             s0, s1, rid = r_, r_ + 1, rid[own]
@@ -745,6 +789,26 @@ def _dense_count(expr, n: int, a0: int, a1: int, b0: int, b1: int) -> int:
         i = np.arange(r, min(a1, r + step), dtype=np.int64)[:, None]
         total += int(np.broadcast_to(allowed(expr, i, j, n), (i.shape[0], j.shape[1])).sum())
     return total
+
+
+def floor_sum(N, M, A, B) -> np.ndarray:
+    """sum_{t=0}^{N-1} floor((A t + B) / M) elementwise (N >= 0, M >= 1, A >= 0, B >= 0), by the
+    Euclid-like reduction (logarithmic rounds)."""
+    N, M, A, B = (np.array(np.broadcast_to(x, np.broadcast(N, M, A, B).shape), np.int64) for x in (N, M, A, B))
+    ans = np.zeros(N.shape, np.int64)
+    live = N > 0
+    while live.any():
+        q = A // M
+        ans += np.where(live, (N * (N - 1) // 2) * q, 0)
+        A = np.where(live, A % M, A)
+        q = B // M
+        ans += np.where(live, N * q, 0)
+        B = np.where(live, B % M, B)
+        y = A * N + B
+        live &= y >= M
+        N2, B2 = y // np.maximum(M, 1), y % np.maximum(M, 1)
+        M, A, N, B = np.where(live, A, M), np.where(live, M, A), np.where(live, N2, 0), np.where(live, B2, B)
+    return ans
 
 
 @lru_cache(maxsize=8)

@@ -31,9 +31,9 @@ class PatternError(Exception):
         if self.span is None:
             return _one_line(f"{self.filename}: {self.message}")
         head = _one_line(f"{self.filename}:{self.span.line}:{self.span.column}: {self.message}")
-        lines = self.source.splitlines()
+        lines = self.source.split("\n") if self.source else []  # as the parser counts lines, not splitlines()
         if 1 <= self.span.line <= len(lines):
-            text = lines[self.span.line - 1]
+            text = lines[self.span.line - 1].rstrip("\r")
             if len(text) > 200:  # keep the caret useful on very long lines
                 start = max(0, self.span.column - 100)
                 text, col = text[start:start + 200], self.span.column - start

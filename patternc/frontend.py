@@ -164,6 +164,12 @@ def _check_token_count(source: str, filename: str) -> None:
                                Span(line, col), source, filename)
 
 
+def _lines(source: str) -> list:
+    """Lines as the parser counts them: only "\\n" ends a line (str.splitlines also splits at form
+    feeds, vertical tabs, U+2028 ... which would put positions on the wrong line)."""
+    return source.split("\n")
+
+
 def _check_name(tok, source: str, filename: str) -> None:
     if len(tok) > MAX_NAME:
         raise PatternError(f"name '{str(tok)[:32]}...' is {len(tok)} characters long (at most {MAX_NAME})",
@@ -213,13 +219,13 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
                       f" ({what})" if what else "") + "; names and operators are ASCII"
         raise PatternError(f"unexpected character {shown}", Span(e.line, e.column), source, filename) from None
     except lark.UnexpectedEOF as e:
-        lines = source.splitlines() or [""]
+        lines = _lines(source.rstrip("\r\n"))
         raise PatternError("unexpected end of file" + _describe_expected(e.expected),
                            Span(len(lines), len(lines[-1]) + 1), source, filename) from None
     except lark.UnexpectedToken as e:
         tok = e.token
         if tok.type == "$END":
-            lines = source.splitlines() or [""]
+            lines = _lines(source.rstrip("\r\n"))
             raise PatternError("unexpected end of file" + _describe_expected(e.expected),
                                Span(len(lines), len(lines[-1]) + 1), source, filename) from None
         raise PatternError(f"unexpected {str(tok)!r}" + _describe_expected(e.expected),

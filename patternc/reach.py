@@ -430,9 +430,8 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             if pre.any():
                 p = int(cps[pre][0])
                 return done(None, f"queries < {p} never attend a key >= {p}")
-    spans = None
-    if not structural_only:  # the same, complete: every cut point
-        spans = E.row_spans()
+    spans = None if structural_only else _spans(E)
+    if spans is not None:  # the same, complete: every cut point
         cnt, lo, hi = spans
         sufmin = np.minimum.accumulate(lo[::-1])[::-1]
         p = np.nonzero(sufmin[1:] >= np.arange(1, n))[0]
@@ -443,7 +442,8 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             p = np.nonzero(premax[:-1] < np.arange(1, n))[0]
             if len(p):
                 return done(None, f"queries < {int(p[0]) + 1} never attend a key >= {int(p[0]) + 1}")
-    ccnt = None if structural_only else Et.row_spans()[0]
+    tspans = None if structural_only else _spans(Et)
+    ccnt = None if tspans is None else tspans[0]
     if not causal:
         rows_full = tabE.full_rows(n) if tabE is not None else (None if spans is None else np.nonzero(spans[0] == n)[0])
         cols_full = tabT.full_rows(n) if tabT is not None else (None if ccnt is None else np.nonzero(ccnt == n)[0])
@@ -474,8 +474,9 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
                 if fn.interval_rows():
                     return done(_interval_layers(fn, q, n - 1, True), what + ": reach [l^L(i), i]")
             elif not structural_only:
-                c2, l2, h2 = spans if q == 0 else E.row_spans(q, n, q, n)
-                if _is_interval(c2, l2, h2):
+                sp_ = spans if q == 0 else _spans(E, q, n, q, n)
+                if sp_ is not None and _is_interval(*sp_):
+                    c2, l2, h2 = sp_
                     L = _interval_steps(l2 - q, h2 - q, True, False)
                     return done(None if L is None else max(1, L), what + ": reach [l^L(i), i]")
         two = _two_hop_ranges(e, n, tabT) if tabT is not None else (
@@ -495,6 +496,14 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         return done(dense_layers(dense_mask(e, n), causal), "boolean matrix powers")
     why = "no structural rule applies" + (f" (n > {EXACT_N}: only structural rules run)" if structural_only else "")
     return Reach(None, False, why, causal)
+
+
+def _spans(E, *args):
+    """E.row_spans(*args), or None when this engine cannot give first/last keys cheaply."""
+    try:
+        return E.row_spans(*args)
+    except NotImplementedError:
+        return None
 
 
 def _two_hop_ranges(e, n: int, tabT: RowFn) -> bool:
@@ -559,7 +568,10 @@ def _causal_two_hop(e, n: int, down: np.ndarray) -> bool:
         pos[todo] += 1
     # first row >= j that does not attend j (n if none)
     comp = engine(ir.inter([ir.neg(e), ir.band(Const(0), None)]), n, True)
-    ccnt, first_gap, _ = comp.row_spans()
+    got = _spans(comp)
+    if got is None:
+        return False
+    ccnt, first_gap, _ = got
     z = np.where(ccnt > 0, first_gap, n)
     return bool((z >= g).all())
 
@@ -584,7 +596,7 @@ def image(expr_at_n, n: int, S: np.ndarray) -> np.ndarray:
     rows = np.nonzero(S)[0].astype(np.int64)
     if len(rows) == 0:
         return out
-    if E.slow:
+    if E.slow or E.fsum:
         from .semantics import allowed
 
         j = np.arange(n, dtype=np.int64)[None, :]

@@ -19,7 +19,10 @@ single partial atom, the state follows directly; otherwise (two interacting
 partial atoms, a negation of a combination, random blocks overlapping band
 edges...) the tile's allowed pairs are counted exactly with the rectangle
 counter of `patternc.cost` (closed-form sums over row ranges, not an evaluation
-of the tile's pairs), and EMPTY/FULL/PARTIAL follow from the count.
+of the tile's pairs), and EMPTY/FULL/PARTIAL follow from the count.  The one
+exception is the counter's own fallback: for several strides/summaries whose
+combined period exceeds cost.PERIOD_LIMIT it evaluates just that tile with
+`semantics.allowed`.
 """
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def test_numbers_match_brute_force(src, n, tile):
     d = a.to_dict()
     for key in REQUIRED:
         assert key in d, key
-    assert d["kernel_tile_efficiency"] is None and d["metadata_bytes"] == 0
+    k = d["kernel_tile_efficiency"]  # filled in by the Triton backend: its own visited tiles
+    assert d["metadata_bytes"] == 0 and (k is None or 0 < k <= 1)
     json.dumps(d)
 
 

@@ -257,3 +257,32 @@ def test_counter_matches_mask_on_random_expressions(case):
         f = cost.derive(e)  # unchecked derivation: exact wherever it exists
         if f is not None and cost._valid_at(e, n):
             assert cost.eval_int(f, n) == m.sum()
+
+
+def test_floor_sum():
+    rng = np.random.default_rng(3)
+    N, M, A, B = rng.integers(0, 60, 400), rng.integers(1, 40, 400), rng.integers(0, 90, 400), rng.integers(0, 99, 400)
+    assert list(cost.floor_sum(N, M, A, B)) == [sum((a * t + b) // m for t in range(k)) for k, m, a, b in zip(N, M, A, B)]
+
+
+@pytest.mark.parametrize("src", ["stride(7) | summary(11, 3)", "(local(3) | stride(9)) - summary(5, 2)",
+                                 "causal & (stride(6) | summary(7, 1)) - queries(3, 9)"])
+def test_stride_with_unrelated_summary(src):
+    """One stride and one summary with unrelated periods: joint residues by floor sums."""
+    for n in (1, 6, 41, 97):
+        e = resolve_source(src).at(n)
+        m = semantics.dense_mask_numpy(e, n)
+        eng = cost.Engine(e, n)
+        if eng.mixed:  # (a period >= n is rewritten as an interval)
+            eng.fsum, eng.slow = True, False  # the path large periods take, forced at small n
+        assert eng.total() == m.sum()
+        assert list(eng.row_counts(np.arange(n))) == list(m.sum(1))
+        assert eng.empty_rows() == (int((~m.any(1)).sum()), [int(x) for x in np.nonzero(~m.any(1))[0][:5]])
+    n = 5000
+    e = resolve_source("stride(1000) | summary(1001, 3)").at(n)
+    assert cost.count_nnz(e, n) == brute(e, n)
+    e = resolve_source("stride(1000) | summary(1001, 3)").at(1 << 20)
+    assert cost.engine(e, 1 << 20).fsum
+    t = time.perf_counter()
+    assert cost.count_nnz(e, 1 << 20) == 4389795454
+    assert time.perf_counter() - t < 2.0

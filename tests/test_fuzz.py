@@ -239,6 +239,9 @@ HOSTILE = {
     "nul_in_comment": ("# \x00\npattern x = all", "NUL"),
     "crlf": ("pattern x =\r\n    causal &\r\n    local(3)\r\n", None),
     "lone_cr": ("pattern x =\r causal\r", None),
+    # str.splitlines() also splits at these: error positions must count "\n" only, like the parser
+    "form_feed_lines_then_eof": ("#\x0c\x0c\x0c\npattern x =\x0c\n\x0c causal &", "end of file"),
+    "line_separator_in_comment_then_error": ("# \u2028\u2029\x85\x1c\npattern x = )", "unexpected ')'"),
     "tabs": ("pattern\tx\t=\tlocal(\t3\t)\t", None),
     "vertical_tab": ("pattern x = \x0b causal", "unexpected character"),
     "escape_sequence": ("pattern x = \x1b[31mall", "unexpected character"),

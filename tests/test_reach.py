@@ -189,3 +189,24 @@ def test_empty_rows_and_columns():
 def test_invalid_length_is_a_pattern_error():
     with pytest.raises(PatternError):
         resolve_source("local(n - 10)").at(4)
+
+
+@pytest.mark.parametrize("src", ["local(37)", "band(-5, 80)", "causal & (sink(3) | local(45))", "block(300) | local(20)",
+                                 "(local(60) | keys(0, 4)) - queries(5, 9)", "local(25) | (queries(0, 500) & keys(0, 500))"])
+def test_range_level_rows_agree_with_per_row_scans(src):
+    """The range-level row functions (used at huge n) against explicit per-row spans."""
+    from patternc.cost import engine
+
+    n = 2999
+    e = resolve_source(src).at(n)
+    E = engine(e, n)
+    fn = reach.RowFn(E.range_table())
+    cnt, lo, hi = E.row_spans()
+    rows = np.arange(n)
+    assert [list(x) for x in fn.at(rows)] == [list(cnt), list(lo), list(hi)]
+    assert list(fn.full_rows(n)) == list(np.nonzero(cnt == n)[0])
+    single = reach._is_interval(cnt, lo, hi)
+    assert fn.interval_rows() == single
+    if single:
+        steps = reach._interval_steps(lo, hi, True, not reach.is_causal(e, n))
+        assert reach._interval_layers(fn, 0, n - 1, reach.is_causal(e, n)) == (None if steps is None else max(1, steps))
