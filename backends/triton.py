@@ -430,9 +430,11 @@ def _random_block(qb, t, nkb, picks, key):
 
 @triton.jit
 def _random_picked(qb, kb, nkb, picks, key):
-    """Did query block qb pick key block kb?  Closed form: kb's segment has one pick."""
-    t = ((kb + 1) * picks - 1) // nkb
-    return _random_block(qb, t, nkb, picks, key) == kb
+    """Did query block qb pick key block kb?  Closed form: kb's segment has one pick.
+    An n-dependent count can be 0 at some lengths: then nothing is picked."""
+    p1 = tl.maximum(picks, 1)
+    t = ((kb + 1) * p1 - 1) // nkb
+    return (picks > 0) & (_random_block(qb, t, nkb, p1, key) == kb)
 
 
 @triton.jit
@@ -505,10 +507,14 @@ def emit(pattern: Pattern) -> str:
 def _fix_arg_refs(text: str, names: list) -> str:
     import re
 
-    # space lambdas refer to arguments through the dict A
+    # space lambdas refer to arguments through the dict A; only the _CASES table is rewritten
+    head, marker, tail = text.partition("\n_CASES = [")
+    if not marker:
+        return text
+
     def repl(m):
         return _with_args_exact(m.group(0), names)
-    return re.sub(r"'kept': lambda n, A: [^}]*", repl, text)
+    return head + marker + re.sub(r"'kept': lambda n, A: [^}]*", repl, tail)
 
 
 def _with_args_exact(expr: str, names: list) -> str:

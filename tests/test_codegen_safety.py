@@ -159,15 +159,8 @@ HOSTILE_FILENAMES = [
 ]
 
 
-_KEPT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "backends/triton.py _fix_arg_refs rewrites `'kept': lambda n, A: _a0` anywhere in the module text, "
-    "so this file name comes back as A['_a0'] in the header docstring (cosmetic: the docstring stays a "
-    "docstring; the PATTERN literal is protected by printer.py_string)"))
-
-
 @pytest.mark.parametrize("backend,name", [
-    pytest.param(b, n, marks=_KEPT_BUG) if (b == "triton" and "'kept'" in n) else (b, n)
-    for b in BACKENDS for n in HOSTILE_FILENAMES])
+    (b, n) for b in BACKENDS for n in HOSTILE_FILENAMES])
 def test_file_names_only_reach_the_header_docstring(backend, name):
     plain = patternc.compile(_pattern(PLAIN_SOURCE, "plain.attn"), backend)
     text = patternc.compile(_pattern(PLAIN_SOURCE, name), backend)

@@ -152,11 +152,6 @@ def test_fp16_values_near_the_fp16_maximum_backward():
     assert_within_bounds(res, torch.float16)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "backends/triton.py: _random_mask/_random_picked divide by picks = min(r, #blocks); an n-dependent "
-    "random count that is 0 at this n makes the masked tiles of the other terms garbage (the host-side "
-    "mask is fixed in patternc/printer.py)"))
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's division by zero
 def test_random_count_zero_at_this_length():
     res = run_case("local(2) | random(n // 100, block=16)", 50, torch.float32, seed=0)
     assert_within_bounds(res, torch.float32)
