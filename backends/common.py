@@ -88,3 +88,37 @@ def unpack_args(names: list, indent: str = "    ", source: str = "_length_args(n
     lines = [f"{indent}args = {source}"]
     lines += [f"{indent}{v} = args[{v!r}]" for v in names]
     return lines
+
+
+# The input checks every generated module carries (each module is standalone, so the text is
+# emitted into each; it is written once, here).  Expects NUM_HEADS, PATTERN_NAME and _DTYPES.
+VALIDATE_SOURCE = '''\
+def _validate(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, n, D), got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dimensions (B, H, n, D), got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            names = [str(d).replace("torch.", "") for d in _DTYPES]
+            allowed = ", ".join(names[:-1]) + " or " + names[-1]
+            raise TypeError(f"{name} must be {allowed}, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    B, H, n, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape (B, Hkv, n, D), got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[2] != n or k.shape[3] != D:
+        raise ValueError(f"k and v must have shape ({B}, Hkv, {n}, {D}) to match q of shape {tuple(q.shape)}, "
+                         f"got {tuple(k.shape)}")
+    if n == 0:
+        raise ValueError("sequence length n must be >= 1, got 0 (q, k and v have shape (B, H, 0, D))")
+    if B == 0 or D == 0:
+        raise ValueError(f"batch size and head dim must be >= 1, got q of shape {tuple(q.shape)}")
+    if k.shape[1] == 0 or H % k.shape[1]:
+        raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]}) for grouped-query attention")
+    if NUM_HEADS is not None and H != NUM_HEADS:
+        raise ValueError(f"pattern {PATTERN_NAME!r} defines {NUM_HEADS} heads, but q has {H} (shape {tuple(q.shape)})")
+'''

@@ -13,7 +13,7 @@ import string
 from patternc import printer
 from patternc.frontend import Pattern
 
-from .common import arg_names_in, head_cases, host_support, module_header
+from .common import VALIDATE_SOURCE, arg_names_in, head_cases, host_support, module_header
 
 DESCRIPTION = """\
 FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_mod.
@@ -49,6 +49,7 @@ except ImportError:  # torch before 2.5 has no FlexAttention
 PATTERN = $pattern_source
 PATTERN_NAME = $pattern_name
 NUM_HEADS = $num_heads  # None: the same pattern for every head
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COMPILE = None  # None: torch.compile flex_attention on CUDA only; True / False to force
 
 
@@ -149,32 +150,7 @@ def _flex():
     return _compiled
 
 
-def _validate(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, n, D), got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dimensions (B, H, n, D), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
-    B, H, n, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, Hkv, n, D), got {tuple(k.shape)} and {tuple(v.shape)}")
-    if k.shape[0] != B or k.shape[2] != n or k.shape[3] != D:
-        raise ValueError(f"k and v must have shape ({B}, Hkv, {n}, {D}) to match q of shape {tuple(q.shape)}, "
-                         f"got {tuple(k.shape)}")
-    if n == 0:
-        raise ValueError("sequence length n must be >= 1, got 0 (q, k and v have shape (B, H, 0, D))")
-    if B == 0 or D == 0:
-        raise ValueError(f"batch size and head dim must be >= 1, got q of shape {tuple(q.shape)}")
-    if k.shape[1] == 0 or H % k.shape[1]:
-        raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]}) for grouped-query attention")
-    if NUM_HEADS is not None and H != NUM_HEADS:
-        raise ValueError(f"pattern {PATTERN_NAME!r} defines {NUM_HEADS} heads, but q has {H} (shape {tuple(q.shape)})")
+$validate
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -236,6 +212,7 @@ def emit(pattern: Pattern) -> str:
     names = arg_names_in(body, table)
     bind = ["    args = _length_args(n)"] + [f"    {v} = args[{v!r}]" for v in names] if names else []
     return _TEMPLATE.substitute(
+        validate=VALIDATE_SOURCE,
         header=module_header(pattern, "flex", DESCRIPTION),
         pattern_source=printer.py_string(pattern.source),
         pattern_name=printer.py_string(pattern.name),

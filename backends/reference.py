@@ -13,7 +13,7 @@ import string
 from patternc import printer
 from patternc.frontend import Pattern
 
-from .common import arg_names_in, doc_text, head_cases, host_support, module_header, unpack_args
+from .common import VALIDATE_SOURCE, arg_names_in, doc_text, head_cases, host_support, module_header, unpack_args
 
 DESCRIPTION = """\
 Dense masked attention in PyTorch: the executable specification of the pattern.
@@ -77,32 +77,7 @@ def mask(n: int, device=None) -> torch.Tensor:
     return m[0] if NUM_HEADS is None else m
 
 
-def _validate(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, n, D), got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dimensions (B, H, n, D), got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
-    B, H, n, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, Hkv, n, D), got {tuple(k.shape)} and {tuple(v.shape)}")
-    if k.shape[0] != B or k.shape[2] != n or k.shape[3] != D:
-        raise ValueError(f"k and v must have shape ({B}, Hkv, {n}, {D}) to match q of shape {tuple(q.shape)}, "
-                         f"got {tuple(k.shape)}")
-    if n == 0:
-        raise ValueError("sequence length n must be >= 1, got 0 (q, k and v have shape (B, H, 0, D))")
-    if B == 0 or D == 0:
-        raise ValueError(f"batch size and head dim must be >= 1, got q of shape {tuple(q.shape)}")
-    if k.shape[1] == 0 or H % k.shape[1]:
-        raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]}) for grouped-query attention")
-    if NUM_HEADS is not None and H != NUM_HEADS:
-        raise ValueError(f"pattern {PATTERN_NAME!r} defines {NUM_HEADS} heads, but q has {H} (shape {tuple(q.shape)})")
+$validate
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -166,6 +141,7 @@ def emit(pattern: Pattern) -> str:
         functions.append("\n".join(_mask_function(name, expr, table)))
         rows.append(f"    ({lo}, {hi}, {name}),")
     return _TEMPLATE.substitute(
+        validate=VALIDATE_SOURCE,
         header=module_header(pattern, "reference", DESCRIPTION),
         pattern_source=printer.py_string(pattern.source),
         pattern_name=printer.py_string(pattern.name),
