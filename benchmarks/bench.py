@@ -25,24 +25,13 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import patternc  # noqa: E402
 from patternc import printer  # noqa: E402
 from patternc.lower import choose_forward_tiles, kernel_tile_efficiency  # noqa: E402
 
-# The patterns of the reference measurements (shared anchors), written in .attn.
-PATTERNS = {
-    "local": "local(256)",
-    "causal_local": "causal & local(256)",
-    "longformer": "local(256) | global(16)",
-    "bigbird": "local(127) | global(128) | random(3, block=64)",
-    "strided": "causal & (local(isqrt(n) - 1) | stride(isqrt(n)))",
-    "fixed": "causal & fixed(isqrt(n), 8)",
-    "dilated": "local(256, dilation=4)",
-    "streaming": "causal & (sink(4) | local(1024))",
-    "prefix_lm": "causal | (queries(0, 2048) & keys(0, 2048))",
-    "causal": "causal",
-}
+from patterns import PATTERNS  # noqa: E402
 
 
 def nnz_of(pattern, n: int) -> int:

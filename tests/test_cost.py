@@ -1,7 +1,9 @@
 """Pair counts: closed forms in n and the exact counter, both against the dense mask."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +16,8 @@ from patternc.intexpr import Const
 
 from conftest import resolve_source
 
-EXAMPLES = {  # the benchmark's reference patterns
-    "local": "local(256)",
-    "causal_local": "causal & local(256)",
-    "longformer": "local(256) | global(16)",
-    "bigbird": "local(127) | global(128) | random(3, block=64)",
-    "strided": "causal & (local(isqrt(n) - 1) | stride(isqrt(n)))",
-    "fixed": "causal & fixed(isqrt(n), 8)",
-    "dilated": "local(256, dilation=4)",
-    "streaming": "causal & (sink(4) | local(1024))",
-    "prefix_lm": "causal | (queries(0, 2048) & keys(0, 2048))",
-    "causal": "causal",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from patterns import PATTERNS as EXAMPLES  # noqa: E402  (the benchmark's reference patterns)
 
 # patterns that must have a closed form (small parameters so that small n crosses every window)
 CLOSED = [

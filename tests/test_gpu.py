@@ -6,6 +6,9 @@ covers every pattern at small sizes, and this file covers the large, bf16 matrix
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,19 +19,12 @@ from kernel_check import TOL, check_module
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-PATTERNS = {
-    "local": "local(256)",
-    "causal_local": "causal & local(256)",
-    "longformer": "local(256) | global(16)",
-    "bigbird": "local(127) | global(128) | random(3, block=64)",
-    "strided": "causal & (local(isqrt(n) - 1) | stride(isqrt(n)))",
-    "fixed": "causal & fixed(isqrt(n), 8)",
-    "dilated": "local(256, dilation=4)",
-    "streaming": "causal & (sink(4) | local(1024))",
-    "prefix_lm": "causal | (queries(0, 1000) & keys(0, 1000))",
-    "causal": "causal",
-    "per_head": "heads { 0..0: local(128), 1..1: causal & stride(64) }",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from patterns import PATTERNS as _BENCH  # noqa: E402
+
+# the benchmark's patterns (with a prefix that fits n = 1000) plus a per-head mix
+PATTERNS = dict(_BENCH, prefix_lm="causal | (queries(0, 1000) & keys(0, 1000))",
+                per_head="heads { 0..0: local(128), 1..1: causal & stride(64) }")
 
 _mods: dict = {}
 
