@@ -44,11 +44,14 @@ class _Emitter:
                 f"    return {body}", "", ""]
 
     # ---- query-major loops (forward and dq) ---------------------------------------------
-    def query_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
-        return self.loops(p, "q", mask_name, full_call, masked_call)
+    def query_loops(self, p: Pass, mask_name: str, call: str) -> list:
+        """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
+        return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
+                          call.format(keep="keep", masked="True"))
 
-    def key_loops(self, p: Pass, mask_name: str, full_call: str, masked_call: str) -> list:
-        return self.loops(p, "k", mask_name, full_call, masked_call)
+    def key_loops(self, p: Pass, mask_name: str, call: str) -> list:
+        return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
+                          call.format(keep="keep", masked="True"))
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
@@ -235,10 +238,8 @@ class _Emitter:
     def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
-            "offs_d, D, False, PREC, WIDEN)",
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
-            "offs_d, D, True, PREC, WIDEN)")
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
+            "offs_d, D, {masked}, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
@@ -284,10 +285,8 @@ class _Emitter:
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
-            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, 0, n, qk_scale, "
-            "offs_d, D, False, PREC, WIDEN)",
-            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, "
-            "offs_d, D, True, PREC, WIDEN)")
+            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
+            "offs_d, D, {masked}, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
@@ -328,10 +327,8 @@ class _Emitter:
     def dkdv_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.key_loops(
             p, mask_name,
-            "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, 0, "
-            "n, qk_scale, offs_d, D, False, PREC, WIDEN)",
             "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, "
-            "keep, n, qk_scale, offs_d, D, True, PREC, WIDEN)")
+            "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN)")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
