@@ -122,3 +122,10 @@ def _validate(q, k, v) -> None:
     if NUM_HEADS is not None and H != NUM_HEADS:
         raise ValueError(f"pattern {PATTERN_NAME!r} defines {NUM_HEADS} heads, but q has {H} (shape {tuple(q.shape)})")
 '''
+
+
+def standard_fields(pattern: Pattern, backend: str, description: str, table: printer.ArgTable) -> dict:
+    """The template fields every generated module shares (header, escaped source, host helpers)."""
+    return dict(validate=VALIDATE_SOURCE, header=module_header(pattern, backend, description),
+                pattern_source=printer.py_string(pattern.source), pattern_name=printer.py_string(pattern.name),
+                num_heads=repr(pattern.num_heads), host_support=host_support(pattern, table))

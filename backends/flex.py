@@ -13,7 +13,7 @@ import string
 from patternc import printer
 from patternc.frontend import Pattern
 
-from .common import VALIDATE_SOURCE, arg_names_in, head_cases, host_support, module_header
+from .common import arg_names_in, head_cases, standard_fields
 
 DESCRIPTION = """\
 FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_mod.
@@ -212,12 +212,7 @@ def emit(pattern: Pattern) -> str:
     names = arg_names_in(body, table)
     bind = ["    args = _length_args(n)"] + [f"    {v} = args[{v!r}]" for v in names] if names else []
     return _TEMPLATE.substitute(
-        validate=VALIDATE_SOURCE,
-        header=module_header(pattern, "flex", DESCRIPTION),
-        pattern_source=printer.py_string(pattern.source),
-        pattern_name=printer.py_string(pattern.name),
-        num_heads=repr(pattern.num_heads),
-        host_support=host_support(pattern, table),
+        **standard_fields(pattern, "flex", DESCRIPTION, table),
         bind_args="\n".join(bind) + "\n" if bind else "",
         closure=_closure(pattern, len(head_cases(pattern)) > 1),
         mask_body=body,

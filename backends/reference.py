@@ -13,7 +13,7 @@ import string
 from patternc import printer
 from patternc.frontend import Pattern
 
-from .common import VALIDATE_SOURCE, arg_names_in, doc_text, head_cases, host_support, module_header, unpack_args
+from .common import arg_names_in, doc_text, head_cases, standard_fields, unpack_args
 
 DESCRIPTION = """\
 Dense masked attention in PyTorch: the executable specification of the pattern.
@@ -141,12 +141,7 @@ def emit(pattern: Pattern) -> str:
         functions.append("\n".join(_mask_function(name, expr, table)))
         rows.append(f"    ({lo}, {hi}, {name}),")
     return _TEMPLATE.substitute(
-        validate=VALIDATE_SOURCE,
-        header=module_header(pattern, "reference", DESCRIPTION),
-        pattern_source=printer.py_string(pattern.source),
-        pattern_name=printer.py_string(pattern.name),
-        num_heads=repr(pattern.num_heads),
-        host_support=host_support(pattern, table),
+        **standard_fields(pattern, "reference", DESCRIPTION, table),
         mask_functions="\n\n\n".join(functions),
         cases="[\n" + "\n".join(rows) + "\n]",
     )

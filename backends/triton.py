@@ -28,6 +28,23 @@ def _indent(lines: list, n: int) -> list:
     return [(" " * n + x) if x else x for x in lines]
 
 
+# Program ids -> (batch z, query head h, key/value head hk) and the slices they read: shared by
+# the two query-major kernels (forward and dq).
+QUERY_MAJOR_IDS = [
+    "    pid = tl.program_id(0)",
+    "    zh = tl.program_id(1)",
+    "    z = zh // HC",
+    "    h = HEAD0 + zh % HC",
+    "    hk = h // GROUP",
+]
+QUERY_MAJOR_BASES = [
+    "offs_d = tl.arange(0, BD)",
+    "q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
+    "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
+    "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+]
+
+
 class _Emitter:
     def __init__(self, pattern: Pattern):
         self.pattern = pattern
@@ -247,17 +264,8 @@ class _Emitter:
             "        SEEDED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
             "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
-            "    pid = tl.program_id(0)",
-            "    zh = tl.program_id(1)",
-            "    z = zh // HC",
-            "    h = HEAD0 + zh % HC",
-            "    hk = h // GROUP",
-        ]
-        body = self.space_prologue(p.space, "q") + [
-            "offs_d = tl.arange(0, BD)",
-            "q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
-            "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
-            "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+        ] + QUERY_MAJOR_IDS
+        body = self.space_prologue(p.space, "q") + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * n",
             "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
@@ -294,17 +302,8 @@ class _Emitter:
             "        sm_scale, ACCUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
             "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
-            "    pid = tl.program_id(0)",
-            "    zh = tl.program_id(1)",
-            "    z = zh // HC",
-            "    h = HEAD0 + zh % HC",
-            "    hk = h // GROUP",
-        ]
-        body = self.space_prologue(p.space, "q") + [
-            "offs_d = tl.arange(0, BD)",
-            "q_base = Q + z.to(tl.int64) * sq0 + h.to(tl.int64) * sq1",
-            "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
-            "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
+        ] + QUERY_MAJOR_IDS
+        body = self.space_prologue(p.space, "q") + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
