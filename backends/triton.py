@@ -14,8 +14,9 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const
-from patternc.lower import Code, choose_forward_tiles, full_span, Pass, Plan, Space, TileRanges, count_keys_below, key_major, key_position, plan, \
-    query_major, query_position
+from patternc.intexpr import to_python
+from patternc.lower import Code, choose_forward_tiles, full_span, heavy_range, Pass, Plan, Space, TileRanges, \
+    count_keys_below, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
 
@@ -64,15 +65,17 @@ class _Emitter:
     def query_loops(self, p: Pass, mask_name: str, call: str) -> list:
         """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
         return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"))
+                          call.format(keep="keep", masked="True"), heavy_range(p, "q") is not None)
 
     def key_loops(self, p: Pass, mask_name: str, call: str) -> list:
         return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"))
+                          call.format(keep="keep", masked="True"), heavy_range(p, "k") is not None)
 
-    def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str) -> list:
+    def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
+              window: bool = False) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
-        (no mask, branch-free inner loop) and partial tiles (masked); random terms follow."""
+        (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
+        `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles)."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -98,6 +101,10 @@ class _Emitter:
                 out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
                            f"f_lo{ti})")
             spans.append((ti, tr))
+        if window and spans:
+            out.append("# clip every range to this program's window of tiles")
+            for ti, _ in spans:
+                out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
         masked = [f"{idx}0 = {idx}"] if False else []
         keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
                 f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
@@ -154,12 +161,19 @@ class _Emitter:
                         f"    klo = tl.maximum(kb * {rb}, lo{ti})",
                         f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
                         "    kt_lo = klo // BN",
-                        f"    kt_hi = tl.where(({tr.applies}) & (khi >= klo), khi // BN + 1, kt_lo)",
-                        "    for kt in range(kt_lo, kt_hi):"]
+                        f"    kt_hi = tl.where(({tr.applies}) & (khi >= klo), khi // BN + 1, kt_lo)"]
+                if window:
+                    out += ["    kt_lo = tl.minimum(tl.maximum(kt_lo, w_lo), w_hi)",
+                            "    kt_hi = tl.minimum(tl.maximum(kt_hi, w_lo), w_hi)"]
+                out += ["    for kt in range(kt_lo, kt_hi):"]
                 out += _indent(body, 8)
             else:
                 out += [f"at_lo{ti} = lo{ti} // BM",
-                        f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})",
+                        f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})"]
+                if window:
+                    out += [f"at_lo{ti} = tl.minimum(tl.maximum(at_lo{ti}, w_lo), w_hi)",
+                            f"at_hi{ti} = tl.minimum(tl.maximum(at_hi{ti}, w_lo), w_hi)"]
+                out += [
                         f"nkb{ti} = (n + {rb} - 1) // {rb}",
                         f"picks{ti} = tl.minimum({rr}, nkb{ti})",
                         f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
@@ -188,10 +202,11 @@ class _Emitter:
                 rb = c.arg(sr.random.b)
                 nk = f"(n + {rb} - 1) // {rb}"
                 picks = f"tl.minimum({c.arg(sr.random.r)}, {nk})"
+                # term si visited this tile iff it applies here, picked its block, and the tile
+                # meets si's index range [lo, hi] (which need not start on a tile boundary)
+                x0, x1 = ("b0", "b1") if query_major_loop else ("a0", "a1")
                 seen.append(f"(_random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {_seed_key(sr.random.seed)}) "
-                            f"& (b0 >= lo{si}) & (b0 <= hi{si}))" if query_major_loop else
-                            f"(_random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {_seed_key(sr.random.seed)}) "
-                            f"& (a0 >= lo{si}) & (a0 <= hi{si}))")
+                            f"& ({sr.applies}) & ({x1} >= lo{si}) & ({x0} <= hi{si}))")
         fulls = []
         if p.first:
             for other in p.terms:
@@ -252,22 +267,51 @@ class _Emitter:
                       "col_ok = (b0 + tl.arange(0, BN)) < L"]
         return lines
 
+    def split_lines(self, p: Pass, major: str) -> tuple:
+        """(lines after the program ids, window lines): only for passes with global rows/columns.
+
+        A global row's tile walks every key tile.  Its walk is cut into chunks of CH tiles: the
+        normal launch does chunk 0, a PARTIAL launch (grid axis 2 = chunk - 1) the others, into
+        scratch rows that the host merges.  Every other tile's window is unbounded."""
+        if heavy_range(p, major) is None:
+            return [], []
+        ids = ["    if PARTIAL:  # a split launch's programs start at the first heavy tile",
+               "        pid += SPLIT0"]
+        win = ["if PARTIAL:",
+               "    c_idx = tl.program_id(2) + 1",
+               "    w_lo = c_idx * CH",
+               "    w_hi = w_lo + CH",
+               "else:  # a heavy tile walks chunk 0 here; the rest of the window is unbounded",
+               "    w_lo = 0",
+               "    w_hi = tl.where((t_idx >= SPLIT0) & (t_idx < SPLIT1), CH, 2147483647)"]
+        return ids, win
+
+    @staticmethod
+    def out_rows(p: Pass, major: str, pos: str, tile: str) -> list:
+        """Rows of the output a program writes: a split launch writes chunk-major scratch rows."""
+        if heavy_range(p, major) is None:
+            return [f"{pos}_out = {pos}"]
+        return [f"{pos}_out = {pos}",
+                "if PARTIAL:  # scratch rows: chunk-major over the heavy tiles' rows",
+                f"    {pos}_out = {pos} + ((c_idx - 1) * RS - SPLIT0 * {tile})"]
+
     def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
             "offs_d, D, {masked}, PREC, WIDEN)")
+        ids, win = self.split_lines(p, "q")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
-            "        SEEDED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
-            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, CH, RS,",
+            "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,",
+            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
-        ] + QUERY_MAJOR_IDS
-        body = self.space_prologue(p.space, "q") + QUERY_MAJOR_BASES + [
+        ] + QUERY_MAJOR_IDS + ids
+        body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
-            "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * n",
+            "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
             "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
@@ -284,9 +328,10 @@ class _Emitter:
             "l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
             "out = acc / l_safe[:, None]",
             "lse = tl.where(l_i == 0.0, float('-inf'), (m_i + tl.log2(l_safe)) * 0.6931471805599453)",
-            "o_ptrs = o_base + i.to(tl.int64)[:, None] * so2 + offs_d[None, :] * so3",
+        ] + self.out_rows(p, "q", "i", "BM") + [
+            "o_ptrs = o_base + i_out.to(tl.int64)[:, None] * so2 + offs_d[None, :] * so3",
             "tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))",
-            "tl.store(lse_base + i, lse, mask=row_ok)",
+            "tl.store(lse_base + i_out, lse, mask=row_ok)",
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
@@ -295,15 +340,17 @@ class _Emitter:
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
             "offs_d, D, {masked}, PREC, WIDEN)")
+        ids, win = self.split_lines(p, "q")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, qk_scale__ARGS__,",
-            "        sm_scale, ACCUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
-            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
+            "        SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL: tl.constexpr,",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
+            "        WIDEN: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
-        ] + QUERY_MAJOR_IDS
-        body = self.space_prologue(p.space, "q") + QUERY_MAJOR_BASES + [
+        ] + QUERY_MAJOR_IDS + ids
+        body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
@@ -313,8 +360,8 @@ class _Emitter:
             "delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
             "dq = tl.zeros([BM, BD], dtype=tl.float32)",
         ]
-        tail = [
-            "dq_ptrs = dq_base + i.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
+        tail = self.out_rows(p, "q", "i", "BM") + [
+            "dq_ptrs = dq_base + i_out.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
             "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
             "dq = dq * sm_scale",
             "if ACCUM:  # a later pass or head group adds to what earlier launches wrote (float32)",
@@ -328,20 +375,21 @@ class _Emitter:
             p, mask_name,
             "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, "
             "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN)")
+        ids, win = self.split_lines(p, "k")
         head = [
             "@triton.jit",
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER,",
-            "        qk_scale__ARGS__,",
-            "        sm_scale, ACCUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr,",
-            "        PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER, NOUT,",
+            "        SPLIT0, SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL: tl.constexpr,",
+            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
+            "        WIDEN: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
             "    pid = tl.program_id(0)",
             "    zk = tl.program_id(1)",
             "    z = zk // KC",
             "    hk = KV0 + zk % KC",
-        ]
-        body = self.space_prologue(p.space, "k") + [
+        ] + ids
+        body = self.space_prologue(p.space, "k") + win + [
             "offs_d = tl.arange(0, BD)",
             "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
             "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
@@ -358,10 +406,10 @@ class _Emitter:
             "    lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * n",
             "    delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * n",
         ]
-        tail = [
+        tail = self.out_rows(p, "k", "j", "BN") + [
             "dk_base = DK + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
             "dv_base = DV + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
-            "kv_ptrs = j.to(tl.int64)[:, None] * sdk2 + offs_d[None, :] * sdk3",
+            "kv_ptrs = j_out.to(tl.int64)[:, None] * sdk2 + offs_d[None, :] * sdk3",
             "io_mask = col_ok[:, None] & (offs_d[None, :] < D)",
             "dk = dk * sm_scale",
             "if ACCUM:",
@@ -390,6 +438,10 @@ class _Emitter:
     def space_lambdas(self, p: Pass) -> str:
 
         d = {"space": repr(p.space.kind)}
+        for major in ("q", "k"):
+            hr = heavy_range(p, major)
+            if hr is not None:  # global rows (columns): tiles whose walks are split
+                d[f"heavy_{major}"] = f"lambda n: ({to_python(hr[0])}, {to_python(hr[1])})"
         if p.space.kind == "diag":
             m = p.space.m
             d["m"] = f"lambda A: {m.value}" if isinstance(m, Const) else f"lambda A: A[{self.args(m)!r}]"

@@ -1,6 +1,9 @@
 """Train a tiny transformer a few steps with each pattern's generated module; loss must fall.
 
-    python benchmarks/train_check.py [--device cuda] [--steps 30] [--n 2048]
+    python benchmarks/train_check.py [--device cuda] [--steps 30] [--n 2048] [--examples]
+
+By default it trains the benchmark's patterns; --examples trains the default pattern of
+every examples/*.attn file instead (compiled from the file, as a user would).
 
 A recall task: 32 random tokens repeated to length n, so attention (not a bigram table)
 is needed to lower the loss below log(vocab).  Prints first and last loss.
@@ -40,7 +43,9 @@ class Block(nn.Module):
 
 def train(mod, device: str, steps: int, n: int, dtype) -> tuple:
     torch.manual_seed(0)
-    vocab, dim, heads = 64, 128, 2
+    vocab = 64
+    heads = getattr(mod, "NUM_HEADS", None) or 2  # a per-head pattern fixes the head count
+    dim = 128  # the same model width for every pattern (head dim 128 / heads)
     emb, pos = nn.Embedding(vocab, dim), nn.Embedding(n, dim)
     blocks = nn.ModuleList([Block(mod.attention, dim, heads) for _ in range(2)])
     head = nn.Linear(dim, vocab)
@@ -69,10 +74,17 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--patterns", default="")
+    ap.add_argument("--examples", action="store_true", help="train every examples/*.attn file's default pattern")
     args = ap.parse_args()
     ok = True
-    for name in (args.patterns.split(",") if args.patterns else PATTERNS):
-        p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
+    if args.examples:
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+        jobs = [(f[:-5], os.path.join(folder, f)) for f in sorted(os.listdir(folder)) if f.endswith(".attn")]
+    else:
+        jobs = [(name, f"pattern p_{name} = {PATTERNS[name]}")
+                for name in (args.patterns.split(",") if args.patterns else PATTERNS)]
+    for name, source in jobs:
+        p = patternc.parse(source)
         mod = patternc.load(p, backend="triton")
         first, last = train(mod, args.device, args.steps, args.n, torch.bfloat16)
         fell = last < first

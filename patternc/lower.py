@@ -194,6 +194,28 @@ def plan(expr) -> Plan:
     return Plan(tuple(passes), rb)
 
 
+def heavy_range(p: Pass, major: str) -> Optional[tuple]:
+    """(a, b): the rows (major "q") or key columns ("k") of the pass's global terms.
+
+    A global row attends every key, so its query tile walks all n/BN key tiles while a
+    windowed tile walks a handful: one program would run ~n/BN times longer than the rest.
+    The kernels split such tiles' walks into chunks (and the host merges them); this says
+    which tiles.  A term qualifies when it bounds only the rows (or only the columns), up to
+    a one-sided band; the host splits only when few tiles qualify."""
+    if p.space.kind != "identity":
+        return None
+    spans = []
+    for t in p.terms:
+        own, other = (t.rows, t.cols) if major == "q" else (t.cols, t.rows)
+        # a one-sided band (causal) still leaves a global row (column) at one end unbounded
+        two_sided = t.lo is not None and t.hi is not None
+        if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.randoms):
+            spans.append((ix.make("max", *[a for a, _ in own]), ix.make("min", *[b for _, b in own])))
+    if not spans:
+        return None
+    return ix.make("min", *[a for a, _ in spans]), ix.make("max", *[b for _, b in spans])
+
+
 def _gcd(a: int, b: int) -> int:
     import math
 
@@ -627,13 +649,19 @@ def kernel_tile_efficiency(expr, n: int, bm: int = 128, bn: int = 64, nnz: Optio
 # Forward tile shapes the GPU kernels may use (D <= 128, 16-bit inputs), largest first.  A bigger
 # tile does more work per load, so it must keep most of the smaller tile's efficiency to win.
 TILE_CHOICES = ((128, 64), (64, 64))
-BIG_TILE_ADVANTAGE = 1.05  # measured: 128x64 (8 warps) beats 64x64 (4 warps) on causal, not on local(256)
+LONG_WALK = 16  # key tiles per 128-row query tile from which 128-row tiles pay (measured, NOTES.md)
+MAX_EXTRA_WORK = 1.3  # ... unless they compute this much more than 64-row tiles
 REFERENCE_LENGTH = 16384
 
 
 def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
-    """(BM, BN) for the forward kernel, by the cost model: maximise tile efficiency,
-    weighted by the larger tile's higher throughput.  Decided once, at compile time."""
+    """(BM, BN) for the forward kernel, decided once, at compile time, by the cost model.
+
+    Measured on an H200 (benchmarks/NOTES.md): a program has a fixed cost (prologue, epilogue,
+    pipeline fill) of about 3.6 tiles' work for 64x64 tiles (4 warps) and 6.8 for 128x64
+    (8 warps), while a 128x64 tile step costs 0.9x two 64x64 steps.  So 128-row tiles win
+    once a query tile walks many key tiles (causal, wide windows) and lose on short walks
+    (local(256), strided): short walks take 64-row tiles."""
     from .errors import PatternError
 
     try:
@@ -641,13 +669,12 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     except PatternError:  # not valid at the reference length: keep the default shape
         return TILE_CHOICES[0]
     exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
-    best, best_score = TILE_CHOICES[0], -1.0
-    for k, (bm, bn) in enumerate(TILE_CHOICES):
-        visited = sum(visited_tiles(e, n, bm, bn) for e in exprs) * bm * bn  # allowed pairs are fixed
-        score = (1.0 / visited if visited else 0.0) * (BIG_TILE_ADVANTAGE if k == 0 else 1.0)
-        if score > best_score:
-            best, best_score = (bm, bn), score
-    return best
+    big = sum(visited_tiles(e, n, 128, 64) for e in exprs)
+    small = sum(visited_tiles(e, n, 64, 64) for e in exprs)
+    walk = big / (len(exprs) * -(-n // 128))
+    if walk >= LONG_WALK and 2 * big <= MAX_EXTRA_WORK * small:
+        return TILE_CHOICES[0]
+    return TILE_CHOICES[1]
 
 
 # ---------------------------------------------------------------- full spans
