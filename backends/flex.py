@@ -170,6 +170,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         scale = 1.0 / math.sqrt(D)
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     bm = block_mask(n, q.device)
     use_compile = q.is_cuda if COMPILE is None else COMPILE
     fn = _flex() if use_compile else _flex_call

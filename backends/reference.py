@@ -99,6 +99,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         scale = 1.0 / math.sqrt(D)
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     keep = _head_masks(n, NUM_HEADS or 1, q.device)
     keep = keep.reshape(1, HK, group, n, n) if NUM_HEADS is not None else keep.reshape(1, 1, 1, n, n)

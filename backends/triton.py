@@ -173,14 +173,24 @@ class _Emitter:
                 if window:
                     out += [f"at_lo{ti} = tl.minimum(tl.maximum(at_lo{ti}, w_lo), w_hi)",
                             f"at_hi{ti} = tl.minimum(tl.maximum(at_hi{ti}, w_lo), w_hi)"]
+                key = _seed_key(tr.random.seed)
                 out += [
                         f"nkb{ti} = (n + {rb} - 1) // {rb}",
                         f"picks{ti} = tl.minimum({rr}, nkb{ti})",
                         f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
-                        f"for at in range(at_lo{ti}, at_hi{ti}):  # which query blocks picked this key block?",
-                        f"    if _random_picked((at * BM) // {rb}, kb{ti}, nkb{ti}, picks{ti}, "
-                        f"{_seed_key(tr.random.seed)}):"]
-                out += _indent(body, 8)
+                        "# which query blocks picked this key block?  Ask 128 query blocks at once, then",
+                        "# visit the few that did (about `picks`), instead of asking every query tile in turn",
+                        f"qb_lo{ti} = (at_lo{ti} * BM) // {rb}",
+                        f"qb_hi{ti} = (at_hi{ti} * BM + {rb} - 1) // {rb}",
+                        f"for qs in range(qb_lo{ti}, qb_hi{ti}, 128):",
+                        "    cand = qs + tl.arange(0, 128)",
+                        f"    hit = _random_picked(cand, kb{ti}, nkb{ti}, picks{ti}, {key}) & (cand < qb_hi{ti})",
+                        "    while tl.max(hit.to(tl.int32), 0) > 0:",
+                        "        qb = tl.min(tl.where(hit, cand, 2147483647), 0)",
+                        "        hit = hit & (cand != qb)",
+                        f"        for at in range(tl.maximum(qb * ({rb} // BM), at_lo{ti}), "
+                        f"tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})):"]
+                out += _indent(body, 12)
         return out
 
     def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,

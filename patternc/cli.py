@@ -296,7 +296,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     atomic_write(args.output, text.encode("utf-8"))
-    print(f"{args.output}: {args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
+    shown = args.output if args.output.isprintable() else repr(args.output)  # no raw control characters
+    print(f"{shown}: {args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
     return 0
 
 

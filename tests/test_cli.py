@@ -417,3 +417,12 @@ def test_analyze_empty_rows_for_real(cli, tmp_path):
     r = cli("analyze", f, "--n", 64, "--json", "--allow-empty-rows")
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout)
+
+
+def test_compile_message_escapes_control_characters_in_the_path(cli, program, tmp_path):
+    out = tmp_path / "odd\nname.py"
+    r = cli("compile", program, "-p", "strided", "-D", "w=3", "--backend", "reference", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert out.exists()
+    line, = r.stdout.strip().splitlines()  # one line: the newline is shown escaped
+    assert "odd\\nname.py" in line

@@ -163,3 +163,5 @@ def test_input_validation():
         mod.attention(q, q.double(), q.double())
     with pytest.raises(ValueError, match="4 dimensions"):
         mod.attention(q[0], q, q)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        mod.attention(q, q, q, scale=float("nan"))

@@ -202,6 +202,9 @@ def test_validation_specific_to_the_pattern():
         late.mask(12.0)
     with pytest.raises(TypeError, match="scale must be a float"):
         load("causal").attention(*inputs(1, 1, 1, 4, 4), scale="big")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be finite"):
+            load("causal").attention(*inputs(1, 1, 1, 4, 4), scale=bad)
 
 
 def test_generated_text_is_deterministic_and_standalone():

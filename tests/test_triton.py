@@ -337,3 +337,10 @@ def test_several_random_terms_visit_each_tile_once(src):
     p, mod = module(src)
     for n in (21, 40):
         assert_close(check_module(mod, p, n, D=16, H=2, HK=1))
+
+
+def test_random_blocks_backward_scans_many_query_blocks():
+    """dk/dv find the query blocks that picked a key block 128 candidates at a time: n large
+    enough for several scans (2100 / 16 = 132 query blocks), ragged."""
+    p, mod = module("random(2, block=16, seed=7) | local(3)")
+    assert_close(check_module(mod, p, 2100, D=16, H=1, HK=1))
