@@ -277,6 +277,14 @@ class _Emitter:
                       "col_ok = (b0 + tl.arange(0, BN)) < L"]
         return lines
 
+    @staticmethod
+    def jit(p: Pass, major: str) -> str:
+        """Split-capable kernels must not be specialised on the values that differ between their
+        normal and split launches, so one compilation serves both (first-call time)."""
+        if heavy_range(p, major) is None:
+            return "@triton.jit"
+        return '@triton.jit(do_not_specialize=["NOUT", "PARTIAL"])'
+
     def split_lines(self, p: Pass, major: str) -> tuple:
         """(lines after the program ids, window lines): only for passes with global rows/columns.
 
@@ -285,15 +293,12 @@ class _Emitter:
         scratch rows that the host merges.  Every other tile's window is unbounded."""
         if heavy_range(p, major) is None:
             return [], []
-        ids = ["    if PARTIAL:  # a split launch's programs start at the first heavy tile",
-               "        pid += SPLIT0"]
-        win = ["if PARTIAL:",
-               "    c_idx = tl.program_id(2) + 1",
-               "    w_lo = c_idx * CH",
-               "    w_hi = w_lo + CH",
-               "else:  # a heavy tile walks chunk 0 here; the rest of the window is unbounded",
-               "    w_lo = 0",
-               "    w_hi = tl.where((t_idx >= SPLIT0) & (t_idx < SPLIT1), CH, 2147483647)"]
+        # PARTIAL is a runtime 0/1 (not a constexpr): both launches share one compiled kernel
+        ids = ["    pid += SPLIT0 * PARTIAL  # a split launch's programs start at the first heavy tile"]
+        win = ["c_idx = tl.program_id(2) + PARTIAL  # chunk: 0 in the normal launch",
+               "heavy = (t_idx >= SPLIT0) & (t_idx < SPLIT1)",
+               "w_lo = tl.where(heavy, c_idx * CH, 0)",
+               "w_hi = tl.where(heavy, c_idx * CH + CH, 2147483647)"]
         return ids, win
 
     @staticmethod
@@ -301,9 +306,8 @@ class _Emitter:
         """Rows of the output a program writes: a split launch writes chunk-major scratch rows."""
         if heavy_range(p, major) is None:
             return [f"{pos}_out = {pos}"]
-        return [f"{pos}_out = {pos}",
-                "if PARTIAL:  # scratch rows: chunk-major over the heavy tiles' rows",
-                f"    {pos}_out = {pos} + ((c_idx - 1) * RS - SPLIT0 * {tile})"]
+        return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS - SPLIT0 * {tile})"
+                "  # split launch: chunk-major scratch rows"]
 
     def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
@@ -312,10 +316,10 @@ class _Emitter:
             "offs_d, D, {masked}, PREC, WIDEN)")
         ids, win = self.split_lines(p, "q")
         head = [
-            "@triton.jit",
+            self.jit(p, "q"),
             f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, CH, RS,",
-            "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,",
+            "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
         ] + QUERY_MAJOR_IDS + ids
@@ -352,10 +356,10 @@ class _Emitter:
             "offs_d, D, {masked}, PREC, WIDEN)")
         ids, win = self.split_lines(p, "q")
         head = [
-            "@triton.jit",
+            self.jit(p, "q"),
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
-            "        SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL: tl.constexpr,",
+            "        SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
             "        WIDEN: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
@@ -387,10 +391,10 @@ class _Emitter:
             "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN)")
         ids, win = self.split_lines(p, "k")
         head = [
-            "@triton.jit",
+            self.jit(p, "k"),
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER, NOUT,",
-            "        SPLIT0, SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL: tl.constexpr,",
+            "        SPLIT0, SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
             "        WIDEN: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',

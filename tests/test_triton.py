@@ -270,6 +270,7 @@ SPLIT_PATTERNS = {
     "sink_columns": ("causal & (sink(3) | local(20))", False, True),
     "late_global_rows": ("causal & (local(9) | queries(n - 5, n))", True, False),
     "two_passes": ("global(16) | stride(5)", True, True),
+    "per_head": ("heads { 0..0: local(9) | global(16), 1..1: causal & local(7) }", True, True),
 }
 
 
