@@ -86,6 +86,7 @@ class Analysis:
     csr_layout_bytes: int = 0
     kernel_tile_efficiency: Optional[float] = None
     kernel_tile: tuple = ()
+    kernel_plan: tuple = ()  # one line per kernel pass (lower.describe_plan)
     per_head: tuple = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -108,6 +109,7 @@ class Analysis:
             "tile_efficiency": self.tile_efficiency,
             "kernel_tile_efficiency": self.kernel_tile_efficiency,
             "kernel_tile": list(self.kernel_tile),
+            "kernel_plan": list(self.kernel_plan),
             "empty_rows": self.empty_rows,
             "empty_rows_first": list(self.empty_rows_first),
             "layers_to_full_reach": self.layers_to_full_reach,
@@ -164,6 +166,8 @@ class Analysis:
             shape = "x".join(map(str, self.kernel_tile))
             rows.insert(12, (f"kernel tile eff. {shape}", f"{self.kernel_tile_efficiency:.4f}  (Triton forward: "
                                                          "allowed / computed pairs)"))
+        for i, line in enumerate(self.kernel_plan):
+            rows.append(("kernel plan" if i == 0 else "", line))
         w = max(len(k) for k, _ in rows)
         lines += [f"{k:<{w}}  {v}" for k, v in rows]
         if self.per_head:
@@ -255,8 +259,10 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
     kbm, kbn = lower.choose_forward_tiles(pattern)
     kvisited = sum((hi - lo + 1) * lower.visited_tiles(e, n, kbm, kbn) for (lo, hi), e in cases) * kbm * kbn
     kernel_eff = nnz / kvisited if kvisited else 1.0
+    kplan = [(f"heads {lo}..{hi}: " if multi else "") + line for (lo, hi), e in cases
+             for line in lower.describe_plan(e, n)]
     return Analysis(
-        kernel_tile_efficiency=kernel_eff, kernel_tile=(kbm, kbn),
+        kernel_tile_efficiency=kernel_eff, kernel_tile=(kbm, kbn), kernel_plan=tuple(kplan),
         pattern=pattern.name, params=dict(pattern.params), ir_hash=pattern.hash, n=n, heads=H, tile=(bm, bn),
         head_dim=head_dim, nnz=nnz, density=nnz / (H * n * n), nnz_formula=formula,
         order=cost.asymptotic_order(pattern), flops_fwd=fwd, flops_bwd=bwd, tiles=tcount,

@@ -216,6 +216,22 @@ def heavy_range(p: Pass, major: str) -> Optional[tuple]:
     return ix.make("min", *[a for a, _ in spans]), ix.make("max", *[b for _, b in spans])
 
 
+def describe_plan(expr, n: int) -> list:
+    """One line per kernel pass: its index space, its terms, and the global rows/columns whose
+    walks are split across programs (the host splits them when few tiles are that long)."""
+    lines = []
+    for i, p in enumerate(plan(expr).passes):
+        s = f"pass {i}: {p.space.describe()}, {len(p.terms)} term{'s' if len(p.terms) > 1 else ''}"
+        for major, what in (("q", "rows"), ("k", "key columns")):
+            hr = heavy_range(p, major)
+            if hr is not None:
+                a, b = max(ix.evaluate(hr[0], n), 0), min(ix.evaluate(hr[1], n), n)
+                if b > a:
+                    s += f"; global {what} {a}..{b - 1} split into chunks"
+        lines.append(s)
+    return lines or ["no pass: the pattern is empty"]
+
+
 def _gcd(a: int, b: int) -> int:
     import math
 

@@ -146,3 +146,17 @@ def test_every_example_at_a_million():
         assert time.perf_counter() - t < 3.0, name
         assert a.reach_decided and a.empty_rows == 0, name
         assert (a.nnz_formula is None) == (name == "bigbird"), name
+
+
+def test_kernel_plan_names_passes_and_split_global_rows():
+    lf = analyze(resolve_source("pattern p = local(256) | global(16)"), 65536)
+    assert lf.kernel_plan == ("pass 0: tokens in order, 3 terms; global rows 0..15 split into chunks; "
+                              "global key columns 0..15 split into chunks",)
+    fixed = analyze(resolve_source("pattern p = causal & fixed(128, 8)"), 16384)
+    assert len(fixed.kernel_plan) == 2 and "keys restricted to columns j % 128 >= 128 - 8" in fixed.kernel_plan[1]
+    assert "global" not in " ".join(fixed.kernel_plan)
+    late = analyze(resolve_source("pattern p = causal & (local(9) | queries(n - 5, n))"), 100)
+    assert late.kernel_plan[0].endswith("global rows 95..99 split into chunks")
+    d = lf.to_dict()
+    assert d["kernel_plan"] == list(lf.kernel_plan) and json.dumps(d)
+    assert "kernel plan" in lf.format_table()
