@@ -136,6 +136,23 @@ def dense_layers(A: np.ndarray, causal: bool) -> Optional[int]:
     return L + 1
 
 
+def why_never(A: np.ndarray, causal: bool) -> str:
+    """Why no number of layers reaches every target pair, for a graph that dense_layers gave up
+    on: the attention graph (edge i -> j when i attends j) is split into components that never
+    exchange information, or it is periodic (walks of a given length only join some pairs)."""
+    import networkx as nx
+
+    G = nx.from_numpy_array(A.astype(np.int8), create_using=nx.DiGraph)
+    comps = nx.number_strongly_connected_components(G)
+    if comps > 1:
+        if causal:  # a causal graph never has paths upward: its components are expected
+            return f"{comps} groups of positions, and the causal target is not reached"
+        return f"the attention graph has {comps} groups of positions with no path between some of them"
+    if not nx.is_aperiodic(G):
+        return "the attention graph is periodic: a given number of layers joins only some pairs"
+    return "reach stalls before every pair is joined"
+
+
 def dense_mask(expr, n: int) -> np.ndarray:
     from .semantics import dense_mask_numpy
 
@@ -489,11 +506,15 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         if len(rep) <= QUOTIENT_MAX:
             from .semantics import allowed
 
-            Aq = np.broadcast_to(allowed(e, rep[:, None], rep[None, :], n), (len(rep), len(rep)))
-            return done(dense_layers(np.ascontiguousarray(Aq), False),
-                        f"quotient of {len(rep)} classes of identical positions")
+            Aq = np.ascontiguousarray(np.broadcast_to(allowed(e, rep[:, None], rep[None, :], n),
+                                                      (len(rep), len(rep))))
+            L = dense_layers(Aq, False)
+            how = f"quotient of {len(rep)} classes of identical positions"
+            return done(L, how if L is not None else f"{how}: {why_never(Aq, False)}")
     if n <= DENSE_N and not structural_only:
-        return done(dense_layers(dense_mask(e, n), causal), "boolean matrix powers")
+        A = dense_mask(e, n)
+        L = dense_layers(A, causal)
+        return done(L, "boolean matrix powers" if L is not None else f"boolean matrix powers: {why_never(A, causal)}")
     why = "no structural rule applies" + (f" (n > {EXACT_N}: only structural rules run)" if structural_only else "")
     return Reach(None, False, why, causal)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import patternc
 from patternc import reach, semantics
 from patternc.errors import PatternError
 
@@ -210,3 +211,23 @@ def test_range_level_rows_agree_with_per_row_scans(src):
     if single:
         steps = reach._interval_steps(lo, hi, True, not reach.is_causal(e, n))
         assert reach._interval_layers(fn, 0, n - 1, reach.is_causal(e, n)) == (None if steps is None else max(1, steps))
+
+
+@pytest.mark.parametrize("src, why", [
+    ("local(1) - band(0, 0)", "periodic"),  # i <-> i +- 1 only: walks alternate parity
+    ("local(2) - band(-1, 1)", "2 groups"),  # distance 2 only: even and odd never meet
+    ("(queries(0, 8) & keys(8, 16)) | (queries(8, 16) & keys(0, 8))", "periodic"),  # halves swap
+])
+def test_never_full_reach_says_why(src, why):
+    n = 16
+    a = patternc.analyze(patternc.parse(f"pattern x = {src}"), n)
+    assert a.layers_to_full_reach is None and a.reach_decided and why in a.reach_method
+    # brute force: no power of the mask up to n^2 is all-true
+    A = semantics.dense_mask_numpy(patternc.parse(f"pattern x = {src}").at(n), n).astype(np.int64)
+    R = A.copy()
+    for _ in range(n * n):
+        assert not R.all()
+        R = ((R @ A) > 0).astype(np.int64)
+    if "groups" in why:  # even positions never reach odd ones
+        closure = np.linalg.matrix_power(np.eye(n, dtype=np.int64) + A, n) > 0
+        assert not closure[0, 1] and closure[0, 2]
