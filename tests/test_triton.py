@@ -6,6 +6,7 @@ used under the interpreter).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -170,7 +171,7 @@ def test_generated_module_imports_only_torch_and_triton():
     text = patternc.compile(p, "triton")
     imports = {line.split()[1].split(".")[0] for line in text.splitlines()
                if line.startswith(("import ", "from ")) and not line.startswith("from __future__")}
-    assert imports <= {"torch", "triton", "math", "os", "functools"}, imports
+    assert imports <= {"torch", "triton", "math", "os", "functools", "json", "time"}, imports  # + stdlib
     assert "patternc" not in imports
 
 
@@ -345,3 +346,34 @@ def test_random_blocks_backward_scans_many_query_blocks():
     enough for several scans (2100 / 16 = 132 query blocks), ragged."""
     p, mod = module("random(2, block=16, seed=7) | local(3)")
     assert_close(check_module(mod, p, 2100, D=16, H=1, HK=1))
+
+
+def test_autotune_keeps_the_fastest_settings_and_caches_them(monkeypatch, tmp_path):
+    """PATTERNC_AUTOTUNE=1: each candidate is timed on the real call, the fastest is kept, and a
+    new process (a freshly loaded module) reads it from the cache file instead of timing again."""
+    monkeypatch.setenv("PATTERNC_AUTOTUNE", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+    p = patternc.parse("pattern x = local(9) | global(3)")
+    mod = patternc.load(p, backend="triton")
+    timed = []
+
+    def fake_time(fn):  # "faster" = larger tiles, so the second candidates must win
+        fn()
+        cfg = mod._tiles(16, torch.float32, torch.device("cpu"), 50)
+        timed.append(cfg["BM"] + cfg["DQ_BM"] + cfg["DKV_BN"])
+        return 1.0 / timed[-1]
+    monkeypatch.setattr(mod, "_time_call", fake_time)
+    assert_close(check_module(mod, p, 50, D=16, H=2, HK=1))
+    assert len(timed) == 4  # two forward and two backward candidates
+    cfg = mod._tiles(16, torch.float32, torch.device("cpu"), 50)
+    assert (cfg["BM"], cfg["DQ_BM"], cfg["DKV_BN"]) == (32, 32, 32)
+    saved = json.loads(next(tmp_path.glob("tuned-*.json")).read_text())
+    assert sorted(k.split("|")[0] for k in saved) == ["bwd", "fwd"]
+
+    again = patternc.load(p, backend="triton")
+    assert again is not mod and again._TUNED == {}
+    monkeypatch.setattr(again, "_time_call", lambda fn: pytest.fail("tuned again despite the cache"))
+    assert_close(check_module(again, p, 50, D=16, H=2, HK=1))
+    assert again._tiles(16, torch.float32, torch.device("cpu"), 50)["BM"] == 32
+    monkeypatch.setenv("PATTERNC_CONFIG", "BM=16")  # an explicit setting wins over the tuned one
+    assert again._tiles(16, torch.float32, torch.device("cpu"), 50)["BM"] == 16
