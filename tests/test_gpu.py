@@ -77,3 +77,33 @@ def test_torch_compile_on_gpu():
     f = torch.compile(lambda q, k, v: mod.attention(q, k, v).float().sum(), fullgraph=True)
     f(q, k, v).backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("name", ["longformer", "bigbird", "streaming"])
+def test_split_global_rows_in_small_chunks(name, monkeypatch):
+    """The chunked walks of global rows/columns with many chunks (2 tiles each) on real kernels."""
+    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2")
+    p, mod = module(name)
+    res = check_module(mod, p, 4099, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+
+
+def test_settings_too_large_for_shared_memory_are_reduced(monkeypatch):
+    """Tiles and stages beyond the GPU's shared memory raise OutOfResources; the module retries
+    with fewer stages and smaller tiles and still computes the right thing."""
+    p = patternc.parse(f"pattern p_longformer = {PATTERNS['longformer']}")
+    mod = patternc.load(p, backend="triton")  # a fresh module: what it learns stays with it
+    monkeypatch.setenv("PATTERNC_CONFIG", "BM=128,BN=256,num_stages=4,DKV_BN=256,dkv_stages=4")
+    res = check_module(mod, p, 1000, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+    assert mod._SHRUNK, "expected at least one reduction"
+
+
+def test_autotune_on_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATTERNC_AUTOTUNE", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+    p = patternc.parse(f"pattern p_local = {PATTERNS['local']}")
+    mod = patternc.load(p, backend="triton")
+    res = check_module(mod, p, 4099, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+    assert len(mod._TUNED) == 2 and list(tmp_path.glob("tuned-*.json"))
