@@ -11,6 +11,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in tests|bench|bench64|scale) ;; *) echo "usage: $0 tests|bench|bench64|scale" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -25,5 +26,4 @@ case "${1:-}" in
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
-    *)       echo "usage: $0 tests|bench|bench64|scale" >&2; exit 2 ;;
 esac
