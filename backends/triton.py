@@ -15,7 +15,8 @@ from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const
 from patternc.intexpr import to_python
-from patternc.lower import Code, choose_forward_tiles, full_span, heavy_range, Pass, Plan, Space, TileRanges, \
+from patternc.lower import Code, choose_forward_tiles, full_span, heavy_range, heavy_spans, Pass, Plan, Space, \
+    TileRanges, \
     count_keys_below, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -293,10 +294,15 @@ class _Emitter:
         scratch rows that the host merges.  Every other tile's window is unbounded."""
         if heavy_range(p, major) is None:
             return [], []
-        # PARTIAL is a runtime 0/1 (not a constexpr): both launches share one compiled kernel
-        ids = ["    pid += SPLIT0 * PARTIAL  # a split launch's programs start at the first heavy tile"]
+        # PARTIAL is a runtime 0/1 (not a constexpr): both launches share one compiled kernel.
+        # Heavy tiles form up to two ranges [SPLIT0, SPLIT1) and [SPLIT2, SPLIT3); a split
+        # launch's program r walks the r-th heavy tile.
+        ids = ["    r_idx = pid  # in a split launch: the rank of this program's heavy tile",
+               "    first = SPLIT1 - SPLIT0",
+               "    heavy_pid = tl.where(pid < first, SPLIT0 + pid, SPLIT2 + pid - first)",
+               "    pid = tl.where(PARTIAL != 0, heavy_pid, pid)"]
         win = ["c_idx = tl.program_id(2) + PARTIAL  # chunk: 0 in the normal launch",
-               "heavy = (t_idx >= SPLIT0) & (t_idx < SPLIT1)",
+               "heavy = ((t_idx >= SPLIT0) & (t_idx < SPLIT1)) | ((t_idx >= SPLIT2) & (t_idx < SPLIT3))",
                "w_lo = tl.where(heavy, c_idx * CH, 0)",
                "w_hi = tl.where(heavy, c_idx * CH + CH, 2147483647)"]
         return ids, win
@@ -306,8 +312,8 @@ class _Emitter:
         """Rows of the output a program writes: a split launch writes chunk-major scratch rows."""
         if heavy_range(p, major) is None:
             return [f"{pos}_out = {pos}"]
-        return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS - SPLIT0 * {tile})"
-                "  # split launch: chunk-major scratch rows"]
+        return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"
+                "  # split launch: scratch rows, chunk-major, heavy tiles by rank"]
 
     def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
@@ -318,7 +324,7 @@ class _Emitter:
         head = [
             self.jit(p, "q"),
             f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, CH, RS,",
+            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
@@ -359,7 +365,7 @@ class _Emitter:
             self.jit(p, "q"),
             f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
-            "        SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
+            "        SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
             "        WIDEN: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
@@ -394,7 +400,7 @@ class _Emitter:
             self.jit(p, "k"),
             f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER, NOUT,",
-            "        SPLIT0, SPLIT1, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
+            "        SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
             "        WIDEN: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
@@ -453,9 +459,10 @@ class _Emitter:
 
         d = {"space": repr(p.space.kind)}
         for major in ("q", "k"):
-            hr = heavy_range(p, major)
-            if hr is not None:  # global rows (columns): tiles whose walks are split
-                d[f"heavy_{major}"] = f"lambda n: ({to_python(hr[0])}, {to_python(hr[1])})"
+            spans = heavy_spans(p, major)
+            if spans:  # global rows (columns): tiles whose walks are split
+                d[f"heavy_{major}"] = "lambda n: [" + ", ".join(f"({to_python(a)}, {to_python(b)})"
+                                                                for a, b in spans) + "]"
         if p.space.kind == "diag":
             m = p.space.m
             d["m"] = f"lambda A: {m.value}" if isinstance(m, Const) else f"lambda A: A[{self.args(m)!r}]"

@@ -194,16 +194,16 @@ def plan(expr) -> Plan:
     return Plan(tuple(passes), rb)
 
 
-def heavy_range(p: Pass, major: str) -> Optional[tuple]:
-    """(a, b): the rows (major "q") or key columns ("k") of the pass's global terms.
+def heavy_spans(p: Pass, major: str) -> list:
+    """[(a, b), ...]: the rows (major "q") or key columns ("k") of the pass's global terms.
 
     A global row attends every key, so its query tile walks all n/BN key tiles while a
     windowed tile walks a handful: one program would run ~n/BN times longer than the rest.
     The kernels split such tiles' walks into chunks (and the host merges them); this says
     which tiles.  A term qualifies when it bounds only the rows (or only the columns), up to
-    a one-sided band; the host splits only when few tiles qualify."""
+    a one-sided band; the host splits a walk when it is at least three chunks long."""
     if p.space.kind != "identity":
-        return None
+        return []
     spans = []
     for t in p.terms:
         own, other = (t.rows, t.cols) if major == "q" else (t.cols, t.rows)
@@ -211,6 +211,12 @@ def heavy_range(p: Pass, major: str) -> Optional[tuple]:
         two_sided = t.lo is not None and t.hi is not None
         if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.randoms):
             spans.append((ix.make("max", *[a for a, _ in own]), ix.make("min", *[b for _, b in own])))
+    return spans
+
+
+def heavy_range(p: Pass, major: str) -> Optional[tuple]:
+    """(a, b) bounding heavy_spans, or None when the pass has no global rows (columns)."""
+    spans = heavy_spans(p, major)
     if not spans:
         return None
     return ix.make("min", *[a for a, _ in spans]), ix.make("max", *[b for _, b in spans])
@@ -218,16 +224,15 @@ def heavy_range(p: Pass, major: str) -> Optional[tuple]:
 
 def describe_plan(expr, n: int) -> list:
     """One line per kernel pass: its index space, its terms, and the global rows/columns whose
-    walks are split across programs (the host splits them when few tiles are that long)."""
+    walks are split across programs (when a walk is at least three chunks long)."""
     lines = []
     for i, p in enumerate(plan(expr).passes):
         s = f"pass {i}: {p.space.describe()}, {len(p.terms)} term{'s' if len(p.terms) > 1 else ''}"
         for major, what in (("q", "rows"), ("k", "key columns")):
-            hr = heavy_range(p, major)
-            if hr is not None:
-                a, b = max(ix.evaluate(hr[0], n), 0), min(ix.evaluate(hr[1], n), n)
-                if b > a:
-                    s += f"; global {what} {a}..{b - 1} split into chunks"
+            spans = [(max(ix.evaluate(a, n), 0), min(ix.evaluate(b, n), n)) for a, b in heavy_spans(p, major)]
+            spans = sorted((a, b) for a, b in spans if b > a)
+            if spans:
+                s += f"; global {what} " + ", ".join(f"{a}..{b - 1}" for a, b in spans) + " split into chunks"
         lines.append(s)
     return lines or ["no pass: the pattern is empty"]
 
