@@ -873,12 +873,8 @@ def _bounds(e) -> tuple:
         return (1, _INF)
     b = [_bounds(a) for a in e.args]
     op = e.op
-    if op == "+":
-        return (b[0][0] + b[1][0], b[0][1] + b[1][1])
-    if op == "-":
-        return (b[0][0] - b[1][1], b[0][1] - b[1][0])
-    if op == "neg":
-        return (-b[0][1], -b[0][0])
+    if op in ("+", "-", "neg"):
+        return _linear_interval(op, b)
     if op == "min":
         return (min(x[0] for x in b), min(x[1] for x in b))
     if op == "max":
@@ -899,6 +895,15 @@ def _bounds(e) -> tuple:
     if op == "%" and b[1][0] >= 1:
         return (0, b[1][1] - 1)
     return (-_INF, _INF)
+
+
+def _linear_interval(op: str, b: list) -> tuple:
+    """Interval arithmetic for +, - and neg on (lo, hi) pairs."""
+    if op == "+":
+        return (b[0][0] + b[1][0], b[0][1] + b[1][1])
+    if op == "-":
+        return (b[0][0] - b[1][1], b[0][1] - b[1][0])
+    return (-b[0][1], -b[0][0])
 
 
 def _floordiv_bound(x, d):
@@ -1483,12 +1488,8 @@ def _inc(e) -> tuple:
         return (1, 1)
     a = [_inc(x) for x in e.args]
     op = e.op
-    if op == "+":
-        return (a[0][0] + a[1][0], a[0][1] + a[1][1])
-    if op == "-":
-        return (a[0][0] - a[1][1], a[0][1] - a[1][0])
-    if op == "neg":
-        return (-a[0][1], -a[0][0])
+    if op in ("+", "-", "neg"):  # the increment of a sum is the sum of the increments
+        return _linear_interval(op, a)
     if op in ("min", "max"):
         return (min(x[0] for x in a), max(x[1] for x in a))
     if op == "*":

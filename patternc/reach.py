@@ -119,18 +119,24 @@ def dense_layers(A: np.ndarray, causal: bool) -> Optional[int]:
         if np.array_equal(nxt, R):
             return None
         R = nxt
-    bound = (n - 1) ** 2 + 1  # Wielandt: a primitive matrix is full by then
-    powers = [A]
+    return _least_power(A, _bool_mm, full, (n - 1) ** 2 + 1)  # Wielandt: primitive => full by then
+
+
+def _least_power(base: np.ndarray, combine, full, limit: int) -> Optional[int]:
+    """Smallest L with full(base^L) under an associative, monotone `combine` (matrix product,
+    sumset): square until full, then descend bit by bit.  None when the powers stop growing or
+    2^k reaches `limit`."""
+    powers = [base]
     while not full(powers[-1]):
-        if 2 ** (len(powers) - 1) >= bound:
+        if 2 ** (len(powers) - 1) >= limit:
             return None
-        nxt = _bool_mm(powers[-1], powers[-1])
+        nxt = combine(powers[-1], powers[-1])
         if np.array_equal(nxt, powers[-1]):
             return None
         powers.append(nxt)
     cur, L = None, 0
     for k in range(len(powers) - 2, -1, -1):
-        cand = powers[k] if cur is None else _bool_mm(cur, powers[k])
+        cand = powers[k] if cur is None else combine(cur, powers[k])
         if not full(cand):
             cur, L = cand, L + 2 ** k
     return L + 1
@@ -240,23 +246,7 @@ def _sumset(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def sumset_layers(D: np.ndarray) -> Optional[int]:
     """Smallest L whose L-fold sumset of D (with 0 in D) covers [0, len(D)), or None."""
-    n = len(D)
-    if D.all():
-        return 1
-    powers = [D]
-    while not powers[-1].all():
-        if 2 ** (len(powers) - 1) >= n:
-            return None
-        nxt = _sumset(powers[-1], powers[-1])
-        if np.array_equal(nxt, powers[-1]):
-            return None
-        powers.append(nxt)
-    cur, L = None, 0
-    for k in range(len(powers) - 2, -1, -1):
-        cand = powers[k] if cur is None else _sumset(cur, powers[k])
-        if not cand.all():
-            cur, L = cand, L + 2 ** k
-    return L + 1
+    return _least_power(D, _sumset, lambda x: bool(x.all()), len(D))
 
 
 def _lfold(D: np.ndarray, L: int) -> np.ndarray:
