@@ -13,10 +13,8 @@ from importlib import resources
 
 from patternc import ir, printer
 from patternc.frontend import Pattern
-from patternc.intexpr import Const
-from patternc.intexpr import to_python
-from patternc.lower import Code, choose_forward_tiles, full_span, heavy_range, heavy_spans, Pass, Plan, Space, \
-    TileRanges, \
+from patternc.intexpr import Const, to_python
+from patternc.lower import Code, choose_forward_tiles, full_span, heavy_spans, Pass, Plan, Space, TileRanges, \
     count_keys_below, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -66,11 +64,11 @@ class _Emitter:
     def query_loops(self, p: Pass, mask_name: str, call: str) -> list:
         """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
         return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), heavy_range(p, "q") is not None)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")))
 
     def key_loops(self, p: Pass, mask_name: str, call: str) -> list:
         return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), heavy_range(p, "k") is not None)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")))
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
               window: bool = False) -> list:
@@ -282,7 +280,7 @@ class _Emitter:
     def jit(p: Pass, major: str) -> str:
         """Split-capable kernels must not be specialised on the values that differ between their
         normal and split launches, so one compilation serves both (first-call time)."""
-        if heavy_range(p, major) is None:
+        if not heavy_spans(p, major):
             return "@triton.jit"
         return '@triton.jit(do_not_specialize=["NOUT", "PARTIAL"])'
 
@@ -292,7 +290,7 @@ class _Emitter:
         A global row's tile walks every key tile.  Its walk is cut into chunks of CH tiles: the
         normal launch does chunk 0, a PARTIAL launch (grid axis 2 = chunk - 1) the others, into
         scratch rows that the host merges.  Every other tile's window is unbounded."""
-        if heavy_range(p, major) is None:
+        if not heavy_spans(p, major):
             return [], []
         # PARTIAL is a runtime 0/1 (not a constexpr): both launches share one compiled kernel.
         # Heavy tiles form up to two ranges [SPLIT0, SPLIT1) and [SPLIT2, SPLIT3); a split
@@ -310,7 +308,7 @@ class _Emitter:
     @staticmethod
     def out_rows(p: Pass, major: str, pos: str, tile: str) -> list:
         """Rows of the output a program writes: a split launch writes chunk-major scratch rows."""
-        if heavy_range(p, major) is None:
+        if not heavy_spans(p, major):
             return [f"{pos}_out = {pos}"]
         return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"
                 "  # split launch: scratch rows, chunk-major, heavy tiles by rank"]

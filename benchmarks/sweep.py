@@ -26,11 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import patternc  # noqa: E402
 
+from bench import bench  # noqa: E402
 from patterns import PATTERNS  # noqa: E402
 
 
-def timed(fn, warmup: int = 10, rep: int = 40) -> float:
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+def timed(fn) -> float:
+    """The benchmark's timing (do_bench median), with a shorter budget per config."""
+    return bench(fn, warmup=10, rep=40)
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

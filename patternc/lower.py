@@ -214,14 +214,6 @@ def heavy_spans(p: Pass, major: str) -> list:
     return spans
 
 
-def heavy_range(p: Pass, major: str) -> Optional[tuple]:
-    """(a, b) bounding heavy_spans, or None when the pass has no global rows (columns)."""
-    spans = heavy_spans(p, major)
-    if not spans:
-        return None
-    return ix.make("min", *[a for a, _ in spans]), ix.make("max", *[b for _, b in spans])
-
-
 def describe_plan(expr, n: int) -> list:
     """One line per kernel pass: its index space, its terms, and the global rows/columns whose
     walks are split across programs (when a walk is at least three chunks long)."""
