@@ -277,6 +277,14 @@ class _Emitter:
         return lines
 
     @staticmethod
+    def tma(p: Pass, side: str) -> str:
+        """Whether a tile call may load through the TMA descriptors: only where the tile's positions
+        are contiguous (key side: tokens in order; query side: every space but residue classes).
+        Elsewhere the literal False removes the descriptor branch from the compiled kernel."""
+        contiguous = p.space.kind == "identity" if side == "k" else p.space.kind != "diag"
+        return "TMA" if contiguous else "False"
+
+    @staticmethod
     def jit(p: Pass, major: str) -> str:
         """Split-capable kernels must not be specialised on the values that differ between their
         normal and split launches, so one compilation serves both (first-call time)."""
@@ -316,15 +324,15 @@ class _Emitter:
     def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
-            "offs_d, D, {masked}, PREC, WIDEN)")
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
-            f"def {name}(Q, K, V, O, LSE, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, O, LSE, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
-            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr):",
+            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr):",
             f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
@@ -356,16 +364,16 @@ class _Emitter:
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
-            "dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, qk_scale, "
-            "offs_d, D, {masked}, PREC, WIDEN)")
+            "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
-            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
             "        SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
@@ -391,16 +399,16 @@ class _Emitter:
     def dkdv_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.key_loops(
             p, mask_name,
-            "dk, dv = _dkdv_tile(dk, dv, k, v, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, delta_base, i, "
-            "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN)")
+            "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
+            f"delta_base, i, {{keep}}, n, qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'q')})")
         ids, win = self.split_lines(p, "k")
         head = [
             self.jit(p, "k"),
-            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER, NOUT,",
             "        SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr):",
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
             "    pid = tl.program_id(0)",
             "    zk = tl.program_id(1)",

@@ -378,3 +378,56 @@ def test_autotune_keeps_the_fastest_settings_and_caches_them(monkeypatch, tmp_pa
     assert again._tiles(16, torch.float32, torch.device("cpu"), 50)["BM"] == 32
     monkeypatch.setenv("PATTERNC_CONFIG", "BM=16")  # an explicit setting wins over the tuned one
     assert again._tiles(16, torch.float32, torch.device("cpu"), 50)["BM"] == 16
+
+
+def test_tma_descriptors_only_for_aligned_layouts(monkeypatch):
+    """The host builds TMA descriptors only where the hardware accepts them; else None, and the
+    kernels load through pointers (any strides)."""
+    _, mod = module(PATTERNS["local"])
+    d = mod._tma_desc(torch.randn(2, 3, 30, 16), 16, 16)
+    assert d is not None and d.block_shape == [1, 1, 16, 16] and d.strides == [1440, 480, 16, 1]
+    # (B, n, H, D) storage viewed as (B, H, n, D): aligned, different strides, still TMA
+    d = mod._tma_desc(torch.randn(2, 30, 3, 16).transpose(1, 2), 32, 16)
+    assert d is not None and d.strides == [1440, 16, 48, 1]
+    # a size-1 dimension's stride is never stepped over: a misaligned value is replaced
+    d = mod._tma_desc(torch.empty_strided((1, 2, 30, 16), (7, 480, 16, 1)), 16, 16)
+    assert d is not None and d.strides == [960, 480, 16, 1]
+    assert mod._tma_desc(torch.randn(1, 2, 30, 20, dtype=torch.bfloat16), 16, 32) is None  # 40-byte rows
+    assert mod._tma_desc(torch.randn(1, 2, 16, 30).transpose(2, 3), 16, 16) is None  # D not innermost
+    assert mod._tma_desc(torch.randn(1 + 1 * 2 * 30 * 16)[1:].view(1, 2, 30, 16), 16, 16) is None  # base
+    monkeypatch.setenv("PATTERNC_TMA", "0")
+    assert mod._tma_desc(torch.randn(2, 3, 30, 16), 16, 16) is None
+
+
+def test_tma_loads_only_where_positions_are_contiguous():
+    """Residue-class passes gather rows with a stride: their tile calls pin TMA to False."""
+    text = patternc.compile(patternc.parse("pattern s = causal & (local(7) | stride(8))"), backend="triton")
+    fwd_calls = [line for line in text.splitlines() if "_fwd_tile(acc" in line]
+    assert any(line.rstrip().endswith("WIDEN, TMA)") for line in fwd_calls)  # the in-order pass
+    assert any(line.rstrip().endswith("WIDEN, False)") for line in fwd_calls)  # the residue pass
+
+
+@pytest.mark.parametrize("name", ["longformer", "bigbird", "wide_local"])
+def test_pointer_loads_without_tma(name, monkeypatch):
+    """PATTERNC_TMA=0 (and layouts TMA cannot serve) take the pointer path: same results."""
+    monkeypatch.setenv("PATTERNC_TMA", "0")
+    p, mod = module(PATTERNS[name])
+    assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
+
+
+@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird"])
+def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
+    """The interpreter accepts code the GPU compiler may reject (TMA descriptors, layouts):
+    compile every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    src = tmp_path / "p.attn"
+    src.write_text(f"pattern p = {PATTERNS[name]}\n")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", "64", "--n", "256"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = {line.split()[1] for line in r.stdout.splitlines() if line.strip()}
+    assert {"fwd", "dq", "dkdv", "bwd"} <= kinds, r.stdout

@@ -1,0 +1,148 @@
+"""Compile a pattern's generated kernels for a GPU target on a machine without a GPU.
+
+Triton ships ptxas, so kernels can be compiled for sm_90 (H100/H200) anywhere.  The module runs
+once on CPU tensors with the GPU's tile settings; each launch is intercepted, its
+arguments turned into a Triton signature, and the kernel compiled for the target instead of run.
+This catches kernels that the interpreter accepts but the GPU compiler rejects (before spending
+device time) and measures compile time, which is most of a pattern's first call.
+
+    python benchmarks/compile_check.py examples/bigbird.attn            # sm_90, bf16, D = 128
+    python benchmarks/compile_check.py --all --arch 90 --d 64
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)  # kernels must be JIT functions, not interpreted ones
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import patternc  # noqa: E402
+
+_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+          torch.int64: "i64"}
+# The settings the module picks on an H200 (bf16/fp16, D <= 128), see _tiles in the template.
+GPU_SETTINGS = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "DQ_BM": 128, "DQ_BN": 64, "dq_warps": 8,
+                "DKV_BM": 64, "DKV_BN": 128, "dkv_warps": 8}
+
+
+def _sig(value) -> tuple:
+    """(Triton type, divisibility-16 hint) of one launch argument."""
+    if isinstance(value, torch.Tensor):
+        return "*" + _TYPES[value.dtype], True
+    if isinstance(value, TensorDescriptor):
+        return f"tensordesc<{_TYPES[value.base.dtype]}{list(value.block_shape)}>", False
+    if isinstance(value, bool) or value is None:
+        return "constexpr", False
+    if isinstance(value, int):
+        return ("i64" if abs(value) >= 2 ** 31 else "i32"), value % 16 == 0 and value != 0
+    if isinstance(value, float):
+        return "fp32", False
+    return "constexpr", False
+
+
+def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> float:
+    """Compile one intercepted launch for the target; seconds taken."""
+    jit = fn
+    names = jit.arg_names
+    kw["WIDEN"] = False  # set for bf16 on CPU tensors: an interpreter-only widening
+    values = dict(zip(names, args))
+    options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
+    values.update(kw)
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        value = values[name]
+        if i in [p.num for p in jit.params if p.is_constexpr]:
+            signature[name] = "constexpr"
+            constexprs[name] = value
+            continue
+        ty, div16 = _sig(value)
+        signature[name] = ty
+        if ty == "constexpr":
+            constexprs[name] = value
+        elif div16 and name not in getattr(jit, "do_not_specialize", ()) and \
+                i not in getattr(jit, "do_not_specialize", ()):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
+    t0 = time.perf_counter()
+    triton.compile(src, target=target, options=options)
+    return time.perf_counter() - t0
+
+
+def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True) -> list:
+    p = patternc.parse(path)
+    mod = patternc.load(p, backend="triton")
+    os.environ["PATTERNC_CONFIG"] = ",".join(f"{k}={v}" for k, v in GPU_SETTINGS.items())
+    results = []
+    seen: set = set()
+
+    class Grab:
+        """Stands in for a kernel: compiles each new launch for the target instead of running it."""
+        def __init__(self, real, label: str):
+            self.real, self.label = real, label
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                key = (self.label, kw.get("SEEDED"))
+                if key not in seen:
+                    seen.add(key)
+                    try:
+                        results.append((self.label, compile_launch(self.real, args, dict(kw), target), None))
+                    except Exception as e:  # report and go on: the point is the list
+                        results.append((self.label, None, f"{type(e).__name__}: "
+                                        + str(e).strip().splitlines()[-1][:300]))
+            return launch
+
+    for ci, (_, passes) in enumerate(mod._CASES):
+        for pi, desc in enumerate(passes):
+            for kind in ("fwd", "dq", "dkdv") if backward else ("fwd",):
+                desc[kind] = Grab(desc[kind], f"{kind} case {ci} pass {pi}")
+    mod._bwd_prologue = Grab(mod._bwd_prologue, "bwd prologue")
+    B, H = 1, 2
+    q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for _ in range(3))
+    mod._launch_forward(q, k, v, D ** -0.5)  # outputs are garbage: no kernel runs
+    if backward:
+        o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
+        mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
+    del os.environ["PATTERNC_CONFIG"]
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--all", action="store_true", help="every examples/*.attn file")
+    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--fwd-only", action="store_true")
+    ap.add_argument("--warm-cache", action="store_true", help="keep Triton's on-disk cache (default: a fresh one)")
+    args = ap.parse_args()
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    files = args.files or (sorted(glob.glob(os.path.join(here, "examples", "*.attn"))) if args.all else [])
+    if not files:
+        ap.error("give .attn files or --all")
+    if not args.warm_cache:  # time real compilations, not Triton's on-disk cache
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="patternc-compile-check-")
+    target = GPUTarget("cuda", args.arch, 32)
+    failed = 0
+    for path in files:
+        for name, t, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
+            print(f"{os.path.basename(path):22s} {name:22s} " + (f"{t:6.2f} s" if err is None else f"FAILED {err}"),
+                  flush=True)
+            failed += err is not None
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
