@@ -107,3 +107,15 @@ def test_autotune_on_gpu(monkeypatch, tmp_path):
     res = check_module(mod, p, 4099, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
     assert len(mod._TUNED) == 2 and list(tmp_path.glob("tuned-*.json"))
+
+
+@pytest.mark.parametrize("name", ["local", "longformer", "bigbird"])
+def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
+    """The TMA path is the default; the pointer path serves PATTERNC_TMA=0, non-16-byte-aligned
+    layouts (D = 20 in bf16: 40-byte rows) and (B, n, H, D) storage viewed as (B, H, n, D)."""
+    p, mod = module(name)
+    for D, env, noncontig in ((128, "0", False), (20, "1", False), (64, "1", True)):
+        monkeypatch.setenv("PATTERNC_TMA", env)
+        res = check_module(mod, p, 1999, D=D, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda",
+                           noncontiguous=noncontig)
+        assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (D, env, res)
