@@ -462,8 +462,10 @@ class _Emitter:
         return lines
 
     def space_lambdas(self, p: Pass) -> str:
-
         d = {"space": repr(p.space.kind)}
+        # which kernels load through TMA descriptors (the host builds them only for those)
+        d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA", "dq": self.tma(p, "k") == "TMA",
+                         "dkdv": self.tma(p, "q") == "TMA"})
         for major in ("q", "k"):
             spans = heavy_spans(p, major)
             if spans:  # global rows (columns): tiles whose walks are split

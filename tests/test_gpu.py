@@ -119,3 +119,13 @@ def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
         res = check_module(mod, p, 1999, D=D, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda",
                            noncontiguous=noncontig)
         assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (D, env, res)
+
+
+def test_first_call_compiles_every_kernel_at_once():
+    """The first forward and the first backward hand all their kernels' compilations to a
+    thread pool before launching (two passes here, and the backward's five kernels)."""
+    p = patternc.parse("pattern p_first_call = causal & (local(100) | stride(96))")  # a pattern no other test compiles
+    mod = patternc.load(p, backend="triton")
+    res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+    assert {key[0] for key in mod._WARMED} == {"fwd", "bwd"}

@@ -431,3 +431,53 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = {line.split()[1] for line in r.stdout.splitlines() if line.strip()}
     assert {"fwd", "dq", "dkdv", "bwd"} <= kinds, r.stdout
+
+
+def test_eager_path_matches_the_custom_op_bit_for_bit():
+    """Outside torch.compile, attention() skips the custom op's dispatch (host time); both paths
+    must give identical outputs and gradients."""
+    p, mod = module(PATTERNS["longformer"])
+    q, k, v = make_inputs(1, 2, 1, 53, 16, torch.float32, "cpu", seed=5)
+    do = torch.randn(1, 2, 53, 16)
+    out, lse = mod.attention(q, k, v, return_lse=True)
+    out.backward(do)
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    out2, lse2 = mod._attention_fwd(q, k, v, 0.25)
+    out2.backward(do)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+    assert all(torch.equal(a, t.grad) for a, t in zip(grads, (q, k, v)))
+    with torch.no_grad():
+        assert torch.equal(mod.attention(q, k, v), out)
+
+
+def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
+    """In warm-up mode (first call on a GPU) every launch of a call, including split launches and
+    the backward prologue, becomes a compile request; nothing runs."""
+    p, mod = _load("causal & (local(9) | stride(8)) | global(2)")  # two passes, split global rows
+    submitted = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def warmup(self, *args, grid, **kw):
+            submitted.append((self.name, kw.get("PARTIAL", 0)))
+
+        def __getitem__(self, grid):
+            raise AssertionError("launched during warm-up")
+    for ci, (_, passes) in enumerate(mod._CASES):
+        for pi, desc in enumerate(passes):
+            for kind in ("fwd", "dq", "dkdv"):
+                monkeypatch.setitem(desc, kind, Kernel(f"{kind}{pi}"))
+    monkeypatch.setattr(mod, "_bwd_prologue", Kernel("prologue"))
+    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2")
+    q, k, v = make_inputs(1, 2, 1, 150, 16, torch.float32, "cpu", seed=0)
+    monkeypatch.setattr(mod, "_WARMING", [True])
+    mod._forward_launches(q, k, v, 0.25)
+    o, lse = torch.zeros_like(q), torch.zeros(1, 2, 150)
+    mod._backward_launches(torch.ones_like(q), q, k, v, o, lse, 0.25)
+    names = {name for name, _ in submitted}
+    assert names == {"fwd0", "fwd1", "dq0", "dq1", "dkdv0", "dkdv1", "prologue"}, submitted
+    assert any(partial for _, partial in submitted)  # the split launch is compiled too

@@ -1,0 +1,68 @@
+"""Host-side cost of one call: where short kernels lose time before the GPU starts.
+
+For each pattern: GPU time (do_bench median, as bench.py) with TMA descriptors on and off, the
+host time per call (50 calls without synchronisation), and a profile of the host side.
+
+    python benchmarks/host_overhead.py --n 16384 --patterns local,longformer
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import patternc  # noqa: E402
+from patterns import PATTERNS  # noqa: E402
+
+
+def host_us(fn, calls: int = 50) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=16384)
+    ap.add_argument("--patterns", default="local,longformer,causal_local")
+    ap.add_argument("--profile", default="longformer")
+    args = ap.parse_args()
+    H, D = 16, 128
+    q, k, v = (torch.randn(1, H, args.n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for name in args.patterns.split(","):
+        p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
+        mod = patternc.load(p, backend="triton")
+        for tma in ("1", "0"):
+            os.environ["PATTERNC_TMA"] = tma
+            mod.attention(q, k, v)
+            ms = triton.testing.do_bench(lambda: mod.attention(q, k, v), warmup=25, rep=100, return_mode="median")
+            us = host_us(lambda: mod.attention(q, k, v))
+            print(f"{name:14s} TMA={tma}: gpu {ms:.3f} ms, host {us:.0f} us/call", flush=True)
+            if name == args.profile:
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(50):
+                    mod.attention(q, k, v)
+                prof.disable()
+                torch.cuda.synchronize()
+                s = io.StringIO()
+                pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(14)
+                print(s.getvalue().replace(os.getcwd(), "."), flush=True)
+    os.environ.pop("PATTERNC_TMA")
+
+
+if __name__ == "__main__":
+    main()
