@@ -107,7 +107,8 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
         for pi, desc in enumerate(passes):
             for kind in ("fwd", "dq", "dkdv") if backward else ("fwd",):
                 desc[kind] = Grab(desc[kind], f"{kind} case {ci} pass {pi}")
-    mod._bwd_prologue = Grab(mod._bwd_prologue, "bwd prologue")
+    for name in ("_bwd_prologue", "_merge_kernel", "_add_kernel"):
+        setattr(mod, name, Grab(getattr(mod, name), name.strip("_").replace("_", " ")))
     B, H = 1, 2
     q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for _ in range(3))
     mod._launch_forward(q, k, v, D ** -0.5)  # outputs are garbage: no kernel runs
