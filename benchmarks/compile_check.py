@@ -4,7 +4,8 @@ Triton ships ptxas, so kernels can be compiled for sm_90 (H100/H200) anywhere.  
 once on CPU tensors with the GPU's tile settings; each launch is intercepted, its
 arguments turned into a Triton signature, and the kernel compiled for the target instead of run.
 This catches kernels that the interpreter accepts but the GPU compiler rejects (before spending
-device time) and measures compile time, which is most of a pattern's first call.
+device time), measures compile time (most of a pattern's first call) and reports each kernel's
+shared memory (an H100/H200 SM has 228 KiB: two programs per SM need <= ~113 KiB each).
 
     python benchmarks/compile_check.py examples/bigbird.attn            # sm_90, bf16, D = 128
     python benchmarks/compile_check.py --all --arch 90 --d 64
@@ -31,9 +32,12 @@ import patternc  # noqa: E402
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
           torch.int64: "i64"}
-# The settings the module picks on an H200 (bf16/fp16, D <= 128), see _tiles in the template.
-GPU_SETTINGS = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "DQ_BM": 128, "DQ_BN": 64, "dq_warps": 8,
-                "DKV_BM": 64, "DKV_BN": 128, "dkv_warps": 8}
+
+
+def gpu_settings(mod, D: int, dtype, n: int, arch: int) -> dict:
+    """The settings the module's own _tiles picks on a CUDA GPU of this compute capability."""
+    mod._HOPPER[0] = arch >= 90
+    return mod._tiles(D, dtype, torch.device("cuda", 0), n)
 
 
 def _sig(value) -> tuple:
@@ -51,8 +55,8 @@ def _sig(value) -> tuple:
     return "constexpr", False
 
 
-def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> float:
-    """Compile one intercepted launch for the target; seconds taken."""
+def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
+    """Compile one intercepted launch for the target: (seconds taken, shared memory bytes)."""
     jit = fn
     names = jit.arg_names
     kw["WIDEN"] = False  # set for bf16 on CPU tensors: an interpreter-only widening
@@ -75,14 +79,17 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> float:
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     t0 = time.perf_counter()
-    triton.compile(src, target=target, options=options)
-    return time.perf_counter() - t0
+    compiled = triton.compile(src, target=target, options=options)
+    return time.perf_counter() - t0, compiled.metadata.shared
 
 
 def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
-    os.environ["PATTERNC_CONFIG"] = ",".join(f"{k}={v}" for k, v in GPU_SETTINGS.items())
+    user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
+    cfg = gpu_settings(mod, D, dtype, n, target.arch)
+    os.environ["PATTERNC_CONFIG"] = ",".join([f"{k}={v}" for k, v in cfg.items() if k in mod._TILE_KEYS] +
+                                             [item for item in user.split(",") if item.strip()])
     results = []
     seen: set = set()
 
@@ -97,9 +104,9 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
                 if key not in seen:
                     seen.add(key)
                     try:
-                        results.append((self.label, compile_launch(self.real, args, dict(kw), target), None))
+                        results.append((self.label, *compile_launch(self.real, args, dict(kw), target), None))
                     except Exception as e:  # report and go on: the point is the list
-                        results.append((self.label, None, f"{type(e).__name__}: "
+                        results.append((self.label, None, None, f"{type(e).__name__}: "
                                         + str(e).strip().splitlines()[-1][:300]))
             return launch
 
@@ -115,7 +122,7 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
     if backward:
         o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
         mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
-    del os.environ["PATTERNC_CONFIG"]
+    os.environ["PATTERNC_CONFIG"] = user
     return results
 
 
@@ -138,9 +145,9 @@ def main() -> int:
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
     for path in files:
-        for name, t, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
-            print(f"{os.path.basename(path):22s} {name:22s} " + (f"{t:6.2f} s" if err is None else f"FAILED {err}"),
-                  flush=True)
+        for name, t, smem, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
+            print(f"{os.path.basename(path):22s} {name:22s} "
+                  + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
             failed += err is not None
     return 1 if failed else 0
 

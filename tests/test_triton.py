@@ -415,10 +415,12 @@ def test_pointer_loads_without_tma(name, monkeypatch):
     assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
 
 
-@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird"])
+@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird", "causal"])
 def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
     """The interpreter accepts code the GPU compiler may reject (TMA descriptors, layouts):
-    compile every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel."""
+    compile every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel,
+    with the settings an H100/H200 gets, and check that each fits an SM's shared memory
+    (227 KiB; a kernel that does not fit fails its first launch and is recompiled smaller)."""
     import subprocess
     import sys
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
@@ -433,6 +435,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
     assert {"fwd", "dq", "dkdv", "bwd"} <= kinds, r.stdout
     if name == "longformer":  # global rows split at this n: the merge and the gradient sums too
         assert {"merge", "add"} <= kinds, r.stdout
+    shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
+    assert shared and max(shared) <= 227, r.stdout
 
 
 def test_eager_path_matches_the_custom_op_bit_for_bit():
