@@ -5,13 +5,15 @@
 #   bash benchmarks/gpu_session.sh bench      # every pattern, n = 16384 and 65536, D = 128
 #   bash benchmarks/gpu_session.sh bench64    # every pattern, n = 16384 and 65536, D = 64
 #   bash benchmarks/gpu_session.sh scale      # Longformer at n = 2^20, then training every example
+#   bash benchmarks/gpu_session.sh probe      # open questions of NOTES.md: pipeline stages with TMA
+#                                             # (shared memory vs programs per SM), host time per call
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale) ;; *) echo "usage: $0 tests|bench|bench64|scale" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -24,6 +26,15 @@ case "${1:-}" in
                  2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)   timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128 ;;
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
+    probe)   for n in 16384 65536; do
+                 timeout 150 python3 benchmarks/sweep.py --n $n --patterns local,causal_local,longformer,streaming \
+                     --fwd "num_stages=3" "num_stages=2" --bwd "dq_stages=2,dkv_stages=2" "dq_stages=1,dkv_stages=1" \
+                     --out "$OUT/sweep-stages-$n.jsonl"
+             done
+             PATTERNC_TMA=0 timeout 120 python3 benchmarks/sweep.py --n 16384 --patterns local,causal_local \
+                 --bwd "dq_stages=2,dkv_stages=2" --out "$OUT/sweep-pointer-16384.jsonl"
+             timeout 90 python3 benchmarks/host_overhead.py --n 16384 --patterns local,longformer,causal_local \
+                 --profile none 2>&1 | tee "$OUT/host-overhead.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
