@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import torch
@@ -198,7 +199,8 @@ def print_table(rows):
 def markdown(meta: dict, rows: list) -> str:
     lines = [f"# Benchmark: {meta['gpu']}", "",
              f"- date: {meta['date']}", f"- torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}",
-             f"- command: `{meta['command']}`", f"- shape: B=1, H={meta['heads']}, bf16; times are medians of "
+             f"- command: `{meta['command']}`", f"- compile caches: {meta.get('compile_caches', 'as found')}",
+             f"- shape: B=1, H={meta['heads']}, bf16; times are medians of "
              "triton.testing.do_bench", "",
              "| n | D | pattern | ours fwd ms | ours TFLOP/s | flex fwd ms | flex TFLOP/s | fwd speedup | "
              "ours fwd+bwd ms | flex fwd+bwd ms | fwd+bwd speedup | tile eff | first call s (ours / flex) |",
@@ -226,13 +228,23 @@ def main():
     ap.add_argument("--patterns", default="")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="keep Triton's and Inductor's on-disk compile caches (default: fresh ones, cold first calls)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench.py needs a CUDA GPU")
+    if not args.warm_cache:
+        # First calls are compared cold: Triton's and Inductor's on-disk caches (both read their
+        # folder when they compile) start empty, else a device call that ran the GPU tests first
+        # would hand both sides compiled kernels.
+        root = tempfile.mkdtemp(prefix="patternc-bench-cache-")
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(root, "triton")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"), command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])]
-                                                                              + sys.argv[1:]), heads=args.heads)
+                                                                              + sys.argv[1:]), heads=args.heads,
+                compile_caches="as found (--warm-cache)" if args.warm_cache else "fresh (cold first calls)")
     os.makedirs(args.out, exist_ok=True)
     stem = "bench" + (f"-{args.tag}" if args.tag else "")
 
