@@ -68,6 +68,20 @@ def _kv(K, V, kd, vd, row0, j, base, n, offs_d, DESC: tl.constexpr, MASKLOAD: tl
 
 
 @triton.jit
+def _band_keep(i, j, W, n):
+    return (tl.abs(i[:, None] - j[None, :]) <= W) & (j < n)[None, :]
+
+
+@triton.jit
+def _finish(O, base, i, offs_d, acc, l_i, n):
+    """Normalise and store one query tile's rows (shared by both kernels)."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + base + i.to(tl.int64)[:, None] * offs_d.shape[0] + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=(i < n)[:, None])
+
+
+@triton.jit
 def band_fwd(Q, K, V, O, kd, vd, n, W, qk_scale,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, DESC: tl.constexpr,
              WS: tl.constexpr, FMA: tl.constexpr, MASKLOAD: tl.constexpr):
@@ -96,7 +110,7 @@ def band_fwd(Q, K, V, O, kd, vd, n, W, qk_scale,
     for kt in range(t_lo, f_lo):
         j = kt * BN + tl.arange(0, BN)
         k, v = _kv(K, V, kd, vd, head0 + kt * BN, j, base, n, offs_d, DESC, True)
-        keep = (tl.abs(i[:, None] - j[None, :]) <= W) & (j < n)[None, :]
+        keep = _band_keep(i, j, W, n)
         acc, m_i, l_i = _step(acc, m_i, l_i, q, k, v, keep, qk_scale, True, FMA)
     for kt in tl.range(f_lo, f_hi, warp_specialize=WS):
         j = kt * BN + tl.arange(0, BN)
@@ -105,12 +119,9 @@ def band_fwd(Q, K, V, O, kd, vd, n, W, qk_scale,
     for kt in range(tl.maximum(f_hi, f_lo), t_hi):
         j = kt * BN + tl.arange(0, BN)
         k, v = _kv(K, V, kd, vd, head0 + kt * BN, j, base, n, offs_d, DESC, True)
-        keep = (tl.abs(i[:, None] - j[None, :]) <= W) & (j < n)[None, :]
+        keep = _band_keep(i, j, W, n)
         acc, m_i, l_i = _step(acc, m_i, l_i, q, k, v, keep, qk_scale, True, FMA)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    tl.store(O + base + i.to(tl.int64)[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=(i < n)[:, None])
+    _finish(O, base, i, offs_d, acc, l_i, n)
 
 
 @triton.jit
@@ -137,12 +148,9 @@ def band_fwd_persistent(Q, K, V, O, kd, vd, n, W, qk_scale, tiles, BM: tl.conste
             j = kt * BN + tl.arange(0, BN)
             k = kd.load([zh * n + kt * BN, 0])
             v = vd.load([zh * n + kt * BN, 0])
-            keep = (tl.abs(i[:, None] - j[None, :]) <= W) & (j < n)[None, :]
+            keep = _band_keep(i, j, W, n)
             acc, m_i, l_i = _step(acc, m_i, l_i, q, k, v, keep, qk_scale, True, True)
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
-        tl.store(O + base + i.to(tl.int64)[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=(i < n)[:, None])
+        _finish(O, base, i, offs_d, acc, l_i, n)
 
 
 def run_persistent(q, k, v, W, BM, BN, warps, stages, per_sm, flatten):
