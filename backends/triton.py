@@ -400,16 +400,19 @@ class _Emitter:
         loops = self.key_loops(
             p, mask_name,
             "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
-            f"delta_base, i, {{keep}}, n, qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'q')})")
+            "delta_base, dq_base, sdq2, sdq3, DQD, sm_scale, i, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, "
+            f"WIDEN, {self.tma(p, 'q')}, FUSED, {'RED_TMA' if self.tma(p, 'q') == 'TMA' else 'False'})")
         ids, win = self.split_lines(p, "k")
         head = [
             self.jit(p, "k"),
-            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, n, HTOT, KC, GROUP, H0, H1, KV0, PER, NOUT,",
-            "        SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr):",
-            f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group."""',
+            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, QD, DOD, DQ, DQD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3,",
+            "        sv0, sv1, sv2, sv3, sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, sdq0, sdq1, sdq2, sdq3, n, HTOT,",
+            "        KC, GROUP, H0, H1, KV0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__,",
+            "        sm_scale, ACCUM: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,",
+            "        D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
+            "        FUSED: tl.constexpr, RED_TMA: tl.constexpr):",
+            f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group.',
+            '    FUSED: dq too, added atomically into DQ (float32), and no dq kernel runs."""',
             "    pid = tl.program_id(0)",
             "    zk = tl.program_id(1)",
             "    z = zk // KC",
@@ -431,6 +434,7 @@ class _Emitter:
             "    do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "    lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * n",
             "    delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * n",
+            "    dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
         ]
         tail = self.out_rows(p, "k", "j", "BN") + [
             "dk_base = DK + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
@@ -534,8 +538,13 @@ def emit(pattern: Pattern) -> str:
     kernels: list = []
     case_rows = []
     random_block = None
+    fused_dq = False
     for ci, ((h0, h1), expr) in enumerate(cases):
         pl: Plan = plan(expr)
+        # dq by atomics where that measured faster (template: _FUSED_DQ): random blocks, and a
+        # residue-class pass beside another pass (Sparse Transformer strided)
+        fused_dq |= any(any(t.randoms for t in p.terms) for p in pl.passes) or \
+            (len(pl.passes) > 1 and any(p.space.kind == "diag" for p in pl.passes))
         if pl.random_block is not None:
             import math
             random_block = pl.random_block if random_block is None else math.gcd(random_block, pl.random_block)
@@ -576,6 +585,7 @@ def emit(pattern: Pattern) -> str:
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
         fwd_tiles=repr(choose_forward_tiles(pattern)),
+        fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",
     )
     return _fix_arg_refs(text, names)

@@ -7,13 +7,16 @@
 #   bash benchmarks/gpu_session.sh scale      # Longformer at n = 2^20, then training every example
 #   bash benchmarks/gpu_session.sh probe      # open questions of NOTES.md: pipeline stages with TMA
 #                                             # (shared memory vs programs per SM), host time per call
+#   bash benchmarks/gpu_session.sh fused      # backward: dq by atomic TMA reductions vs the dq kernel;
+#                                             # forward tiles of the wide patterns
+#   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call, kernel times, profile
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|host) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|host" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -35,6 +38,15 @@ case "${1:-}" in
                  --bwd "dq_stages=2,dkv_stages=2" --out "$OUT/sweep-pointer-16384.jsonl"
              timeout 90 python3 benchmarks/host_overhead.py --n 16384 --patterns local,longformer,causal_local \
                  --profile none 2>&1 | tee "$OUT/host-overhead.txt" ;;
+    fused)   timeout 200 python3 benchmarks/sweep.py --n 16384 \
+                 --patterns local,causal_local,longformer,streaming,bigbird,strided,fixed,dilated \
+                 --bwd "fused_dq=0" "fused_dq=1" --out "$OUT/sweep-fused-16384.jsonl"
+             timeout 300 python3 benchmarks/sweep.py --n 65536 \
+                 --patterns local,causal_local,longformer,streaming,causal,prefix_lm \
+                 --fwd "num_stages=3" "BM=128,BN=128,num_warps=8,num_stages=2" "BM=128,BN=64,num_warps=8,num_stages=3" \
+                 --bwd "fused_dq=0" "fused_dq=1" --out "$OUT/sweep-fused-65536.jsonl" ;;
+    host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
+                 --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -39,12 +39,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--patterns", default="local,longformer,causal_local")
     ap.add_argument("--profile", default="longformer")
+    ap.add_argument("--backward", action="store_true",
+                    help="forward + backward as bench.py times it, with each kernel's GPU time")
     args = ap.parse_args()
     H, D = 16, 128
     q, k, v = (torch.randn(1, H, args.n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for name in args.patterns.split(","):
         p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
         mod = patternc.load(p, backend="triton")
+        if args.backward:
+            backward(mod, name, q, k, v, profile=name == args.profile)
+            continue
         for tma in ("1", "0"):
             os.environ["PATTERNC_TMA"] = tma
             mod.attention(q, k, v)
@@ -62,6 +67,34 @@ def main() -> None:
                 pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(14)
                 print(s.getvalue().replace(os.getcwd(), "."), flush=True)
     os.environ.pop("PATTERNC_TMA")
+
+
+def backward(mod, name: str, q, k, v, profile: bool) -> None:
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    do = torch.randn_like(q)
+
+    def fwd_bwd():
+        mod.attention(qg, kg, vg).backward(do)
+    fwd_bwd()
+    ms = triton.testing.do_bench(fwd_bwd, warmup=25, rep=100, return_mode="median")
+    us = host_us(fwd_bwd, calls=20)
+    print(f"{name:14s} fwd+bwd: gpu {ms:.3f} ms, host {us:.0f} us/call", flush=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fwd_bwd()
+        torch.cuda.synchronize()
+    for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]:
+        print(f"    {ev.key[:60]:60s} {ev.device_time_total / 5 / 1000:8.3f} ms/call  x{ev.count // 5}", flush=True)
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            fwd_bwd()
+        prof.disable()
+        torch.cuda.synchronize()
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(22)
+        print(s.getvalue().replace(os.getcwd(), "."), flush=True)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def test_fp32_and_fp16(name):
         assert res.lse_ok and res.worst() <= TOL[dtype], (dtype, res)
 
 
-def test_deterministic_backward_on_gpu():
+@pytest.mark.parametrize("how", ["env", "torch"])
+def test_deterministic_backward_on_gpu(how, monkeypatch):
+    """By default dq is added atomically (order varies); deterministic mode must be bit-exact."""
     p, mod = module("bigbird")
+    if how == "env":
+        monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")
+    else:
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     grads = []
     for _ in range(2):
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -68,6 +74,22 @@ def test_deterministic_backward_on_gpu():
         grads.append([t.grad.clone() for t in (q, k, v)])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["longformer", "strided", "causal_local"])
+def test_atomic_dq_matches_the_dq_kernel_on_gpu(name, monkeypatch):
+    """The fused backward (TMA reductions into float32 dq) against the separate dq kernel."""
+    p, mod = module(name)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v, do = (torch.randn(1, 2, 5000, 128, generator=g).cuda().bfloat16() for _ in range(4))
+    grads = {}
+    for fused in (1, 0):
+        monkeypatch.setenv("PATTERNC_CONFIG", f"fused_dq={fused}")
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        mod.attention(qq, kk, vv).backward(do)
+        grads[fused] = [t.grad.float() for t in (qq, kk, vv)]
+    for a, b in zip(grads[1], grads[0]):
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()
 
 
 def test_torch_compile_on_gpu():

@@ -134,7 +134,50 @@ def test_poisoned_outputs_are_fully_written(monkeypatch):
     assert_close(res)
 
 
-def test_backward_is_deterministic():
+@pytest.mark.parametrize("how", ["env", "torch", "config"])
+def test_deterministic_mode_runs_the_dq_kernel(how, monkeypatch):
+    """dq is added atomically by the dk/dv kernel unless determinism is asked for (three ways);
+    then the dq kernel runs, and both ways give the float64 reference's gradients."""
+    p, mod = _load(PATTERNS["bigbird"])
+    launched = []
+    for _, passes in mod._CASES:
+        for desc in passes:
+            real = desc["dq"]
+
+            class Counted:
+                def __getitem__(self, grid, real=real):
+                    launched.append(grid)
+                    return real[grid]
+            desc["dq"] = Counted()
+    assert_close(check_module(mod, p, 64, D=16, H=2, HK=1))
+    assert not launched  # the default: fused
+    if how == "env":
+        monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")
+    elif how == "config":
+        monkeypatch.setenv("PATTERNC_CONFIG", "fused_dq=0")
+    else:
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert_close(check_module(mod, p, 64, D=16, H=2, HK=1))
+    assert launched
+
+
+@pytest.mark.parametrize("name", ["wide_local", "longformer", "heads", "empty_rows", "sink", "queries_keys"])
+def test_atomic_dq_on_patterns_that_default_to_the_dq_kernel(name, monkeypatch):
+    monkeypatch.setenv("PATTERNC_CONFIG", "fused_dq=1")
+    p, mod = module(PATTERNS[name])
+    assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
+
+
+def test_atomic_dq_is_the_default_only_where_it_measured_faster():
+    """Random blocks and residue-class passes: on; windows, causal, globals: the dq kernel."""
+    assert module(PATTERNS["bigbird"])[1]._FUSED_DQ == 1
+    assert module(PATTERNS["strided"])[1]._FUSED_DQ == 1
+    for name in ("wide_local", "causal", "longformer", "sink", "dilated"):
+        assert module(PATTERNS[name])[1]._FUSED_DQ == 0, name
+
+
+def test_backward_is_deterministic(monkeypatch):
+    monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")
     p, mod = module(PATTERNS["bigbird"])
     grads = []
     for _ in range(2):
@@ -276,11 +319,12 @@ SPLIT_PATTERNS = {  # (source, ranges of heavy query tiles, ranges of heavy key 
 }
 
 
+@pytest.mark.parametrize("fused", [1, 0])
 @pytest.mark.parametrize("name", sorted(SPLIT_PATTERNS))
-def test_global_rows_split_into_chunks(name, monkeypatch):
+def test_global_rows_split_into_chunks(name, fused, monkeypatch):
     src, rows_split, cols_split = SPLIT_PATTERNS[name]
     p, mod = module(src)
-    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2")
+    monkeypatch.setenv("PATTERNC_CONFIG", f"split_chunk=2,fused_dq={fused}")
     calls = {"merge": 0, "add": 0}
     merge, add = mod._merge_rows, mod._add_rows
 
@@ -300,7 +344,8 @@ def test_global_rows_split_into_chunks(name, monkeypatch):
     monkeypatch.setattr(mod, "_alloc", poisoned)
     assert_close(check_module(mod, p, 150, D=16, B=2, H=2, HK=1))
     assert calls["merge"] == rows_split
-    assert calls["add"] == rows_split + 2 * cols_split  # dq; dk and dv, per range
+    # per range: dq (unless the dk/dv kernel adds it atomically), dk and dv
+    assert calls["add"] == rows_split * (1 - fused) + 2 * cols_split
 
 
 def test_out_of_shared_memory_retries_with_smaller_settings(monkeypatch):
