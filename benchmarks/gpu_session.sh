@@ -9,6 +9,7 @@
 #                                             # (shared memory vs programs per SM), host time per call
 #   bash benchmarks/gpu_session.sh fused      # backward: dq by atomic TMA reductions vs the dq kernel;
 #                                             # forward tiles of the wide patterns
+#   bash benchmarks/gpu_session.sh fused2     # atomic dq with element atomics; forward settings of fixed/streaming
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call, kernel times, profile
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
@@ -16,7 +17,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|host) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|host" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|host) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|host" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -45,6 +46,11 @@ case "${1:-}" in
                  --patterns local,causal_local,longformer,streaming,causal,prefix_lm \
                  --fwd "num_stages=3" "BM=128,BN=128,num_warps=8,num_stages=2" "BM=128,BN=64,num_warps=8,num_stages=3" \
                  --bwd "fused_dq=0" "fused_dq=1" --out "$OUT/sweep-fused-65536.jsonl" ;;
+    fused2)  timeout 150 python3 benchmarks/sweep.py --n 16384 --patterns local,causal_local,longformer \
+                 --bwd "fused_dq=0" "fused_dq=1" "fused_dq=2" --out "$OUT/sweep-fused2-16384.jsonl"
+             timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns fixed,streaming,dilated \
+                 --fwd "num_stages=3" "BM=128,BN=64,num_warps=8,num_stages=3" "num_stages=4" "num_warps=4" \
+                 --out "$OUT/sweep-fwd2-65536.jsonl" ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
