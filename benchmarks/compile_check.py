@@ -100,11 +100,12 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
 
         def __getitem__(self, grid):
             def launch(*args, **kw):
-                key = (self.label, kw.get("SEEDED"))
+                key = (self.label, kw.get("SEEDED"), kw.get("FUSED"))
                 if key not in seen:
                     seen.add(key)
                     try:
-                        results.append((self.label, *compile_launch(self.real, args, dict(kw), target), None))
+                        label = self.label + (" (atomic dq)" if kw.get("FUSED") else "")
+                        results.append((label, *compile_launch(self.real, args, dict(kw), target), None))
                     except Exception as e:  # report and go on: the point is the list
                         results.append((self.label, None, None, f"{type(e).__name__}: "
                                         + str(e).strip().splitlines()[-1][:300]))
@@ -122,6 +123,12 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
     if backward:
         o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
         mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
+        if mod._FUSED_DQ:  # atomic dq by default: the deterministic mode's dq kernels too
+            os.environ["PATTERNC_DETERMINISTIC"] = "1"
+            try:
+                mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
+            finally:
+                os.environ.pop("PATTERNC_DETERMINISTIC")
     os.environ["PATTERNC_CONFIG"] = user
     return results
 

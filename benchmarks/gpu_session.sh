@@ -10,6 +10,10 @@
 #   bash benchmarks/gpu_session.sh fused      # backward: dq by atomic TMA reductions vs the dq kernel;
 #                                             # forward tiles of the wide patterns
 #   bash benchmarks/gpu_session.sh fused2     # atomic dq with element atomics; forward settings of fixed/streaming
+#   bash benchmarks/gpu_session.sh fused3     # atomic dq with smaller dk/dv tiles, fewer warps or stages;
+#                                             # host time split: our Python, Triton's launch, descriptors
+#   bash benchmarks/gpu_session.sh launch     # after memoised plans and direct launches: GPU tests (subset),
+#                                             # host time, n = 16384 against Flex, smaller dk/dv tiles at 65536
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call, kernel times, profile
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
@@ -17,7 +21,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|host) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|host" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -51,6 +55,20 @@ case "${1:-}" in
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns fixed,streaming,dilated \
                  --fwd "num_stages=3" "BM=128,BN=64,num_warps=8,num_stages=3" "num_stages=4" "num_warps=4" \
                  --out "$OUT/sweep-fwd2-65536.jsonl" ;;
+    fused3)  timeout 240 python3 benchmarks/sweep.py --n 16384 --patterns local,causal_local \
+                 --bwd "fused_dq=0" "fused_dq=1" "fused_dq=1,DKV_BM=32" "fused_dq=1,dkv_warps=4" \
+                       "fused_dq=1,DKV_BN=64,dkv_warps=4" "fused_dq=1,dkv_stages=1" "fused_dq=0,DKV_BN=64,dkv_warps=4" \
+                 --out "$OUT/sweep-fused3-16384.jsonl"
+             timeout 100 python3 benchmarks/host_overhead.py --launch-cost --n 16384 --patterns local,longformer \
+                 2>&1 | tee "$OUT/host-launch-cost.txt" ;;
+    launch)  (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf \
+                 -k "repeated or atomic or deterministic or first_call or pointer or compile" 2>&1 | tail -5 \
+                 | tee "$OUT/gpu-tests-launch.txt")
+             timeout 40 python3 benchmarks/host_overhead.py --launch-cost --n 16384 --patterns local \
+                 2>&1 | tee "$OUT/host-launch-cost.txt"
+             timeout 200 python3 benchmarks/bench.py --n 16384 --d 64 128 --out "$OUT" --tag 16384-v4b | grep "^| 16384"
+             timeout 60 python3 benchmarks/sweep.py --n 65536 --patterns local,causal_local \
+                 --bwd "fused_dq=0" "DKV_BN=64,dkv_warps=4" --out "$OUT/sweep-dkv64-65536.jsonl" ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--patterns", default="local,longformer,causal_local")
     ap.add_argument("--profile", default="longformer")
+    ap.add_argument("--launch-cost", action="store_true",
+                    help="split one forward call's host time: our Python, Triton's launch, descriptors")
     ap.add_argument("--backward", action="store_true",
                     help="forward + backward as bench.py times it, with each kernel's GPU time")
     args = ap.parse_args()
@@ -47,6 +49,9 @@ def main() -> None:
     for name in args.patterns.split(","):
         p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
         mod = patternc.load(p, backend="triton")
+        if args.launch_cost:
+            launch_cost(mod, name, q, k, v)
+            continue
         if args.backward:
             backward(mod, name, q, k, v, profile=name == args.profile)
             continue
@@ -66,7 +71,41 @@ def main() -> None:
                 s = io.StringIO()
                 pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(14)
                 print(s.getvalue().replace(os.getcwd(), "."), flush=True)
-    os.environ.pop("PATTERNC_TMA")
+    os.environ.pop("PATTERNC_TMA", None)
+
+
+@triton.jit
+def _empty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20,
+           a21, a22, a23, a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38, a39):
+    pass
+
+
+def launch_cost(mod, name: str, q, k, v) -> None:
+    """Host microseconds per forward call, and the parts: the call with every kernel launch
+    replaced by a no-op (our Python), a bare Triton launch of a kernel with 40 arguments
+    (9 tensors, 31 ints: about our kernels' count), and one TMA descriptor."""
+    with torch.no_grad():
+        full = host_us(lambda: mod.attention(q, k, v), calls=200)
+        real = mod._launcher
+        mod._launcher = lambda kernel, grid, site=None: (lambda *a, **kw: None)
+        try:
+            ours = host_us(lambda: mod.attention(q, k, v), calls=200)
+        finally:
+            mod._launcher = real
+    args = [q] * 9 + [4096 + 16 * i for i in range(31)]
+    _empty[(1,)](*args)
+    bare = host_us(lambda: _empty[(1,)](*args), calls=500)
+    kernel = _empty.run(*args, grid=(1,), warmup=False)
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def direct():
+        kernel.run(1, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args)
+    direct()
+    bypass = host_us(direct, calls=500)
+    desc = host_us(lambda: mod._tma_desc(k, 64, 128), calls=500)
+    print(f"{name:14s} forward call {full:.0f} us: our Python {ours:.0f} us (no launches); "
+          f"a bare Triton launch (40 args) {bare:.0f} us, {bypass:.0f} us calling the compiled kernel "
+          f"directly; one TMA descriptor {desc:.1f} us", flush=True)
 
 
 def backward(mod, name: str, q, k, v, profile: bool) -> None:

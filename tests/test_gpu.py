@@ -151,3 +151,32 @@ def test_first_call_compiles_every_kernel_at_once():
     res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
     assert {key[0] for key in mod._WARMED} == {"fwd", "bwd"}
+
+
+@pytest.mark.parametrize("name", ["longformer", "strided"])
+def test_repeated_calls_launch_compiled_kernels_directly(name):
+    """From the second call on, each launch site calls its compiled kernel directly (host time);
+    results must equal the first call's bit for bit, for the forward and every gradient, and a
+    launch hook (a profiler) must still see launches (the JIT's path is taken then)."""
+    p, mod = module(name)
+    g = torch.Generator(device="cpu").manual_seed(3)
+    q, k, v, do = (torch.randn(1, 2, 3000, 64, generator=g).cuda().bfloat16() for _ in range(4))
+    runs = []
+    for _ in range(3):
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out = mod.attention(qq, kk, vv)
+        out.backward(do)
+        runs.append([out] + [t.grad for t in (qq, kk, vv)])
+    assert mod._DIRECT[0] and mod._COMPILED  # the direct path was set up and never fell back
+    # atomic dq (strided's default) may differ in the last bits between runs; the rest may not
+    for i in (0, 1, 2, 3) if not mod._FUSED_DQ else (0, 2, 3):
+        assert torch.equal(runs[0][i], runs[2][i]), i
+    import triton
+    seen = []
+    hook = lambda *a, **kw: seen.append(1)  # noqa: E731
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        torch.testing.assert_close(mod.attention(q, k, v), runs[0][0], rtol=0, atol=0)
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert seen

@@ -523,7 +523,7 @@ def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
             for kind in ("fwd", "dq", "dkdv"):
                 monkeypatch.setitem(desc, kind, Kernel(f"{kind}{pi}"))
     monkeypatch.setattr(mod, "_bwd_prologue", Kernel("prologue"))
-    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2")
+    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2,fused_dq=0")  # (atomic dq: no dq kernels)
     q, k, v = make_inputs(1, 2, 1, 150, 16, torch.float32, "cpu", seed=0)
     monkeypatch.setattr(mod, "_WARMING", [True])
     mod._forward_launches(q, k, v, 0.25)
