@@ -532,3 +532,69 @@ def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
     names = {name for name, _ in submitted}
     assert names == {"fwd0", "fwd1", "dq0", "dq1", "dkdv0", "dkdv1", "prologue"}, submitted
     assert any(partial for _, partial in submitted)  # the split launch is compiled too
+
+
+def test_direct_launch_calls_the_compiled_kernel_with_every_argument_in_order(monkeypatch):
+    """PATTERNC_DIRECT_LAUNCH=1: a launch site's first launch goes through the JIT and keeps the
+    compiled kernel; later launches at the same site call it with the JIT's argument order
+    (positional, then keywords in declaration order); a listening profiler, another kernel at the
+    site, or a Triton that refuses the call send launches back through the JIT."""
+    import triton
+    p, mod = _load("local(3)")
+    jit_calls, runs = [], []
+
+    class Compiled:
+        packed_metadata, function = "packed", "function"
+
+        def run(self, *a):
+            runs.append(a)
+
+    class FakeJIT:
+        arg_names = ["X", "Y", "n", "BM", "TMA"]
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                jit_calls.append((grid, args, kw))
+                return Compiled()
+            return launch
+    monkeypatch.setattr(mod, "_JIT_TYPES", (FakeJIT,))
+    monkeypatch.setattr(mod, "_stream", lambda device: 7)
+    monkeypatch.setattr(mod, "_COMPILED", {})
+    kernel, site = FakeJIT(), ("plan", 0)
+    for _ in range(3):
+        mod._launcher(kernel, (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
+    assert len(jit_calls) == 1 and len(runs) == 2
+    assert runs[0] == (4, 2, 1, 7, "function", "packed", None, None, None, "x", "y", 100, 16, True)
+    mod._launcher(FakeJIT(), (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)  # another kernel
+    assert len(jit_calls) == 2
+    for _ in range(2):  # the site now remembers the other kernel: the JIT once, then directly again
+        mod._launcher(kernel, (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
+    assert len(jit_calls) == 3 and len(runs) == 3
+    hook = lambda *a: None  # noqa: E731
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        mod._launcher(kernel, (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(jit_calls) == 4 and len(runs) == 3
+    monkeypatch.setattr(mod, "_stream", lambda device: 1 / 0)  # a Triton that works differently
+    mod._launcher(kernel, (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
+    assert len(jit_calls) == 5 and not mod._DIRECT[0]
+    mod._DIRECT[0] = True
+
+
+def test_launch_plans_follow_settings(monkeypatch):
+    """Plans are memoised per shape and settings: a changed PATTERNC_CONFIG, determinism switch
+    or PATTERNC_DIRECT_LAUNCH gives a new plan; the same call reuses its plan."""
+    p, mod = _load("local(5) | global(2)")
+    q, k, v = make_inputs(1, 2, 1, 40, 16, torch.float32, "cpu", seed=0)
+    a = mod._plan("fwd", q, k)
+    assert mod._plan("fwd", q, k) is a and not a["direct"]
+    monkeypatch.setenv("PATTERNC_CONFIG", "BM=32")
+    b = mod._plan("fwd", q, k)
+    assert b is not a and b["cfg"]["BM"] == 32
+    monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")
+    assert mod._plan("bwd", q, k)["fused"] is False
+    monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "1")
+    assert mod._plan("fwd", q, k)["direct"]
+    assert mod._site(mod._plan("fwd", q, k), q, q, k, v) is None  # off CUDA: the JIT (interpreter) path
