@@ -1,8 +1,9 @@
 """The Triton backend: a self-contained module with the pattern compiled into its kernels.
 
 For every pass of the lowering plan (patternc.lower) it writes three kernels:
-forward, dq (query-major) and dk/dv (key-major, so no atomics are needed and
-gradients are deterministic).  Each kernel walks, per tile, the closed-form
+forward, dq (query-major) and dk/dv (key-major, so dk/dv need no atomics and are
+deterministic; for random-block and strided plans the dk/dv kernel also adds dq
+atomically, which measured faster there).  Each kernel walks, per tile, the closed-form
 ranges of the pass's terms, skips tiles an earlier term already visited, and
 runs the tile body without any mask arithmetic when a term proves the tile full.
 """

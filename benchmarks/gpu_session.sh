@@ -14,6 +14,8 @@
 #                                             # host time split: our Python, Triton's launch, descriptors
 #   bash benchmarks/gpu_session.sh launch     # after memoised plans and direct launches: GPU tests (subset),
 #                                             # host time, n = 16384 against Flex, smaller dk/dv tiles at 65536
+#   bash benchmarks/gpu_session.sh next       # the open questions after v4: direct launches' GPU test,
+#                                             # 64-key dk/dv tiles on every pattern at both sizes
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call, kernel times, profile
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
@@ -21,7 +23,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -69,6 +71,13 @@ case "${1:-}" in
              timeout 200 python3 benchmarks/bench.py --n 16384 --d 64 128 --out "$OUT" --tag 16384-v4b | grep "^| 16384"
              timeout 60 python3 benchmarks/sweep.py --n 65536 --patterns local,causal_local \
                  --bwd "fused_dq=0" "DKV_BN=64,dkv_warps=4" --out "$OUT/sweep-dkv64-65536.jsonl" ;;
+    next)    (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n 2 -p no:cacheprovider -rf \
+                 -k "repeated" 2>&1 | tail -30 | tee "$OUT/gpu-tests-direct.txt")
+             for n in 16384 65536; do
+                 timeout 200 python3 benchmarks/sweep.py --n $n \
+                     --patterns local,causal_local,longformer,bigbird,strided,fixed,dilated,streaming,prefix_lm,causal \
+                     --bwd "split_chunk=16" "DKV_BN=64,dkv_warps=4" --out "$OUT/sweep-dkv64-$n.jsonl"
+             done ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
