@@ -15,8 +15,8 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
-from patternc.lower import Code, choose_forward_tiles, full_span, heavy_spans, Pass, Plan, Space, TileRanges, \
-    count_keys_below, key_major, key_position, plan, query_major, query_position
+from patternc.lower import Code, atomic_dq, choose_forward_tiles, full_span, heavy_spans, Pass, Plan, Space, \
+    TileRanges, count_keys_below, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
 
@@ -542,10 +542,7 @@ def emit(pattern: Pattern) -> str:
     fused_dq = False
     for ci, ((h0, h1), expr) in enumerate(cases):
         pl: Plan = plan(expr)
-        # dq by atomics where that measured faster (template: _FUSED_DQ): random blocks, and a
-        # residue-class pass beside another pass (Sparse Transformer strided)
-        fused_dq |= any(any(t.randoms for t in p.terms) for p in pl.passes) or \
-            (len(pl.passes) > 1 and any(p.space.kind == "diag" for p in pl.passes))
+        fused_dq |= atomic_dq(pl)  # dq by atomics where that measured faster (template: _FUSED_DQ)
         if pl.random_block is not None:
             import math
             random_block = pl.random_block if random_block is None else math.gcd(random_block, pl.random_block)

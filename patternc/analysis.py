@@ -87,6 +87,7 @@ class Analysis:
     kernel_tile_efficiency: Optional[float] = None
     kernel_tile: tuple = ()
     kernel_plan: tuple = ()  # one line per kernel pass (lower.describe_plan)
+    atomic_dq: bool = False  # the Triton backward adds dq atomically (lower.atomic_dq)
     per_head: tuple = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -110,6 +111,8 @@ class Analysis:
             "kernel_tile_efficiency": self.kernel_tile_efficiency,
             "kernel_tile": list(self.kernel_tile),
             "kernel_plan": list(self.kernel_plan),
+            "backward_dq": "atomic" if self.atomic_dq else "dq kernel",
+            "bit_exact_gradients": "only with PATTERNC_DETERMINISTIC=1" if self.atomic_dq else "yes",
             "empty_rows": self.empty_rows,
             "empty_rows_first": list(self.empty_rows_first),
             "layers_to_full_reach": self.layers_to_full_reach,
@@ -168,6 +171,10 @@ class Analysis:
                                                          "allowed / computed pairs)"))
         for i, line in enumerate(self.kernel_plan):
             rows.append(("kernel plan" if i == 0 else "", line))
+        if self.kernel_plan:
+            rows.append(("backward dq", "added atomically by the dk/dv kernel (faster here; dq's last bits vary "
+                                        "run to run: PATTERNC_DETERMINISTIC=1 for bit-exact)" if self.atomic_dq
+                         else "dq kernel (bit-exact gradients run to run)"))
         w = max(len(k) for k, _ in rows)
         lines += [f"{k:<{w}}  {v}" for k, v in rows]
         if self.per_head:
@@ -263,6 +270,7 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
              for line in lower.describe_plan(e, n)]
     return Analysis(
         kernel_tile_efficiency=kernel_eff, kernel_tile=(kbm, kbn), kernel_plan=tuple(kplan),
+        atomic_dq=any(lower.atomic_dq(lower.plan(e)) for _, e in cases),
         pattern=pattern.name, params=dict(pattern.params), ir_hash=pattern.hash, n=n, heads=H, tile=(bm, bn),
         head_dim=head_dim, nnz=nnz, density=nnz / (H * n * n), nnz_formula=formula,
         order=cost.asymptotic_order(pattern), flops_fwd=fwd, flops_bwd=bwd, tiles=tcount,

@@ -214,6 +214,15 @@ def heavy_spans(p: Pass, major: str) -> list:
     return spans
 
 
+def atomic_dq(pl: Plan) -> bool:
+    """Whether the Triton backward adds dq atomically from its dk/dv kernel instead of running a
+    dq kernel.  Measured on an H200 (benchmarks/NOTES.md, v4), that is faster only where the dq
+    kernel's own walk is the costly part: random blocks, and a residue-class pass beside another
+    pass (Sparse Transformer strided); windows, causal and a lone residue-class pass are slower."""
+    return any(any(t.randoms for t in p.terms) for p in pl.passes) or \
+        (len(pl.passes) > 1 and any(p.space.kind == "diag" for p in pl.passes))
+
+
 def describe_plan(expr, n: int) -> list:
     """One line per kernel pass: its index space, its terms, and the global rows/columns whose
     walks are split across programs (when a walk is at least three chunks long)."""

@@ -160,3 +160,18 @@ def test_kernel_plan_names_passes_and_split_global_rows():
     d = lf.to_dict()
     assert d["kernel_plan"] == list(lf.kernel_plan) and json.dumps(d)
     assert "kernel plan" in lf.format_table()
+
+
+def test_analysis_says_whether_gradients_are_bit_exact():
+    """The report names the backward's dq strategy, the same rule the Triton module uses."""
+    import patternc
+    for src, atomic in (("local(256) | global(16)", False), ("causal", False), ("local(64, dilation=4)", False),
+                        ("causal & (local(127) | stride(128))", True),
+                        ("local(127) | global(128) | random(3, block=64)", True),
+                        ("heads { 0..0: local(8), 1..1: random(2, block=16) }", True)):
+        p = resolve_source(f"pattern p = {src}")
+        a = analyze(p, 4096)
+        assert a.atomic_dq is atomic, src
+        assert a.to_dict()["bit_exact_gradients"] == ("only with PATTERNC_DETERMINISTIC=1" if atomic else "yes")
+        assert ("added atomically" in a.format_table()) is atomic
+        assert patternc.load(p, backend="triton")._FUSED_DQ == int(atomic), src
