@@ -15,8 +15,8 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
-from patternc.lower import Code, atomic_dq, choose_forward_tiles, full_span, heavy_spans, Pass, Plan, Space, \
-    TileRanges, count_keys_below, key_major, key_position, plan, query_major, query_position
+from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_dkdv_tiles, choose_forward_tiles, \
+    count_keys_below, full_span, heavy_spans, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
 
@@ -583,6 +583,7 @@ def emit(pattern: Pattern) -> str:
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
         fwd_tiles=repr(choose_forward_tiles(pattern)),
+        dkv_tiles="DKV_BN={}, dkv_warps={}".format(*choose_dkdv_tiles(pattern)),
         fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",
     )

@@ -699,6 +699,34 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     return TILE_CHOICES[1]
 
 
+def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
+    """(key tile, warps) of the dk/dv kernel on the GPU, decided at compile time.
+
+    A window reaching both sides of the diagonal (local(w): one pass of bands lo < 0 < hi)
+    gets 64-key tiles on 4 warps: its backward measured 14-15% faster than with 128-key tiles
+    on 8 warps, at n = 16384 and 65536 on an H200 (benchmarks/NOTES.md, v4); a key tile's
+    query walk (2w + BN rows) then wastes fewer masked rows.  Everything else keeps 128 keys on
+    8 warps: the one-sided (causal) window measured slower at 16384, the rest is unmeasured."""
+    from .errors import PatternError
+
+    try:
+        exprs = pattern.at(n)
+    except PatternError:
+        return 128, 8
+    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
+    for e in exprs:
+        pl = plan(e)
+        if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
+            return 128, 8
+        for t in pl.passes[0].terms:
+            if t.lo is None or t.hi is None or t.rows or t.cols or t.blocks or t.diag or t.keymods \
+                    or t.randoms or t.filters:
+                return 128, 8
+            if not ix.evaluate(t.lo, n) < 0 < ix.evaluate(t.hi, n):
+                return 128, 8
+    return 64, 4
+
+
 # ---------------------------------------------------------------- full spans
 
 @dataclass

@@ -460,7 +460,7 @@ def test_pointer_loads_without_tma(name, monkeypatch):
     assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
 
 
-@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird", "causal"])
+@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird", "causal", "wide_local"])
 def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
     """The interpreter accepts code the GPU compiler may reject (TMA descriptors, layouts):
     compile every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel,
@@ -598,3 +598,20 @@ def test_launch_plans_follow_settings(monkeypatch):
     monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "1")
     assert mod._plan("fwd", q, k)["direct"]
     assert mod._site(mod._plan("fwd", q, k), q, q, k, v) is None  # off CUDA: the JIT (interpreter) path
+
+
+def test_dkdv_tiles_follow_the_window_shape():
+    """64-key dk/dv tiles on 4 warps only for windows reaching both sides of the diagonal (measured
+    faster there); one-sided windows, unions with globals, residue classes keep 128 keys, 8 warps."""
+    import torch as _t
+    for src, tiles in (("local(256)", (64, 4)), ("band(-5, 50)", (64, 4)), ("local(n // 4)", (64, 4)),
+                       ("heads { 0..0: local(8), 1..1: local(100) }", (64, 4)),
+                       ("causal & local(256)", (128, 8)), ("local(256) | global(16)", (128, 8)),
+                       ("causal", (128, 8)), ("local(256, dilation=4)", (128, 8)),
+                       ("heads { 0..0: local(8), 1..1: causal }", (128, 8))):
+        p = patternc.parse(f"pattern p = {src}")
+        assert lower.choose_dkdv_tiles(p) == tiles, src
+        mod = patternc.load(p, backend="triton")
+        mod._HOPPER[0] = True
+        cfg = mod._tiles(128, _t.bfloat16, _t.device("cuda", 0), 16384)
+        assert (cfg["DKV_BN"], cfg["dkv_warps"]) == tiles, src
