@@ -330,11 +330,12 @@ class _Emitter:
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
-            f"def {name}(Q, K, V, O, LSE, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, O, OI, LSE, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr):",
-            f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s output."""',
+            f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s float32 state'
+            '\n    in OI (laid out like O; O may be OI, or the final output in the input dtype)."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
@@ -344,7 +345,8 @@ class _Emitter:
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
             "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
-            "    acc = _load_rows(o_base, i, row_ok, so2, so3, offs_d, D, WIDEN).to(tl.float32)",
+            "    oi_base = OI + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
+            "    acc = _load_rows(oi_base, i, row_ok, so2, so3, offs_d, D, False)",
             "else:",
             "    m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
             "    l_i = tl.zeros([BM], dtype=tl.float32)",

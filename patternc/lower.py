@@ -702,11 +702,13 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
 def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     """(key tile, warps) of the dk/dv kernel on the GPU, decided at compile time.
 
-    A window reaching both sides of the diagonal (local(w): one pass of bands lo < 0 < hi)
-    gets 64-key tiles on 4 warps: its backward measured 14-15% faster than with 128-key tiles
-    on 8 warps, at n = 16384 and 65536 on an H200 (benchmarks/NOTES.md, v4); a key tile's
-    query walk (2w + BN rows) then wastes fewer masked rows.  Everything else keeps 128 keys on
-    8 warps: the one-sided (causal) window measured slower at 16384, the rest is unmeasured."""
+    64-key tiles on 4 warps where they measured faster than 128 keys on 8 warps (H200, D = 128,
+    n = 16384 and 65536; benchmarks/NOTES.md, v4 and v5): plain bands -- one pass whose terms
+    are all windows, one- or two-sided, or causal (local -14%, causal window -15% at 65536,
+    causal -7%) -- and plans with block-diagonal or random terms (Sparse Transformer fixed -9 to
+    -12%, BigBird -6%).  A key tile's query walk then wastes fewer masked rows.  Everything with
+    global rows or columns, residue classes or sinks keeps 128 keys on 8 warps: strided (+30%),
+    prefix-LM (+19%), StreamingLLM (+9%), dilated (+4%) measured slower with 64."""
     from .errors import PatternError
 
     try:
@@ -714,15 +716,16 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     except PatternError:
         return 128, 8
     exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
-    for e in exprs:
-        pl = plan(e)
+    plans = [plan(e) for e in exprs]
+    terms = [t for pl in plans for ps in pl.passes for t in ps.terms]
+    if any(t.blocks or t.randoms for t in terms) and not any(t.diag for t in terms):
+        return 64, 4
+    for pl in plans:
         if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
             return 128, 8
         for t in pl.passes[0].terms:
-            if t.lo is None or t.hi is None or t.rows or t.cols or t.blocks or t.diag or t.keymods \
+            if (t.lo is None and t.hi is None) or t.rows or t.cols or t.blocks or t.diag or t.keymods \
                     or t.randoms or t.filters:
-                return 128, 8
-            if not ix.evaluate(t.lo, n) < 0 < ix.evaluate(t.hi, n):
                 return 128, 8
     return 64, 4
 

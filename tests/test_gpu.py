@@ -155,11 +155,10 @@ def test_first_call_compiles_every_kernel_at_once():
 
 @pytest.mark.parametrize("name", ["longformer", "strided"])
 def test_repeated_calls_launch_compiled_kernels_directly(name, monkeypatch):
-    """PATTERNC_DIRECT_LAUNCH=1: from the second call on, each launch site calls its compiled
+    """Direct launches (the default): from the second call on, each launch site calls its compiled
     kernel directly (host time); results must equal the first call's bit for bit, for the
     forward and every gradient, and a launch hook (a profiler) must still see launches (the JIT's
-    path is taken then).  (Opt-in: this test's first GPU run failed, before the launch-site key
-    held the plan; benchmarks/NOTES.md, v4.)"""
+    path is taken then).  The whole GPU suite also passed with them on (benchmarks/NOTES.md, v5)."""
     monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "1")
     p, mod = module(name)
     g = torch.Generator(device="cpu").manual_seed(3)

@@ -535,7 +535,7 @@ def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
 
 
 def test_direct_launch_calls_the_compiled_kernel_with_every_argument_in_order(monkeypatch):
-    """PATTERNC_DIRECT_LAUNCH=1: a launch site's first launch goes through the JIT and keeps the
+    """Direct launches (the default): a launch site's first launch goes through the JIT and keeps the
     compiled kernel; later launches at the same site call it with the JIT's argument order
     (positional, then keywords in declaration order); a listening profiler, another kernel at the
     site, or a Triton that refuses the call send launches back through the JIT."""
@@ -561,8 +561,8 @@ def test_direct_launch_calls_the_compiled_kernel_with_every_argument_in_order(mo
     monkeypatch.setattr(mod, "_stream", lambda device: 7)
     monkeypatch.setattr(mod, "_COMPILED", {})
     kernel, site = FakeJIT(), ("plan", 0)
-    for _ in range(3):
-        mod._launcher(kernel, (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
+    for _ in range(3):  # a 2-D grid: the compiled kernel's launcher still gets three axes
+        mod._launcher(kernel, (4, 2), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)
     assert len(jit_calls) == 1 and len(runs) == 2
     assert runs[0] == (4, 2, 1, 7, "function", "packed", None, None, None, "x", "y", 100, 16, True)
     mod._launcher(FakeJIT(), (4, 2, 1), site)("x", "y", 100, TMA=True, BM=16, num_warps=4)  # another kernel
@@ -588,27 +588,36 @@ def test_launch_plans_follow_settings(monkeypatch):
     or PATTERNC_DIRECT_LAUNCH gives a new plan; the same call reuses its plan."""
     p, mod = _load("local(5) | global(2)")
     q, k, v = make_inputs(1, 2, 1, 40, 16, torch.float32, "cpu", seed=0)
+    monkeypatch.delenv("PATTERNC_DIRECT_LAUNCH", raising=False)
     a = mod._plan("fwd", q, k)
-    assert mod._plan("fwd", q, k) is a and not a["direct"]
+    assert mod._plan("fwd", q, k) is a and a["direct"]  # direct launches by default
     monkeypatch.setenv("PATTERNC_CONFIG", "BM=32")
     b = mod._plan("fwd", q, k)
     assert b is not a and b["cfg"]["BM"] == 32
     monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")
     assert mod._plan("bwd", q, k)["fused"] is False
+    monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "0")
+    assert not mod._plan("fwd", q, k)["direct"]
     monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "1")
-    assert mod._plan("fwd", q, k)["direct"]
     assert mod._site(mod._plan("fwd", q, k), q, q, k, v) is None  # off CUDA: the JIT (interpreter) path
 
 
 def test_dkdv_tiles_follow_the_window_shape():
-    """64-key dk/dv tiles on 4 warps only for windows reaching both sides of the diagonal (measured
-    faster there); one-sided windows, unions with globals, residue classes keep 128 keys, 8 warps."""
+    """64-key dk/dv tiles on 4 warps for plain bands (windows either side, causal) and for plans
+    with block-diagonal or random terms (measured faster there); unions with globals or sinks,
+    residue classes keep 128 keys on 8 warps."""
     import torch as _t
     for src, tiles in (("local(256)", (64, 4)), ("band(-5, 50)", (64, 4)), ("local(n // 4)", (64, 4)),
                        ("heads { 0..0: local(8), 1..1: local(100) }", (64, 4)),
-                       ("causal & local(256)", (128, 8)), ("local(256) | global(16)", (128, 8)),
-                       ("causal", (128, 8)), ("local(256, dilation=4)", (128, 8)),
-                       ("heads { 0..0: local(8), 1..1: causal }", (128, 8))):
+                       ("causal & local(256)", (64, 4)), ("causal", (64, 4)),
+                       ("heads { 0..0: local(8), 1..1: causal }", (64, 4)),
+                       ("causal & fixed(isqrt(n), 8)", (64, 4)),
+                       ("local(127) | global(128) | random(3, block=64)", (64, 4)),
+                       ("local(256) | global(16)", (128, 8)), ("local(256, dilation=4)", (128, 8)),
+                       ("causal & (sink(4) | local(1024))", (128, 8)),
+                       ("causal | (queries(0, 2048) & keys(0, 2048))", (128, 8)),
+                       ("causal & (local(isqrt(n) - 1) | stride(isqrt(n)))", (128, 8)),
+                       ("heads { 0..0: local(8), 1..1: local(8) | global(2) }", (128, 8))):
         p = patternc.parse(f"pattern p = {src}")
         assert lower.choose_dkdv_tiles(p) == tiles, src
         mod = patternc.load(p, backend="triton")
