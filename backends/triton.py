@@ -10,13 +10,14 @@ runs the tile body without any mask arithmetic when a term proves the tile full.
 from __future__ import annotations
 
 import string
+from typing import Optional
 from importlib import resources
 
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
 from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_dkdv_tiles, choose_forward_tiles, \
-    count_keys_below, full_span, heavy_spans, key_major, key_position, plan, query_major, query_position
+    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
 
@@ -322,11 +323,15 @@ class _Emitter:
         return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"
                 "  # split launch: scratch rows, chunk-major, heavy tiles by rank"]
 
-    def fwd_kernel(self, name: str, mask_name: str, p: Pass) -> list:
-        loops = self.query_loops(
-            p, mask_name,
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
+    def fwd_kernel(self, name: str, mask_name: str, p: Pass, more: tuple = ()) -> list:
+        """The forward kernel of pass `p`; `more`: (mask name, pass) of later passes that walk the
+        same query tiles (fusable), continued in the same program after p's walk (one online
+        softmax, no float32 state between launches, Q loaded once)."""
+        loops = self.fwd_loops(mask_name, p)
+        for mname, mp in more:
+            loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
+            loops += [x for x in self.space_prologue(mp.space, "q") if x.startswith(("L = ", "LQ = "))]
+            loops += self.fwd_loops(mname, mp)
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
@@ -334,7 +339,8 @@ class _Emitter:
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr):",
-            f'    """Forward, {p.space.describe()}.  SEEDED: continue from the previous pass\'s float32 state'
+            f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
+            '  SEEDED: continue from the previous pass\'s float32 state'
             '\n    in OI (laid out like O; O may be OI, or the final output in the input dtype)."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
@@ -363,6 +369,12 @@ class _Emitter:
             "tl.store(lse_base + i_out, lse, mask=row_ok)",
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
+
+    def fwd_loops(self, mask_name: str, p: Pass) -> list:
+        return self.query_loops(
+            p, mask_name,
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
@@ -468,11 +480,11 @@ class _Emitter:
         lines.append('    raise ValueError(f"head {h} is outside this pattern\'s heads")')
         return lines
 
-    def space_lambdas(self, p: Pass) -> str:
+    def space_lambdas(self, p: Pass, tma_fwd: Optional[bool] = None) -> str:
         d = {"space": repr(p.space.kind)}
         # which kernels load through TMA descriptors (the host builds them only for those)
-        d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA", "dq": self.tma(p, "k") == "TMA",
-                         "dkdv": self.tma(p, "q") == "TMA"})
+        d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA" if tma_fwd is None else tma_fwd,
+                         "dq": self.tma(p, "k") == "TMA", "dkdv": self.tma(p, "q") == "TMA"})
         for major in ("q", "k"):
             spans = heavy_spans(p, major)
             if spans:  # global rows (columns): tiles whose walks are split
@@ -552,17 +564,26 @@ def emit(pattern: Pattern) -> str:
         if not pl.passes:
             kernels.append(f"# heads {h0}..{h1 if h1 is not None else 'H-1'}: the pattern is empty; "
                            "every row gives 0 and lse = -inf\n")
+        fuse = fused_forward(pl)
+        tags = [f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}" for pi in range(len(pl.passes))]
         for pi, p in enumerate(pl.passes):
-            tag = f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}"
+            tag = tags[pi]
             kernels.append(f"# ---- pass {pi}"
                            + (f" (heads {h0}..{h1})" if h1 is not None else "")
                            + f": {p.space.describe()}\n"
                            + f"# pairs: {_doc(printer.formula(p.mask))}\n")
             kernels.append("\n".join(e.mask_fn(f"_mask_{tag}", p.mask)))
-            kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p)))
+            if pi == 0 and fuse:  # one forward kernel walks every pass's tiles
+                more = tuple((f"_mask_{t}", x) for t, x in zip(tags[1:], pl.passes[1:]))
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, more)))
+            elif not fuse:
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p)))
             kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", f"_mask_{tag}", p)))
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
-            descs.append("{" + f"'fwd': _fwd_{tag}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, " + e.space_lambdas(p) + "}")
+            fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
+            tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
+            descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
+                         + e.space_lambdas(p, tma_fwd) + "}")
         case_rows.append(f"    (({h0}, {h1}), [" + ", ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
     names = list(e.args.names.values())

@@ -223,6 +223,16 @@ def atomic_dq(pl: Plan) -> bool:
         (len(pl.passes) > 1 and any(p.space.kind == "diag" for p in pl.passes))
 
 
+def fused_forward(pl: Plan) -> bool:
+    """Whether one forward kernel walks every pass of the plan.  Passes whose query positions are
+    tokens in order (identity and kept-key spaces) visit the same query tiles, so one program can
+    continue its online softmax from one pass's key tiles to the next: no float32 output and
+    log-sum-exp written by one launch and read back by the next, Q loaded once.  Not with split
+    global rows (their chunks are separate launches) or residue classes (other query tiles)."""
+    return len(pl.passes) > 1 and all(p.space.kind in ("identity", "keys") for p in pl.passes) \
+        and not any(heavy_spans(p, "q") for p in pl.passes)
+
+
 def describe_plan(expr, n: int) -> list:
     """One line per kernel pass: its index space, its terms, and the global rows/columns whose
     walks are split across programs (when a walk is at least three chunks long)."""

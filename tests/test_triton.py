@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import patternc  # noqa: E402
-from patternc import lower  # noqa: E402
+from patternc import ir, lower  # noqa: E402
 
 from kernel_check import TOL, check_module, make_inputs, pattern_mask  # noqa: E402
 
@@ -346,6 +346,43 @@ def test_global_rows_split_into_chunks(name, fused, monkeypatch):
     assert calls["merge"] == rows_split
     # per range: dq (unless the dk/dv kernel adds it atomically), dk and dv
     assert calls["add"] == rows_split * (1 - fused) + 2 * cols_split
+
+
+@pytest.mark.parametrize("src, fused", [
+    ("causal & fixed(16, 3)", [True]),
+    ("heads { 0..0: causal & fixed(8, 2), 1..1: local(5) | global(2) }", [True, False]),
+    ("causal & (local(7) | stride(8))", [False]),  # residue classes visit other query tiles
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_passes_over_the_same_query_tiles_share_one_forward_kernel(src, fused, dtype, monkeypatch):
+    """A kept-key pass (Sparse Transformer fixed) continues the first pass's online softmax in the
+    same program: one forward launch per head range instead of one per pass, and the result is
+    written once, in the input dtype (poisoned allocations catch anything left unwritten)."""
+    p, mod = _load(src)
+    assert [lower.fused_forward(lower.plan(e)) for e in
+            ([c.expr for c in p.expr.cases] if isinstance(p.expr, ir.Heads) else [p.expr])] == fused
+    launches = []
+
+    class Counted:
+        def __init__(self, real, case):
+            self.real, self.case = real, case
+
+        def __getitem__(self, grid):
+            launches.append(self.case)
+            return self.real[grid]
+    for ci, (_, descs) in enumerate(mod._CASES):
+        assert [d["fwd"] is None for d in descs] == [bool(fused[ci]) and i > 0 for i in range(len(descs))]
+        for d in descs:
+            if d["fwd"] is not None:
+                monkeypatch.setitem(d, "fwd", Counted(d["fwd"], ci))
+
+    def poisoned(*shape, **kw):
+        shape = shape[0] if isinstance(shape[0], (tuple, torch.Size)) else shape
+        return torch.full(tuple(shape), float("nan"), **kw)
+    monkeypatch.setattr(mod, "_alloc", poisoned)
+    assert_close(check_module(mod, p, 150, D=16, H=2, HK=1, dtype=dtype, backward=dtype == torch.float32), dtype)
+    assert [launches.count(ci) for ci in range(len(fused))] == \
+        [1 if f else len(mod._CASES[ci][1]) for ci, f in enumerate(fused)]
 
 
 def test_out_of_shared_memory_retries_with_smaller_settings(monkeypatch):
