@@ -287,6 +287,12 @@ class _Emitter:
         return "TMA" if contiguous else "False"
 
     @staticmethod
+    def qtma(p: Pass) -> str:
+        """A query-major kernel's own tile (Q, dO) through TMA: where its query positions are
+        contiguous (not residue classes) and the host passed descriptors (QTMA)."""
+        return "QTMA" if p.space.kind != "diag" else "False"
+
+    @staticmethod
     def jit(p: Pass, major: str) -> str:
         """Split-capable kernels must not be specialised on the values that differ between their
         normal and split launches, so one compilation serves both (first-call time)."""
@@ -335,10 +341,11 @@ class _Emitter:
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
-            f"def {name}(Q, K, V, O, OI, LSE, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, O, OI, LSE, KD, VD, QD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
-            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr):",
+            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
+            "        QTMA: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
             '  SEEDED: continue from the previous pass\'s float32 state'
             '\n    in OI (laid out like O; O may be OI, or the final output in the input dtype)."""',
@@ -346,7 +353,7 @@ class _Emitter:
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
+            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
@@ -384,19 +391,19 @@ class _Emitter:
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q"),
-            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, KD, VD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
+            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, KD, VD, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
             "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
             "        SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
-            "q = _load_rows(q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN)",
-            "do = _load_rows(do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN)",
+            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"do = _tile_rows(DOD, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
             "delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
             "dq = tl.zeros([BM, BD], dtype=tl.float32)",
@@ -484,7 +491,8 @@ class _Emitter:
         d = {"space": repr(p.space.kind)}
         # which kernels load through TMA descriptors (the host builds them only for those)
         d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA" if tma_fwd is None else tma_fwd,
-                         "dq": self.tma(p, "k") == "TMA", "dkdv": self.tma(p, "q") == "TMA"})
+                         "dq": self.tma(p, "k") == "TMA", "dkdv": self.tma(p, "q") == "TMA",
+                         "rows": self.qtma(p) == "QTMA"})
         for major in ("q", "k"):
             spans = heavy_spans(p, major)
             if spans:  # global rows (columns): tiles whose walks are split

@@ -114,7 +114,8 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
     for ci, (_, passes) in enumerate(mod._CASES):
         for pi, desc in enumerate(passes):
             for kind in ("fwd", "dq", "dkdv") if backward else ("fwd",):
-                desc[kind] = Grab(desc[kind], f"{kind} case {ci} pass {pi}")
+                if desc[kind] is not None:  # None: walked by an earlier pass's kernel (fused forward)
+                    desc[kind] = Grab(desc[kind], f"{kind} case {ci} pass {pi}")
     for name in ("_bwd_prologue", "_merge_kernel", "_add_kernel"):
         setattr(mod, name, Grab(getattr(mod, name), name.strip("_").replace("_", " ")))
     B, H = 1, 2

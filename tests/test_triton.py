@@ -487,17 +487,24 @@ def test_tma_loads_only_where_positions_are_contiguous():
     fwd_calls = [line for line in text.splitlines() if "_fwd_tile(acc" in line]
     assert any(line.rstrip().endswith("WIDEN, TMA)") for line in fwd_calls)  # the in-order pass
     assert any(line.rstrip().endswith("WIDEN, False)") for line in fwd_calls)  # the residue pass
+    # a query-major kernel's own rows (Q, dO): through TMA in the in-order pass only
+    rows = [line for line in text.splitlines() if line.strip().startswith(("q = _tile_rows", "do = _tile_rows"))
+            and "row_ok" in line]
+    assert len(rows) == 6 and sum(line.rstrip().endswith("WIDEN, QTMA)") for line in rows) == 3, rows
 
 
-@pytest.mark.parametrize("name", ["longformer", "bigbird", "wide_local"])
-def test_pointer_loads_without_tma(name, monkeypatch):
-    """PATTERNC_TMA=0 (and layouts TMA cannot serve) take the pointer path: same results."""
-    monkeypatch.setenv("PATTERNC_TMA", "0")
+@pytest.mark.parametrize("name, setting", [("longformer", "PATTERNC_TMA=0"), ("bigbird", "PATTERNC_TMA=0"),
+                                           ("wide_local", "PATTERNC_TMA=0"),
+                                           ("longformer", "PATTERNC_CONFIG=row_tma=0")])
+def test_pointer_loads_without_tma(name, setting, monkeypatch):
+    """PATTERNC_TMA=0 (and layouts TMA cannot serve) take the pointer path: same results; so do
+    the query-major kernels' own rows with row_tma=0 (a measurement switch)."""
+    monkeypatch.setenv(*setting.split("=", 1))
     p, mod = module(PATTERNS[name])
     assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
 
 
-@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird", "causal", "wide_local"])
+@pytest.mark.parametrize("name", ["longformer", "strided", "bigbird", "causal", "wide_local", "wide_block_fixed"])
 def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
     """The interpreter accepts code the GPU compiler may reject (TMA descriptors, layouts):
     compile every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel,
