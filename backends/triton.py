@@ -293,12 +293,12 @@ class _Emitter:
         return "QTMA" if p.space.kind != "diag" else "False"
 
     @staticmethod
-    def jit(p: Pass, major: str) -> str:
+    def jit(p: Pass, major: str, extra: tuple = ()) -> str:
         """Split-capable kernels must not be specialised on the values that differ between their
         normal and split launches, so one compilation serves both (first-call time)."""
         if not heavy_spans(p, major):
             return "@triton.jit"
-        return '@triton.jit(do_not_specialize=["NOUT", "PARTIAL"])'
+        return f'@triton.jit(do_not_specialize={["NOUT", "PARTIAL", *extra]!r})'
 
     def split_lines(self, p: Pass, major: str) -> tuple:
         """(lines after the program ids, window lines): only for passes with global rows/columns.
@@ -390,13 +390,16 @@ class _Emitter:
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
         ids, win = self.split_lines(p, "q")
         head = [
-            self.jit(p, "q"),
-            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, KD, VD, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0,",
-            "        SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, ACCUM: tl.constexpr, PARTIAL,",
+            self.jit(p, "q", ("PRO",)),
+            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, O, LSE, KD, VD, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3,",
+            "        sv0, sv1, sv2, sv3, sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, so0, so1, so2, so3, n, HTOT, HC,",
+            "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
+            "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
             "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr):",
-            f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics."""',
+            f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
+            '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
+            '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
@@ -404,8 +407,16 @@ class _Emitter:
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
             f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             f"do = _tile_rows(DOD, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
-            "lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
-            "delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
+            "if PRO != 0:",
+            "    o_rows = _load_rows(O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1, i, row_ok, so2, so3, offs_d, D, False)",
+            "    delta = tl.where(row_ok, tl.sum(o_rows.to(tl.float32) * do.to(tl.float32), 1), 0.0)",
+            "    lse_e = tl.load(LSE + row_base + i, mask=row_ok, other=0.0)",
+            "    lse2 = tl.where(row_ok & (lse_e != float('-inf')), lse_e * 1.4426950408889634, float('inf'))",
+            "    tl.store(DELTA + row_base + i, delta, mask=row_ok)",
+            "    tl.store(LSE2 + row_base + i, lse2, mask=row_ok)",
+            "else:",
+            "    lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
+            "    delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
             "dq = tl.zeros([BM, BD], dtype=tl.float32)",
         ]
         tail = self.out_rows(p, "q", "i", "BM") + [

@@ -385,6 +385,37 @@ def test_passes_over_the_same_query_tiles_share_one_forward_kernel(src, fused, d
         [1 if f else len(mod._CASES[ci][1]) for ci, f in enumerate(fused)]
 
 
+@pytest.mark.parametrize("src", ["local(5) | global(2)", "causal & fixed(8, 2)",
+                                 "heads { 0..0: local(3), 1..1: causal & (local(7) | stride(8)) }"])
+def test_first_dq_launch_computes_delta_without_a_prologue_kernel(src, monkeypatch):
+    """The first dq launch of each head range computes delta = rowsum(O * dO) and the log2-unit
+    lse itself (no prologue kernel, one read of dO fewer); gradients are bit-identical to the
+    prologue kernel's (pro_dq=0) and to the reference."""
+    p, mod = _load(src)
+    monkeypatch.setenv("PATTERNC_DETERMINISTIC", "1")  # dq kernels even where atomic dq is the default
+    calls = []
+    real = mod._bwd_prologue
+
+    class Counted:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+    monkeypatch.setattr(mod, "_bwd_prologue", Counted())
+    q, k, v = make_inputs(1, 2, 1, 70, 16, torch.float32, "cpu", seed=11)
+    do = torch.randn(1, 2, 70, 16, generator=torch.Generator().manual_seed(12))
+    grads = {}
+    for setting in ("", "pro_dq=0"):
+        monkeypatch.setenv("PATTERNC_CONFIG", setting)
+        qq, kk, vv = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        mod.attention(qq, kk, vv).backward(do)
+        grads[setting] = [t.grad for t in (qq, kk, vv)]
+        assert len(calls) == (0 if setting == "" else 1), (setting, calls)
+    for a, b in zip(grads[""], grads["pro_dq=0"]):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("PATTERNC_CONFIG", "")
+    assert_close(check_module(mod, p, 70, D=16, H=2, HK=1))
+
+
 def test_out_of_shared_memory_retries_with_smaller_settings(monkeypatch):
     """A GPU with less shared memory than the defaults assume: fewer stages, then smaller tiles."""
     from triton.runtime.errors import OutOfResources
@@ -521,7 +552,9 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = {line.split()[1] for line in r.stdout.splitlines() if line.strip()}
-    assert {"fwd", "dq", "dkdv", "bwd"} <= kinds, r.stdout
+    assert {"fwd", "dq", "dkdv"} <= kinds, r.stdout
+    # the prologue kernel (delta, lse2) runs where no dq kernel does: atomic dq
+    assert ("bwd" in kinds) == (name in ("strided", "bigbird")), r.stdout
     if name == "longformer":  # global rows split at this n: the merge and the gradient sums too
         assert {"merge", "add"} <= kinds, r.stdout
     shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
