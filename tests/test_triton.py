@@ -526,10 +526,11 @@ def test_tma_loads_only_where_positions_are_contiguous():
 
 @pytest.mark.parametrize("name, setting", [("longformer", "PATTERNC_TMA=0"), ("bigbird", "PATTERNC_TMA=0"),
                                            ("wide_local", "PATTERNC_TMA=0"),
-                                           ("longformer", "PATTERNC_CONFIG=row_tma=0")])
+                                           ("longformer", "PATTERNC_CONFIG=row_tma=1"),
+                                           ("strided", "PATTERNC_CONFIG=row_tma=1")])
 def test_pointer_loads_without_tma(name, setting, monkeypatch):
-    """PATTERNC_TMA=0 (and layouts TMA cannot serve) take the pointer path: same results; so do
-    the query-major kernels' own rows with row_tma=0 (a measurement switch)."""
+    """PATTERNC_TMA=0 (and layouts TMA cannot serve) take the pointer path: same results; so does
+    row_tma=1 (a measurement switch: the query-major kernels' own rows through TMA)."""
     monkeypatch.setenv(*setting.split("=", 1))
     p, mod = module(PATTERNS[name])
     assert_close(check_module(mod, p, 83, D=16, H=2, HK=1))
