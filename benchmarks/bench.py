@@ -80,23 +80,6 @@ def run(args, save=lambda rows: None) -> dict:
             g = torch.Generator(device="cpu").manual_seed(0)
             q, k, v = (torch.randn(B, H, n, D, generator=g).to(dev, torch.bfloat16) for _ in range(3))
             do = torch.randn_like(q)
-            # ---- SDPA ceilings
-            for backend, bname in ((SDPBackend.CUDNN_ATTENTION, "sdpa_cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash")):
-                for causal in (False, True):
-                    try:
-                        sdpa = torch.nn.functional.scaled_dot_product_attention
-                        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-                        with sdpa_kernel([backend]):
-                            ms = bench(lambda: sdpa(q, k, v, is_causal=causal))
-                            ms_fb = bench(lambda: torch.autograd.grad(sdpa(qg, kg, vg, is_causal=causal),
-                                                                      (qg, kg, vg), do), warmup=10, rep=50)
-                        nnz = n * n if not causal else n * (n + 1) // 2
-                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", ms_fwd=ms,
-                                         tflops_fwd=4 * nnz * D * H * B / ms / 1e9, ms_fwd_bwd=ms_fb,
-                                         tflops_fwd_bwd=2.5 * 4 * nnz * D * H * B / ms_fb / 1e9))
-                    except Exception as e:  # a backend may be missing for a shape
-                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", error=str(e)[:200]))
-            print_table(rows[-4:])
             for name in names:
                 p = patternc.parse(f"pattern p_{name} = {PATTERNS[name]}")
                 nnz = nnz_of(p, n)
@@ -148,6 +131,25 @@ def run(args, save=lambda rows: None) -> dict:
                 save(rows)  # results survive a run cut short
                 del out
                 torch.cuda.empty_cache()
+            # ---- SDPA ceilings, after the patterns: a dense kernel at full power for seconds slows
+            # whatever runs next (local(256) right after it measured 0.874 ms, 0.788 ms alone)
+            for backend, bname in ((SDPBackend.CUDNN_ATTENTION, "sdpa_cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash")):
+                for causal in (False, True):
+                    try:
+                        sdpa = torch.nn.functional.scaled_dot_product_attention
+                        qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+                        with sdpa_kernel([backend]):
+                            ms = bench(lambda: sdpa(q, k, v, is_causal=causal))
+                            ms_fb = bench(lambda: torch.autograd.grad(sdpa(qg, kg, vg, is_causal=causal),
+                                                                      (qg, kg, vg), do), warmup=10, rep=50)
+                        nnz = n * n if not causal else n * (n + 1) // 2
+                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", ms_fwd=ms,
+                                         tflops_fwd=4 * nnz * D * H * B / ms / 1e9, ms_fwd_bwd=ms_fb,
+                                         tflops_fwd_bwd=2.5 * 4 * nnz * D * H * B / ms_fb / 1e9))
+                    except Exception as e:  # a backend may be missing for a shape
+                        rows.append(dict(n=n, D=D, impl=bname, pattern="causal" if causal else "dense", error=str(e)[:200]))
+            print_table(rows[-4:])
+            time.sleep(3)  # let the clocks recover before the next group's first pattern
     return dict(rows=rows)
 
 
