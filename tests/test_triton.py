@@ -661,6 +661,51 @@ def test_direct_launch_calls_the_compiled_kernel_with_every_argument_in_order(mo
     mod._DIRECT[0] = True
 
 
+def test_direct_launch_encodes_each_tma_descriptor_once(monkeypatch):
+    """Direct launches call the launcher's C function with each TMA descriptor's arguments
+    encoded once per address and layout (Triton's own wrapper encodes them on every launch),
+    in the launcher's argument order."""
+    p, mod = _load("local(3)")
+    jit_calls, calls, encoded = [], [], []
+
+    def make_inner(launcher, tensordesc_indices, tensordesc_meta):  # the shape of Triton 3.6's wrapper
+        def inner(*args):
+            return launcher(*args), tensordesc_indices, tensordesc_meta
+        return inner
+    meta = dict(swizzle=128, elem_size=2, elem_type=1, block_size=[1, 1, 16, 16], fp4_padded=False)
+
+    class Run:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid = launch_pdl = False
+        launch = staticmethod(make_inner(lambda *a: calls.append(a), {1}, [meta]))
+
+    class Compiled:
+        packed_metadata, function, run = "packed", "function", Run()
+
+    class FakeJIT:
+        arg_names = ["X", "XD", "n", "BM"]
+
+        def __getitem__(self, grid):
+            jit_calls.append(grid)
+            return lambda *a, **kw: Compiled()
+    monkeypatch.setattr(mod, "_JIT_TYPES", (FakeJIT,))
+    monkeypatch.setattr(mod, "_stream", lambda device: 7)
+    monkeypatch.setattr(mod, "_COMPILED", {})
+    monkeypatch.setattr(mod, "_DESC_ARGS", {})
+    monkeypatch.setattr(mod, "_ENCODE", [lambda d, m: encoded.append(m) or ["map", *d.shape, *d.strides]])
+    t = torch.zeros(1, 2, 32, 16)
+    desc = mod._tma_desc(t, 16, 16, True)
+    kernel = FakeJIT()
+    for _ in range(3):
+        mod._launcher(kernel, (4, 2), ("plan", 0))("x", desc, 32, BM=16)
+    assert len(jit_calls) == 1 and len(calls) == 2 and encoded == [meta]
+    assert calls[0] == (4, 2, 1, 7, "function", False, False, None, None, "packed", None, None, None,
+                        "x", "map", 1, 2, 32, 16, 1024, 512, 16, 1, 32, 16)
+    t2 = torch.zeros(1, 2, 32, 16)  # another address: encoded again
+    mod._launcher(kernel, (4, 2), ("plan", 0))("x", mod._tma_desc(t2, 16, 16, True), 32, BM=16)
+    assert len(encoded) == 2 and len(calls) == 3
+
+
 def test_launch_plans_follow_settings(monkeypatch):
     """Plans are memoised per shape and settings: a changed PATTERNC_CONFIG, determinism switch
     or PATTERNC_DIRECT_LAUNCH gives a new plan; the same call reuses its plan."""
