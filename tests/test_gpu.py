@@ -153,13 +153,14 @@ def test_first_call_compiles_every_kernel_at_once():
     assert {pl["key"][0] for pl in mod._PLANS.values() if pl.get("warmed")} == {"fwd", "bwd"}
 
 
+@pytest.mark.parametrize("mode", ["1", "2"])  # 2: TMA descriptors encoded once (opt-in)
 @pytest.mark.parametrize("name", ["longformer", "strided"])
-def test_repeated_calls_launch_compiled_kernels_directly(name, monkeypatch):
+def test_repeated_calls_launch_compiled_kernels_directly(name, mode, monkeypatch):
     """Direct launches (the default): from the second call on, each launch site calls its compiled
     kernel directly (host time); results must equal the first call's bit for bit, for the
     forward and every gradient, and a launch hook (a profiler) must still see launches (the JIT's
     path is taken then).  The whole GPU suite also passed with them on (benchmarks/NOTES.md, v5)."""
-    monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "1")
+    monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", mode)
     p, mod = module(name)
     g = torch.Generator(device="cpu").manual_seed(3)
     q, k, v, do = (torch.randn(1, 2, 3000, 64, generator=g).cuda().bfloat16() for _ in range(4))
@@ -171,6 +172,8 @@ def test_repeated_calls_launch_compiled_kernels_directly(name, monkeypatch):
         runs.append([out] + [t.grad for t in (qq, kk, vv)])
     assert mod._DIRECT[0], "a direct call raised: launches fell back to the JIT"
     assert mod._COMPILED, "no launch site kept its compiled kernel"
+    if mode == "2":
+        assert mod._DESC_ARGS, "no descriptor was encoded by the direct path"
     # atomic dq (strided's default) may differ in the last bits between runs; the rest may not
     for i in (0, 1, 2, 3) if not mod._FUSED_DQ else (0, 2, 3):
         assert torch.equal(runs[0][i], runs[2][i]), i

@@ -664,7 +664,8 @@ def test_direct_launch_calls_the_compiled_kernel_with_every_argument_in_order(mo
 def test_direct_launch_encodes_each_tma_descriptor_once(monkeypatch):
     """Direct launches call the launcher's C function with each TMA descriptor's arguments
     encoded once per address and layout (Triton's own wrapper encodes them on every launch),
-    in the launcher's argument order."""
+    in the launcher's argument order.  Opt-in: PATTERNC_DIRECT_LAUNCH=2."""
+    monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", "2")
     p, mod = _load("local(3)")
     jit_calls, calls, encoded = [], [], []
 
