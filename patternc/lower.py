@@ -245,6 +245,8 @@ def describe_plan(expr, n: int) -> list:
             if spans:
                 s += f"; global {what} " + ", ".join(f"{a}..{b - 1}" for a, b in spans) + " split into chunks"
         lines.append(s)
+    if fused_forward(plan(expr)):
+        lines.append(f"forward: one kernel walks passes 0..{len(lines) - 1} (same query tiles, one online softmax)")
     return lines or ["no pass: the pattern is empty"]
 
 

@@ -153,8 +153,11 @@ def test_kernel_plan_names_passes_and_split_global_rows():
     assert lf.kernel_plan == ("pass 0: tokens in order, 3 terms; global rows 0..15 split into chunks; "
                               "global key columns 0..15 split into chunks",)
     fixed = analyze(resolve_source("pattern p = causal & fixed(128, 8)"), 16384)
-    assert len(fixed.kernel_plan) == 2 and "keys restricted to columns j % 128 >= 128 - 8" in fixed.kernel_plan[1]
+    assert len(fixed.kernel_plan) == 3 and "keys restricted to columns j % 128 >= 128 - 8" in fixed.kernel_plan[1]
+    assert fixed.kernel_plan[2].startswith("forward: one kernel walks passes 0..1")
     assert "global" not in " ".join(fixed.kernel_plan)
+    strided = analyze(resolve_source("pattern p = causal & (local(127) | stride(128))"), 16384)
+    assert len(strided.kernel_plan) == 2  # residue classes: other query tiles, separate launches
     late = analyze(resolve_source("pattern p = causal & (local(9) | queries(n - 5, n))"), 100)
     assert late.kernel_plan[0].endswith("global rows 95..99 split into chunks")
     d = lf.to_dict()
