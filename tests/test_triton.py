@@ -581,9 +581,10 @@ def test_eager_path_matches_the_custom_op_bit_for_bit():
         assert torch.equal(mod.attention(q, k, v), out)
 
 
-def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
+@pytest.mark.parametrize("pro", [1, 0])
+def test_warm_up_mode_compiles_instead_of_launching(pro, monkeypatch):
     """In warm-up mode (first call on a GPU) every launch of a call, including split launches and
-    the backward prologue, becomes a compile request; nothing runs."""
+    the backward prologue (where it runs: pro_dq=0), becomes a compile request; nothing runs."""
     p, mod = _load("causal & (local(9) | stride(8)) | global(2)")  # two passes, split global rows
     submitted = []
 
@@ -601,14 +602,15 @@ def test_warm_up_mode_compiles_instead_of_launching(monkeypatch):
             for kind in ("fwd", "dq", "dkdv"):
                 monkeypatch.setitem(desc, kind, Kernel(f"{kind}{pi}"))
     monkeypatch.setattr(mod, "_bwd_prologue", Kernel("prologue"))
-    monkeypatch.setenv("PATTERNC_CONFIG", "split_chunk=2,fused_dq=0")  # (atomic dq: no dq kernels)
+    monkeypatch.setenv("PATTERNC_CONFIG", f"split_chunk=2,fused_dq=0,pro_dq={pro}")  # (atomic dq: no dq kernels)
     q, k, v = make_inputs(1, 2, 1, 150, 16, torch.float32, "cpu", seed=0)
     monkeypatch.setattr(mod, "_WARMING", [True])
     mod._forward_launches(q, k, v, 0.25)
     o, lse = torch.zeros_like(q), torch.zeros(1, 2, 150)
     mod._backward_launches(torch.ones_like(q), q, k, v, o, lse, 0.25)
     names = {name for name, _ in submitted}
-    assert names == {"fwd0", "fwd1", "dq0", "dq1", "dkdv0", "dkdv1", "prologue"}, submitted
+    assert names == {"fwd0", "fwd1", "dq0", "dq1", "dkdv0", "dkdv1"} | ({"prologue"} if not pro else set()), \
+        submitted
     assert any(partial for _, partial in submitted)  # the split launch is compiled too
 
 
