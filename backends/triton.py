@@ -82,6 +82,7 @@ class _Emitter:
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
         out: list = []
         spans: list = []  # (term index, TileRanges) of the interval terms
+        never_full: set = set()  # terms whose tiles are never certified full: one masked loop
         randoms: list = []
         for ti, t in enumerate(p.terms):
             tr = query_major(t, space, c) if q else key_major(t, space, c)
@@ -97,6 +98,7 @@ class _Emitter:
             if fs is None:
                 out.append(f"f_lo{ti} = v_lo{ti}  # never certified full: always masked")
                 out.append(f"f_hi{ti} = v_lo{ti}")
+                never_full.add(ti)
             else:
                 out.append(f"f_lo{ti} = tl.minimum(tl.maximum({fs.lo}, v_lo{ti}), v_hi{ti})  # full tiles: no mask")
                 out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
@@ -114,7 +116,12 @@ class _Emitter:
         full_body = pos + [full_call]
         masked_body = pos + [keep, masked_call]
         del masked
-        if len(spans) == 1:
+        if len(spans) == 1 and spans[0][0] in never_full:
+            # one masked loop: the full and leading loops would be empty (less code to compile)
+            (ti, _), = spans
+            out += [f"for {idx} in range(v_lo{ti}, v_hi{ti}):  # every tile masked"]
+            out += _indent(masked_body, 4)
+        elif len(spans) == 1:
             (ti, _), = spans
             out += [f"for {idx} in range(v_lo{ti}, f_lo{ti}):  # partial tiles before the full run"]
             out += _indent(masked_body, 4)
@@ -137,16 +144,22 @@ class _Emitter:
             nxt_full = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
                                             for k in ids])
             nxt = _nest("tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids])
-            body = [f"if {inside}:",
-                    f"    if {in_full}:",
-                    f"        seg = {seg_full}",
-                    f"        for {idx} in range(cur, seg):  # full tiles"]
-            body += _indent(full_body, 12)
-            body += ["    else:",
-                     f"        vis = {vis}",
-                     f"        seg = {nxt_full}",
-                     f"        for {idx} in range(cur, seg):  # partial tiles"]
-            body += _indent(masked_body, 12)
+            if all(k in never_full for k in ids):  # no full tiles anywhere: masked segments only
+                body = [f"if {inside}:",
+                        f"    seg = {vis}",
+                        f"    for {idx} in range(cur, seg):  # partial tiles"]
+                body += _indent(masked_body, 8)
+            else:
+                body = [f"if {inside}:",
+                        f"    if {in_full}:",
+                        f"        seg = {seg_full}",
+                        f"        for {idx} in range(cur, seg):  # full tiles"]
+                body += _indent(full_body, 12)
+                body += ["    else:",
+                         f"        vis = {vis}",
+                         f"        seg = {nxt_full}",
+                         f"        for {idx} in range(cur, seg):  # partial tiles"]
+                body += _indent(masked_body, 12)
             body += ["    cur = seg", "else:", f"    cur = {nxt}  # jump the gap to the next range"]
             out += _indent(body, 4)
         for ti, t, tr in randoms:

@@ -225,6 +225,18 @@ def test_generated_code_has_no_dead_components():
     assert "_fwd_p0" in text and "_fwd_p1" not in text
 
 
+def test_passes_never_certified_full_compile_one_masked_loop():
+    """A later pass's tiles are never certified full (its mask subtracts earlier passes), so its
+    kernels get one masked loop instead of three loops of which two are empty: less code for
+    Triton to compile on the first call; the results are covered by every two-pass test."""
+    text = patternc.compile(patternc.parse("pattern f = causal & fixed(16, 3)"), "triton")
+    kernels = {chunk.split("(", 1)[0]: chunk for chunk in text.split("\ndef ")[1:]}
+    for name in ("_dq_p1", "_dkdv_p1"):
+        assert kernels[name].count("# every tile masked") == 1 and "# full tiles\n" not in kernels[name], name
+    fwd = kernels["_fwd_p0"]  # the fused forward: pass 0 keeps its full-tile loop, pass 1 has one loop
+    assert fwd.count("# every tile masked") == 1 and fwd.count("# full tiles\n") == 1
+
+
 def test_strided_uses_a_residue_pass_with_high_tile_efficiency():
     p = patternc.parse("pattern strided(s = 128) = causal & (local(s - 1) | stride(s))")
     pl = lower.plan(p.expr)
