@@ -360,8 +360,8 @@ class _Emitter:
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
             "        QTMA: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
-            '  SEEDED: continue from the previous pass\'s float32 state'
-            '\n    in OI (laid out like O; O may be OI, or the final output in the input dtype)."""',
+            '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
+            '\n    O may be OI, or the final output in the input dtype)."""',
         ] + QUERY_MAJOR_IDS + ids
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
@@ -616,7 +616,7 @@ def emit(pattern: Pattern) -> str:
             tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
             descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
                          + e.space_lambdas(p, tma_fwd) + "}")
-        case_rows.append(f"    (({h0}, {h1}), [" + ", ".join(descs) + "]),")
+        case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
     names = list(e.args.names.values())
     kernel_text = "\n".join(kernels).replace("__ARGS__", "".join(", " + a for a in names))
@@ -642,7 +642,45 @@ def emit(pattern: Pattern) -> str:
         fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",
     )
-    return _fix_arg_refs(text, names)
+    return _wrap_long_lines(_fix_arg_refs(text, names))
+
+
+def _wrap_long_lines(text: str, width: int = 100) -> str:
+    """Break generated code lines longer than `width` after commas inside brackets (Python joins
+    such lines implicitly), so a kernel engineer can read the module without scrolling.  Lines
+    with string literals, inside docstrings or with no comma inside brackets stay as they are."""
+    out, in_doc = [], False
+    for line in text.splitlines():
+        quotes = line.count('"""')
+        if in_doc or quotes or len(line) <= width or "'" in line or '"' in line:
+            in_doc ^= quotes % 2 == 1
+            out.append(line)
+            continue
+        code, comment = _split_comment(line)
+        indent = " " * (len(code) - len(code.lstrip()) + 8)
+        pieces, start, depth, last = [], 0, 0, None
+        for k, ch in enumerate(code):
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+            if ch == "," and depth > 0 and k + 1 < len(code) and code[k + 1] == " ":
+                if k - start + (len(indent) if pieces else 0) > width - 10 and last is not None:
+                    pieces.append(code[start:last + 1])
+                    start = last + 2
+                last = k
+        pieces.append(code[start:])
+        out.append("\n".join([pieces[0]] + [indent + x for x in pieces[1:]]) + comment)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _split_comment(line: str) -> tuple:
+    """(code, "  # comment" or ""): the comment starts at a '#' outside brackets."""
+    depth = 0
+    for k, ch in enumerate(line):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "#" and depth == 0:
+            return line[:k].rstrip(), "  " + line[k:]
+    return line, ""
 
 
 def _fix_arg_refs(text: str, names: list) -> str:
