@@ -238,6 +238,25 @@ def test_passes_never_certified_full_compile_one_masked_loop():
     assert fwd.count("# every tile masked") == 1 and fwd.count("# full tiles\n") == 1
 
 
+@pytest.mark.parametrize("src", ["local(256) | global(16)", "local(127) | global(128) | random(3, block=64)",
+                                 "heads { 0..3: local(8), 4..7: causal & fixed(isqrt(n), 8) }"])
+def test_wrapping_long_lines_keeps_the_generated_program(src, monkeypatch):
+    """Generated modules wrap long lines for readers; the program must be the same one: equal
+    syntax trees with and without wrapping, and most lines over 120 characters gone."""
+    import ast
+
+    from patternc.backends import triton as tb
+    p = patternc.parse(f"pattern p = {src}")
+    wrapped = tb.emit(p)
+    monkeypatch.setattr(tb, "_wrap_long_lines", lambda text: text)
+    plain = tb.emit(p)
+    assert wrapped != plain
+    assert ast.dump(ast.parse(wrapped)) == ast.dump(ast.parse(plain))
+    def too_long(text):  # lines the wrapper may touch (no string literals) over 120 characters
+        return [x for x in text.splitlines() if len(x) > 120 and "'" not in x and '"' not in x]
+    assert len(too_long(wrapped)) <= len(too_long(plain)) // 4, too_long(wrapped)[:3]
+
+
 def test_strided_uses_a_residue_pass_with_high_tile_efficiency():
     p = patternc.parse("pattern strided(s = 128) = causal & (local(s - 1) | stride(s))")
     pl = lower.plan(p.expr)
