@@ -273,14 +273,10 @@ class _Emitter:
         if space.kind == "diag":
             m = c.arg(space.m)
             lines = [f"r = pid // PER  # residue class: positions r, r + {m}, r + 2*{m}, ...",
-                     "t_idx = pid % PER",
-                     f"LQ = (n - r + {m} - 1) // {m}  # length of this residue class",
-                     "L = LQ"]
-        elif space.kind == "keys":
-            lines = ["r = 0", "t_idx = pid", "LQ = n",
-                     f"L = {count_keys_below(space, c, 'n')}  # number of kept key columns"]
+                     "t_idx = pid % PER"]
         else:
-            lines = ["r = 0", "t_idx = pid", "LQ = n", "L = n"]
+            lines = ["r = 0", "t_idx = pid"]
+        lines += self.space_lengths(space)
         if major == "q":
             lines += [f"a0 = t_idx * {tile}", "a1 = a0 + BM - 1",
                       "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))"),
@@ -290,6 +286,16 @@ class _Emitter:
                       "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))"),
                       "col_ok = (b0 + tl.arange(0, BN)) < L"]
         return lines
+
+    def space_lengths(self, space: Space) -> list:
+        """LQ and L: how many query and key positions the space has (in its own order)."""
+        c = self.code
+        if space.kind == "diag":
+            m = c.arg(space.m)
+            return [f"LQ = (n - r + {m} - 1) // {m}  # length of this residue class", "L = LQ"]
+        if space.kind == "keys":
+            return ["LQ = n", f"L = {count_keys_below(space, c, 'n')}  # number of kept key columns"]
+        return ["LQ = n", "L = n"]
 
     @staticmethod
     def tma(p: Pass, side: str) -> str:
@@ -349,7 +355,7 @@ class _Emitter:
         loops = self.fwd_loops(mask_name, p)
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
-            loops += [x for x in self.space_prologue(mp.space, "q") if x.startswith(("L = ", "LQ = "))]
+            loops += self.space_lengths(mp.space)
             loops += self.fwd_loops(mname, mp)
         ids, win = self.split_lines(p, "q")
         head = [

@@ -236,8 +236,8 @@ def fused_forward(pl: Plan) -> bool:
 def describe_plan(expr, n: int) -> list:
     """One line per kernel pass: its index space, its terms, and the global rows/columns whose
     walks are split across programs (when a walk is at least three chunks long)."""
-    lines = []
-    for i, p in enumerate(plan(expr).passes):
+    lines, pl = [], plan(expr)
+    for i, p in enumerate(pl.passes):
         s = f"pass {i}: {p.space.describe()}, {len(p.terms)} term{'s' if len(p.terms) > 1 else ''}"
         for major, what in (("q", "rows"), ("k", "key columns")):
             spans = [(max(ix.evaluate(a, n), 0), min(ix.evaluate(b, n), n)) for a, b in heavy_spans(p, major)]
@@ -245,7 +245,7 @@ def describe_plan(expr, n: int) -> list:
             if spans:
                 s += f"; global {what} " + ", ".join(f"{a}..{b - 1}" for a, b in spans) + " split into chunks"
         lines.append(s)
-    if fused_forward(plan(expr)):
+    if fused_forward(pl):
         lines.append(f"forward: one kernel walks passes 0..{len(lines) - 1} (same query tiles, one online softmax)")
     return lines or ["no pass: the pattern is empty"]
 
