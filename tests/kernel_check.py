@@ -12,7 +12,14 @@ import torch
 
 from patternc import semantics
 
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+# Max-normalized error allowed per input dtype. bf16 keeps 8 significant bits (unit roundoff
+# 2^-8 = 0.0039); dq and dk go through three bf16 roundings (the stored O inside delta, dS before
+# its matmul, the stored gradient), so unlucky draws reach ~3 units (0.0111 once in 120 seeded
+# runs of the bf16 tests). 2e-2 (5 units) leaves margin; a wrong key or a missing rescale shows
+# as errors of 0.1 and more. fp16 has 3 more bits, so 1e-2 is already ~20 units.
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+# lse is accumulated in fp32 whatever the input dtype (measured ~5e-7 on the CPU for all three).
+LSE_TOL = 5e-3
 
 
 def dense_reference(q, k, v, allowed: torch.Tensor, scale: float, dtype=torch.float64):
@@ -88,7 +95,7 @@ def check_module(mod, pattern, n: int, D: int = 16, B: int = 1, H: int = 2, HK: 
     ro, rl = dense_reference(qq, kk, vv, allowed, scale, ref_dtype)
     fin = torch.isfinite(rl)
     lse_ok = bool(torch.equal(torch.isinf(lse), torch.isinf(rl)) and not torch.isnan(lse).any()
-                  and (not fin.any() or (lse.double() - rl.double())[fin].abs().max().item() < 50 * TOL[dtype]))
+                  and (not fin.any() or (lse.double() - rl.double())[fin].abs().max().item() < LSE_TOL))
     res = Result(rel_err(out, ro), lse_ok, 0.0, 0.0, 0.0)
     if backward:
         do = torch.randn_like(out)
