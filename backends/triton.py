@@ -108,14 +108,12 @@ class _Emitter:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
                 out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
-        masked = [f"{idx}0 = {idx}"] if False else []
         keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
                 f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
         pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
                ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         full_body = pos + [full_call]
         masked_body = pos + [keep, masked_call]
-        del masked
         if len(spans) == 1 and spans[0][0] in never_full:
             # one masked loop: the full and leading loops would be empty (less code to compile)
             (ti, _), = spans

@@ -17,14 +17,17 @@
 #   bash benchmarks/gpu_session.sh next       # the open questions after v4: direct launches' GPU test,
 #                                             # 64-key dk/dv tiles on every pattern at both sizes,
 #                                             # short calls at D = 64 with and without direct launches
-#   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call, kernel times, profile
+#   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call (also with the backward
+#                                             # on the calling thread), kernel times, profile
+#   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
+#                                             # (device-made descriptors, 4 warps) against the generated module?
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -80,6 +83,7 @@ case "${1:-}" in
              done ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
+    ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
