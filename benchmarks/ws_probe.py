@@ -8,8 +8,11 @@ kernels have three loops (masked edges, full tiles) and descriptors made on the 
 pass leaves them as they are (or fails: two loops, 'PassManager::run failed').  A specialized
 version would walk every tile of a query tile in one loop and mask edge tiles without a branch.
 
-This probe is that kernel for a band (keys i - left <= j <= i + right), timed with and without
-warp specialization, beside the generated module's forward for the same pattern, in one run.
+This probe is that kernel for a band (keys i - left <= j <= i + right) united with the first
+SINK keys and a PREFIX block (rows and keys below PREFIX) -- local, causal window, causal,
+streaming and prefix-LM -- timed with and without warp specialization, beside the generated
+module's forward for the same pattern, in one run.  The union of the two tile ranges is walked
+as one flat loop (the tile index jumps from the leading range to the band).
 
     python benchmarks/ws_probe.py --compile-only            # any machine: what sm_90 gets
     TRITON_INTERPRET=1 python benchmarks/ws_probe.py --check  # CPU: the probe kernel is right
@@ -32,15 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import patternc  # noqa: E402
 from patterns import PATTERNS  # noqa: E402
 
-# pattern name -> (left, right) of the band; None: n (no limit on that side)
-BANDS = {"local": (256, 256), "causal_local": (256, 0), "causal": (None, 0)}
+# pattern name -> (left, right, sink, prefix): keys (i - left <= j or j < sink) and j <= i + right,
+# or i, j < prefix; None: n (no limit on that side)
+BANDS = {"local": (256, 256, 0, 0), "causal_local": (256, 0, 0, 0), "causal": (None, 0, 0, 0),
+         "streaming": (1024, 0, 4, 0), "prefix_lm": (None, 0, 0, 2048)}
 
 
 @triton.jit
-def _band_fwd(Q, K, V, O, n, left, right, qk_scale, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-              WS: tl.constexpr):
+def _band_fwd(Q, K, V, O, n, left, right, sink, prefix, qk_scale, BM: tl.constexpr, BN: tl.constexpr,
+              D: tl.constexpr, WS: tl.constexpr):
     """One query tile against every key tile it can meet, in one loop (the shape the warp
-    specialization pass accepts).  Q, K, V, O: (B*H, n, D) contiguous."""
+    specialization pass accepts).  Q, K, V: (B, H, n, D) contiguous."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     qd = tl.make_tensor_descriptor(Q, shape=[tl.num_programs(1), n, D], strides=[n * D, D, 1],
@@ -56,18 +61,27 @@ def _band_fwd(Q, K, V, O, n, left, right, qk_scale, BM: tl.constexpr, BN: tl.con
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
+    # the band's key tiles, and a leading range from key 0 (sink keys; the prefix block)
     t_lo = tl.maximum(a0 - left, 0) // BN
     t_hi = tl.minimum(a1 + right, n - 1) // BN + 1
-    for kt in tl.range(t_lo, t_hi, warp_specialize=WS):
+    lead = tl.maximum(tl.cdiv(sink, BN), tl.where(a0 < prefix, tl.cdiv(prefix, BN), 0))
+    band0 = tl.maximum(t_lo, lead)  # the band's tiles not already in the leading range
+    walk = lead + tl.maximum(t_hi - band0, 0)
+    for t in tl.range(0, walk, warp_specialize=WS):
+        kt = tl.where(t < lead, t, band0 + (t - lead))
         b0 = kt * BN
         j = b0 + tl.arange(0, BN)
         k = kd.load([bh, b0, 0]).reshape(BN, D)
         v = vd.load([bh, b0, 0]).reshape(BN, D)
         s = tl.dot(q, tl.trans(k)) * qk_scale
-        # an edge tile holds a pair outside the band (or keys past n): mask it, without a branch
-        edge = (b0 < a1 - left) | (b0 + BN - 1 > a0 + right) | (b0 + BN > n)
-        keep = (j[None, :] >= i[:, None] - left) & (j[None, :] <= i[:, None] + right) & (j[None, :] < n)
-        s = tl.where(keep | (not edge), s, float("-inf"))
+        # a tile with a pair outside the pattern (or keys past n) is masked, without a branch
+        full = ((b0 >= a1 - left) & (b0 + BN - 1 <= a0 + right)) | \
+            ((b0 + BN <= sink) & (b0 + BN - 1 <= a0 + right)) | ((a1 < prefix) & (b0 + BN <= prefix))
+        full = full & (b0 + BN <= n)
+        jj = j[None, :]
+        keep = (((jj >= i[:, None] - left) | (jj < sink)) & (jj <= i[:, None] + right)) | \
+            ((i[:, None] < prefix) & (jj < prefix))
+        s = tl.where((keep & (jj < n)) | full, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_use)
@@ -92,13 +106,14 @@ def _allocator(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def band_forward(q, k, v, left: int, right: int, cfg) -> torch.Tensor:
+def band_forward(q, k, v, band: tuple, cfg) -> torch.Tensor:
     B, H, n, D = q.shape
+    left, right, sink, prefix = band
     BM, BN, warps, stages, ws = cfg
     o = torch.empty_like(q)
     grid = (triton.cdiv(n, BM), B * H)
-    _band_fwd[grid](q, k, v, o, n, left, right, D ** -0.5 * 1.4426950408889634, BM=BM, BN=BN, D=D, WS=ws,
-                    num_warps=warps, num_stages=stages)
+    _band_fwd[grid](q, k, v, o, n, n if left is None else left, right, sink, prefix, D ** -0.5 * 1.4426950408889634,
+                    BM=BM, BN=BN, D=D, WS=ws, num_warps=warps, num_stages=stages)
     return o
 
 
@@ -107,7 +122,7 @@ def compile_only(D: int) -> None:
     from triton.compiler import ASTSource
 
     sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "n": "i32", "left": "i32", "right": "i32",
-           "qk_scale": "fp32", "BM": "constexpr", "BN": "constexpr", "D": "constexpr", "WS": "constexpr"}
+           "sink": "i32", "prefix": "i32", "qk_scale": "fp32", "BM": "constexpr", "BN": "constexpr", "D": "constexpr", "WS": "constexpr"}
     for BM, BN, warps, stages, ws in CONFIGS:
         src = ASTSource(fn=_band_fwd, signature=sig, constexprs={"BM": BM, "BN": BN, "D": D, "WS": ws},
                         attrs={(a,): [["tt.divisibility", 16]] for a in range(4)})
@@ -125,20 +140,19 @@ def compile_only(D: int) -> None:
 
 def check() -> None:
     """The probe kernel against a float64 band reference (under TRITON_INTERPRET=1 on a CPU)."""
-    for name, (left, right) in BANDS.items():
+    for name, (left, right, sink, prefix) in BANDS.items():
         for n in (45, 100):
             g = torch.Generator().manual_seed(n)
             q, k, v = (torch.randn(1, 2, n, 16, generator=g) for _ in range(3))
-            lft = n if left is None else min(left, 20)
-            rgt = min(right, 20)
-            out = band_forward(q, k, v, lft, rgt, (16, 16, 4, 1, False))
+            band = (n if left is None else min(left, 20), min(right, 20), min(sink, 3), min(prefix, 37))
+            out = band_forward(q, k, v, band, (16, 16, 4, 1, False))
             i = torch.arange(n)[:, None]
             j = torch.arange(n)[None, :]
-            allowed = (j >= i - lft) & (j <= i + rgt)
+            allowed = (((j >= i - band[0]) | (j < band[2])) & (j <= i + band[1])) | ((i < band[3]) & (j < band[3]))
             s = torch.einsum("bhid,bhjd->bhij", q.double(), k.double()) / math.sqrt(16)
             ref = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v.double()
             err = (out.double() - ref).abs().max().item()
-            print(f"{name:13s} n={n:3d} left={lft} right={rgt}: max error {err:.2e}")
+            print(f"{name:13s} n={n:3d} (left, right, sink, prefix) = {band}: max error {err:.2e}")
             assert err < 1e-4, name
 
 
@@ -148,17 +162,16 @@ def run(ns: list[int], D: int) -> None:
           f"B=1 H=16 D={D} bf16, forward, do_bench median ms", flush=True)
     for n in ns:
         q, k, v = (torch.randn(1, 16, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for name, (left, right) in BANDS.items():
-            left = n if left is None else left
+        for name, band in BANDS.items():
             mod = patternc.load(patternc.parse(f"pattern p_{name} = {PATTERNS[name]}"), backend="triton")
             ref = mod.attention(q, k, v)
             ms = triton.testing.do_bench(lambda: mod.attention(q, k, v), warmup=25, rep=100, return_mode="median")
             print(f"n={n} {name:13s} generated module          {ms:7.3f} ms", flush=True)
             for cfg in CONFIGS:
                 try:
-                    out = band_forward(q, k, v, left, right, cfg)
+                    out = band_forward(q, k, v, band, cfg)
                     err = (out.float() - ref.float()).abs().max().item()
-                    t = triton.testing.do_bench(lambda: band_forward(q, k, v, left, right, cfg), warmup=25,
+                    t = triton.testing.do_bench(lambda: band_forward(q, k, v, band, cfg), warmup=25,
                                                 rep=100, return_mode="median")
                     print(f"n={n} {name:13s} BM={cfg[0]} BN={cfg[1]} w={cfg[2]} s={cfg[3]} ws={int(cfg[4])} "
                           f"{t:7.3f} ms  (x{ms / t:.2f} of the module; max diff {err:.3g})", flush=True)

@@ -238,6 +238,17 @@ def test_passes_never_certified_full_compile_one_masked_loop():
     assert fwd.count("# every tile masked") == 1 and fwd.count("# full tiles\n") == 1
 
 
+def test_one_interval_kernels_have_one_masked_loop_and_one_full_loop():
+    """The partial tiles on both sides of the full run share one loop (less code to compile);
+    that both sides are reached is covered by the window tests (wide_local, wide_band)."""
+    text = patternc.compile(patternc.parse("pattern w = local(40)"), "triton")
+    kernels = {chunk.split("(", 1)[0]: chunk for chunk in text.split("\ndef ")[1:]}
+    for name in ("_fwd_p0", "_dq_p0", "_dkdv_p0"):
+        k = kernels[name]
+        assert k.count("# partial tiles, both sides") == 1 and k.count("# full tiles\n") == 1, name
+        assert k.count("_tile(") == 2, name  # one masked and one unmasked call of the tile body
+
+
 @pytest.mark.parametrize("src", ["local(256) | global(16)", "local(127) | global(128) | random(3, block=64)",
                                  "heads { 0..3: local(8), 4..7: causal & fixed(isqrt(n), 8) }"])
 def test_wrapping_long_lines_keeps_the_generated_program(src, monkeypatch):
