@@ -53,6 +53,7 @@ class _Emitter:
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
+        self.flat_ok: dict = {}  # forward kernel name -> has the warp-specialised walk (WS)
 
     # ---- masks ---------------------------------------------------------------------------
     def mask_fn(self, name: str, expr) -> list:
@@ -73,10 +74,13 @@ class _Emitter:
                           call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")))
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
-              window: bool = False) -> list:
+              window: bool = False, flat: bool = False) -> Optional[list]:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
-        `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles)."""
+        `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
+        `flat`: one loop over the union of at most two terms' tiles, every tile through
+        `masked_call` with full tiles' masks forced open -- or None where the plan has more
+        (see flat_fwd_loop)."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -104,12 +108,17 @@ class _Emitter:
                 out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
                            f"f_lo{ti})")
             spans.append((ti, tr))
+        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
+                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
+        if flat:
+            if window or randoms or not 1 <= len(spans) <= 2:
+                return None
+            return out + self._flat_walk([ti for ti, _ in spans], idx, keep, masked_call,
+                                         ["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")])
         if window and spans:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
                 out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
-        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
-                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
         pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
                ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         full_body = pos + [full_call]
@@ -206,6 +215,30 @@ class _Emitter:
                         f"tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})):"]
                 out += _indent(body, 12)
         return out
+
+    @staticmethod
+    def _flat_walk(ids: list, idx: str, keep: str, call: str, pos: list) -> list:
+        """One loop over the union of one or two terms' tile ranges [v_lo, v_hi): the range that
+        starts first, then the other's tiles past it; a tile certified full by either term has
+        its mask forced open (a select, not a branch, so the loop stays specialisable)."""
+        if len(ids) == 1:
+            a, = ids
+            out = [f"walk = v_hi{a} - v_lo{a}",
+                   "for e_it in tl.range(0, walk, warp_specialize=True):  # every tile of this query tile",
+                   f"    {idx} = v_lo{a} + e_it"]
+        else:
+            a, b = ids
+            out = [f"a_first = v_lo{a} <= v_lo{b}  # (an empty range has v_hi == v_lo)",
+                   f"x_lo = tl.where(a_first, v_lo{a}, v_lo{b})",
+                   f"x_hi = tl.where(a_first, v_hi{a}, v_hi{b})",
+                   f"y_lo = tl.maximum(tl.where(a_first, v_lo{b}, v_lo{a}), x_hi)  # the other's tiles past it",
+                   f"y_hi = tl.where(a_first, v_hi{b}, v_hi{a})",
+                   "walk = (x_hi - x_lo) + tl.maximum(y_hi - y_lo, 0)",
+                   "for e_it in tl.range(0, walk, warp_specialize=True):  # every tile of this query tile",
+                   f"    {idx} = tl.where(e_it < x_hi - x_lo, x_lo + e_it, y_lo + (e_it - (x_hi - x_lo)))"]
+        full = " | ".join(f"(({idx} >= f_lo{k}) & ({idx} < f_hi{k}))" for k in ids)
+        body = pos + [keep, f"keep = keep | ({full})  # a full tile: no pair masked"] + [call]
+        return out + _indent(body, 4)
 
     def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
                    masked_call: str, query_major_loop: bool) -> list:
@@ -353,6 +386,13 @@ class _Emitter:
         same query tiles (fusable), continued in the same program after p's walk (one online
         softmax, no float32 state between launches, Q loaded once)."""
         loops = self.fwd_loops(mask_name, p)
+        flat = None if more else self.flat_fwd_loop(mask_name, p)
+        self.flat_ok[name] = flat is not None
+        if flat is not None:  # the tile ranges are worked out once, above both walks
+            descs, walk = flat[:3], flat[3:]
+            k = next((x for x, (a, b) in enumerate(zip(loops, walk)) if a != b), min(len(loops), len(walk)))
+            loops = (loops[:k] + ["if WS:  # one warp-specialised loop (PATTERNC_CONFIG=ws=1; experimental)"]
+                     + _indent(descs + walk[k:], 4) + ["else:"] + _indent(loops[k:], 4))
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
             loops += self.space_lengths(mp.space)
@@ -364,7 +404,7 @@ class _Emitter:
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        QTMA: tl.constexpr):",
+            "        QTMA: tl.constexpr, WS: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
             '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
             '\n    O may be OI, or the final output in the input dtype)."""',
@@ -372,7 +412,7 @@ class _Emitter:
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
+        ] + self.fwd_q_load(p, flat is not None) + [
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
@@ -395,6 +435,39 @@ class _Emitter:
             "tl.store(lse_base + i_out, lse, mask=row_ok)",
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
+
+    def fwd_q_load(self, p: Pass, flat: bool) -> list:
+        """The query tile's load; under WS through a descriptor made in the kernel (a pointer load
+        anywhere in the kernel makes Triton 3.6's warp specialisation pass fail)."""
+        plain = f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})"
+        if not flat:
+            return [plain]
+        return ["if WS:  # Q through a descriptor made here too",
+                "    qd = tl.make_tensor_descriptor(Q, shape=[tl.num_programs(1) // HC, HTOT, n, D], "
+                "strides=[sq0, sq1, sq2, 1], block_shape=[1, 1, BM, BD])",
+                "    q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, True)",
+                "else:",
+                "    " + plain]
+
+    def flat_fwd_loop(self, mask_name: str, p: Pass) -> Optional[list]:
+        """The forward's walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None.
+
+        Triton 3.6 specialises warps on Hopper (a producer warp group issuing the TMA loads,
+        two consumer groups computing) only in a kernel whose one loop has no branch inside and
+        loads through descriptors made in the kernel (benchmarks/NOTES.md, v6).  So: K and V
+        through descriptors made here, one loop over the union of at most two terms' tiles, the
+        mask computed on every tile.  Experimental: not yet measured on a GPU."""
+        if not p.first or self.tma(p, "k") != "TMA" or self.qtma(p) != "QTMA":
+            return None  # a seeded later pass reads its state by pointers; both sides contiguous
+        call = ("acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, "
+                "j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
+        walk = self.loops(p, "q", mask_name, call, call, bool(heavy_spans(p, "q")), flat=True)
+        if walk is None:
+            return None
+        desc = ("tl.make_tensor_descriptor({t}, shape=[tl.num_programs(1) // HC, HTOT // GROUP, n, D], "
+                "strides=[{s}0, {s}1, {s}2, 1], block_shape=[1, 1, BN, BD])")
+        return (["# K and V descriptors made in the kernel: the warp specialisation pass needs them",
+                 "kd = " + desc.format(t="K", s="sk"), "vd = " + desc.format(t="V", s="sv")] + walk)
 
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
         return self.query_loops(
@@ -620,7 +693,7 @@ def emit(pattern: Pattern) -> str:
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
             fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
             tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
-            descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
+            descs.append("{" + f"'fwd': {fwd}, 'ws': {e.flat_ok.get(fwd, False)}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
                          + e.space_lambdas(p, tma_fwd) + "}")
         case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function

@@ -19,8 +19,8 @@
 #                                             # short calls at D = 64 with and without direct launches
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call (also with the backward
 #                                             # on the calling thread), kernel times, profile
-#   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
-#                                             # (device-made descriptors, 4 warps) against the generated module?
+#   bash benchmarks/gpu_session.sh ws         # warp specialization: GPU test of ws=1, the one-loop probe kernel
+#                                             # against the module, and the module's forward with ws=0/1
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
@@ -83,7 +83,13 @@ case "${1:-}" in
              done ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
-    ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
+    ws)      (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n 2 -p no:cacheprovider -rf \
+                 -k "warp_specialised" 2>&1 | tail -5 | tee "$OUT/gpu-tests-ws.txt")
+             timeout 200 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt"
+             for n in 16384 65536; do
+                 timeout 150 python3 benchmarks/sweep.py --n $n --patterns local,causal_local,streaming,prefix_lm,causal \
+                     --fwd "ws=0" "ws=1" "ws=1,num_stages=2" "ws=1,BN=128,num_stages=2" --out "$OUT/sweep-ws-$n.jsonl"
+             done ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
