@@ -47,6 +47,16 @@ QUERY_MAJOR_BASES = [
 ]
 
 
+def _either(loops: list, flat: list, ws_first: tuple = (), plain_first: tuple = ()) -> list:
+    """`if WS:` the flat walk (its three descriptor lines first) `else:` the usual loops, with the
+    tile ranges both compute written once above them; `ws_first` / `plain_first`: lines that
+    open each branch."""
+    descs, walk = flat[:3], flat[3:]
+    k = next((x for x, (a, b) in enumerate(zip(loops, walk)) if a != b), min(len(loops), len(walk)))
+    return (loops[:k] + ["if WS:  # one warp-specialised loop (PATTERNC_CONFIG=ws=1; experimental)"]
+            + _indent(list(ws_first) + descs + walk[k:], 4) + ["else:"] + _indent(list(plain_first) + loops[k:], 4))
+
+
 class _Emitter:
     def __init__(self, pattern: Pattern):
         self.pattern = pattern
@@ -388,11 +398,8 @@ class _Emitter:
         loops = self.fwd_loops(mask_name, p)
         flat = None if more else self.flat_fwd_loop(mask_name, p)
         self.flat_ok[name] = flat is not None
-        if flat is not None:  # the tile ranges are worked out once, above both walks
-            descs, walk = flat[:3], flat[3:]
-            k = next((x for x, (a, b) in enumerate(zip(loops, walk)) if a != b), min(len(loops), len(walk)))
-            loops = (loops[:k] + ["if WS:  # one warp-specialised loop (PATTERNC_CONFIG=ws=1; experimental)"]
-                     + _indent(descs + walk[k:], 4) + ["else:"] + _indent(loops[k:], 4))
+        if flat is not None:
+            loops = _either(loops, flat)
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
             loops += self.space_lengths(mp.space)
@@ -450,17 +457,20 @@ class _Emitter:
                 "    " + plain]
 
     def flat_fwd_loop(self, mask_name: str, p: Pass) -> Optional[list]:
-        """The forward's walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None.
+        """The forward's walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None."""
+        return self.flat_walk(mask_name, p, "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, k_base, "
+                              "v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
+
+    def flat_walk(self, mask_name: str, p: Pass, call: str) -> Optional[list]:
+        """A query-major walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None.
 
         Triton 3.6 specialises warps on Hopper (a producer warp group issuing the TMA loads,
-        two consumer groups computing) only in a kernel whose one loop has no branch inside and
-        loads through descriptors made in the kernel (benchmarks/NOTES.md, v6).  So: K and V
-        through descriptors made here, one loop over the union of at most two terms' tiles, the
-        mask computed on every tile.  Experimental: not yet measured on a GPU."""
+        two consumer groups computing) only in a kernel whose one loop has no branch inside,
+        with no pointer load anywhere and descriptors made in the kernel (benchmarks/NOTES.md,
+        v6).  So: K and V through descriptors made here, one loop over the union of at most two
+        terms' tiles, the mask computed on every tile.  Experimental: not yet measured on a GPU."""
         if not p.first or self.tma(p, "k") != "TMA" or self.qtma(p) != "QTMA":
             return None  # a seeded later pass reads its state by pointers; both sides contiguous
-        call = ("acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, "
-                "j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
         walk = self.loops(p, "q", mask_name, call, call, bool(heavy_spans(p, "q")), flat=True)
         if walk is None:
             return None
@@ -480,6 +490,9 @@ class _Emitter:
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
+        flat = self.flat_walk(mask_name, p, "dq = _dq_tile(dq, q, do, lse2, delta, kd, vd, z, hk, b0, k_base, "
+                              "v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
+        self.flat_ok[name] = flat is not None
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),
@@ -488,7 +501,7 @@ class _Emitter:
             "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
             "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, WS: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
             '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
             '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
@@ -497,6 +510,8 @@ class _Emitter:
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
+        ]
+        loads = [
             f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             f"do = _tile_rows(DOD, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if PRO != 0:",
@@ -509,8 +524,26 @@ class _Emitter:
             "else:",
             "    lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
             "    delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
-            "dq = tl.zeros([BM, BD], dtype=tl.float32)",
         ]
+        if flat is None:
+            body += loads + ["dq = tl.zeros([BM, BD], dtype=tl.float32)"]
+        else:  # (the loads move into the branches: under WS every one goes through a descriptor)
+            rows = "[tl.num_programs(1) // HC, HTOT, n, D]"
+            vec = "[(tl.num_programs(1) // HC) * HTOT * n]"
+            ws_loads = [
+                f"qd = tl.make_tensor_descriptor(Q, shape={rows}, strides=[sq0, sq1, sq2, 1], block_shape=[1, 1, BM, BD])",
+                f"dod = tl.make_tensor_descriptor(DO, shape={rows}, strides=[sdo0, sdo1, sdo2, 1], "
+                "block_shape=[1, 1, BM, BD])",
+                "q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, True)",
+                "do = _tile_rows(dod, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, True)",
+                "# the rows' lse (log2 units) and delta, written by the prologue kernel (PRO is 0 under WS)",
+                f"lse2d = tl.make_tensor_descriptor(LSE2, shape={vec}, strides=[1], block_shape=[BM])",
+                f"deltad = tl.make_tensor_descriptor(DELTA, shape={vec}, strides=[1], block_shape=[BM])",
+                "lse2 = lse2d.load([(row_base + a0).to(tl.int32)])",
+                "delta = deltad.load([(row_base + a0).to(tl.int32)])",
+            ]
+            body += ["dq = tl.zeros([BM, BD], dtype=tl.float32)"]
+            loops = _either(loops, flat, ws_loads, loads)
         tail = self.out_rows(p, "q", "i", "BM") + [
             "dq_ptrs = dq_base + i_out.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
             "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
@@ -693,7 +726,8 @@ def emit(pattern: Pattern) -> str:
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
             fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
             tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
-            descs.append("{" + f"'fwd': {fwd}, 'ws': {e.flat_ok.get(fwd, False)}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
+            descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
+                         + f"'ws': {e.flat_ok.get(fwd, False)}, 'ws_dq': {e.flat_ok[f'_dq_{tag}']}, "
                          + e.space_lambdas(p, tma_fwd) + "}")
         case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
