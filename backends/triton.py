@@ -47,6 +47,13 @@ QUERY_MAJOR_BASES = [
 ]
 
 
+def _kernel_desc(t: str, s: str, heads: str, rows: str) -> str:
+    """A TMA descriptor made in the kernel over tensor `t` (B, heads, n, D) with strides `s`0..3
+    (the last one 1), for blocks of `rows` x BD: what warp specialisation needs (WS)."""
+    return (f"tl.make_tensor_descriptor({t}, shape=[tl.num_programs(1) // HC, {heads}, n, D], "
+            f"strides=[{s}0, {s}1, {s}2, 1], block_shape=[1, 1, {rows}, BD])")
+
+
 def _either(loops: list, flat: list, ws_first: tuple = (), plain_first: tuple = ()) -> list:
     """`if WS:` the flat walk (its three descriptor lines first) `else:` the usual loops, with the
     tile ranges both compute written once above them; `ws_first` / `plain_first`: lines that
@@ -120,17 +127,16 @@ class _Emitter:
             spans.append((ti, tr))
         keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
                 f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
+        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
+               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         if flat:
-            if window or randoms or not 1 <= len(spans) <= 2:
+            if not q or window or randoms or not 1 <= len(spans) <= 2:
                 return None
-            return out + self._flat_walk([ti for ti, _ in spans], idx, keep, masked_call,
-                                         ["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")])
+            return out + self._flat_walk([ti for ti, _ in spans], idx, keep, masked_call, pos)
         if window and spans:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
                 out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
-        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
-               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         full_body = pos + [full_call]
         masked_body = pos + [keep, masked_call]
         if len(spans) == 1 and spans[0][0] in never_full:
@@ -398,8 +404,12 @@ class _Emitter:
         loops = self.fwd_loops(mask_name, p)
         flat = None if more else self.flat_fwd_loop(mask_name, p)
         self.flat_ok[name] = flat is not None
-        if flat is not None:
-            loops = _either(loops, flat)
+        q_load = [f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})"]
+        if flat is not None:  # (the Q load moves into the branches: under WS through a descriptor)
+            loops = _either(loops, flat, ["qd = " + _kernel_desc("Q", "sq", "HTOT", "BM"),
+                                          "q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, "
+                                          "WIDEN, True)"], q_load)
+            q_load = []
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
             loops += self.space_lengths(mp.space)
@@ -419,7 +429,7 @@ class _Emitter:
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-        ] + self.fwd_q_load(p, flat is not None) + [
+        ] + q_load + [
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
@@ -443,19 +453,6 @@ class _Emitter:
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
-    def fwd_q_load(self, p: Pass, flat: bool) -> list:
-        """The query tile's load; under WS through a descriptor made in the kernel (a pointer load
-        anywhere in the kernel makes Triton 3.6's warp specialisation pass fail)."""
-        plain = f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})"
-        if not flat:
-            return [plain]
-        return ["if WS:  # Q through a descriptor made here too",
-                "    qd = tl.make_tensor_descriptor(Q, shape=[tl.num_programs(1) // HC, HTOT, n, D], "
-                "strides=[sq0, sq1, sq2, 1], block_shape=[1, 1, BM, BD])",
-                "    q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, True)",
-                "else:",
-                "    " + plain]
-
     def flat_fwd_loop(self, mask_name: str, p: Pass) -> Optional[list]:
         """The forward's walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None."""
         return self.flat_walk(mask_name, p, "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, k_base, "
@@ -474,10 +471,9 @@ class _Emitter:
         walk = self.loops(p, "q", mask_name, call, call, bool(heavy_spans(p, "q")), flat=True)
         if walk is None:
             return None
-        desc = ("tl.make_tensor_descriptor({t}, shape=[tl.num_programs(1) // HC, HTOT // GROUP, n, D], "
-                "strides=[{s}0, {s}1, {s}2, 1], block_shape=[1, 1, BN, BD])")
         return (["# K and V descriptors made in the kernel: the warp specialisation pass needs them",
-                 "kd = " + desc.format(t="K", s="sk"), "vd = " + desc.format(t="V", s="sv")] + walk)
+                 "kd = " + _kernel_desc("K", "sk", "HTOT // GROUP", "BN"),
+                 "vd = " + _kernel_desc("V", "sv", "HTOT // GROUP", "BN")] + walk)
 
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
         return self.query_loops(
@@ -528,12 +524,10 @@ class _Emitter:
         if flat is None:
             body += loads + ["dq = tl.zeros([BM, BD], dtype=tl.float32)"]
         else:  # (the loads move into the branches: under WS every one goes through a descriptor)
-            rows = "[tl.num_programs(1) // HC, HTOT, n, D]"
             vec = "[(tl.num_programs(1) // HC) * HTOT * n]"
             ws_loads = [
-                f"qd = tl.make_tensor_descriptor(Q, shape={rows}, strides=[sq0, sq1, sq2, 1], block_shape=[1, 1, BM, BD])",
-                f"dod = tl.make_tensor_descriptor(DO, shape={rows}, strides=[sdo0, sdo1, sdo2, 1], "
-                "block_shape=[1, 1, BM, BD])",
+                "qd = " + _kernel_desc("Q", "sq", "HTOT", "BM"),
+                "dod = " + _kernel_desc("DO", "sdo", "HTOT", "BM"),
                 "q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, True)",
                 "do = _tile_rows(dod, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, True)",
                 "# the rows' lse (log2 units) and delta, written by the prologue kernel (PRO is 0 under WS)",
