@@ -47,30 +47,12 @@ QUERY_MAJOR_BASES = [
 ]
 
 
-def _kernel_desc(t: str, s: str, heads: str, rows: str) -> str:
-    """A TMA descriptor made in the kernel over tensor `t` (B, heads, n, D) with strides `s`0..3
-    (the last one 1), for blocks of `rows` x BD: what warp specialisation needs (WS)."""
-    return (f"tl.make_tensor_descriptor({t}, shape=[tl.num_programs(1) // HC, {heads}, n, D], "
-            f"strides=[{s}0, {s}1, {s}2, 1], block_shape=[1, 1, {rows}, BD])")
-
-
-def _either(loops: list, flat: list, ws_first: tuple = (), plain_first: tuple = ()) -> list:
-    """`if WS:` the flat walk (its three descriptor lines first) `else:` the usual loops, with the
-    tile ranges both compute written once above them; `ws_first` / `plain_first`: lines that
-    open each branch."""
-    descs, walk = flat[:3], flat[3:]
-    k = next((x for x, (a, b) in enumerate(zip(loops, walk)) if a != b), min(len(loops), len(walk)))
-    return (loops[:k] + ["if WS:  # one warp-specialised loop (PATTERNC_CONFIG=ws=1; experimental)"]
-            + _indent(list(ws_first) + descs + walk[k:], 4) + ["else:"] + _indent(list(plain_first) + loops[k:], 4))
-
-
 class _Emitter:
     def __init__(self, pattern: Pattern):
         self.pattern = pattern
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
-        self.flat_ok: dict = {}  # forward kernel name -> has the warp-specialised walk (WS)
 
     # ---- masks ---------------------------------------------------------------------------
     def mask_fn(self, name: str, expr) -> list:
@@ -91,13 +73,10 @@ class _Emitter:
                           call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")))
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
-              window: bool = False, flat: bool = False) -> Optional[list]:
+              window: bool = False) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
-        `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
-        `flat`: one loop over the union of at most two terms' tiles, every tile through
-        `masked_call` with full tiles' masks forced open -- or None where the plan has more
-        (see flat_fwd_loop)."""
+        `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles)."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -125,18 +104,14 @@ class _Emitter:
                 out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
                            f"f_lo{ti})")
             spans.append((ti, tr))
-        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
-                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
-        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
-               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
-        if flat:
-            if not q or window or randoms or not 1 <= len(spans) <= 2:
-                return None
-            return out + self._flat_walk([ti for ti, _ in spans], idx, keep, masked_call, pos)
         if window and spans:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
                 out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
+        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
+                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
+        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
+               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         full_body = pos + [full_call]
         masked_body = pos + [keep, masked_call]
         if len(spans) == 1 and spans[0][0] in never_full:
@@ -231,30 +206,6 @@ class _Emitter:
                         f"tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})):"]
                 out += _indent(body, 12)
         return out
-
-    @staticmethod
-    def _flat_walk(ids: list, idx: str, keep: str, call: str, pos: list) -> list:
-        """One loop over the union of one or two terms' tile ranges [v_lo, v_hi): the range that
-        starts first, then the other's tiles past it; a tile certified full by either term has
-        its mask forced open (a select, not a branch, so the loop stays specialisable)."""
-        if len(ids) == 1:
-            a, = ids
-            out = [f"walk = v_hi{a} - v_lo{a}",
-                   "for e_it in tl.range(0, walk, warp_specialize=True):  # every tile of this query tile",
-                   f"    {idx} = v_lo{a} + e_it"]
-        else:
-            a, b = ids
-            out = [f"a_first = v_lo{a} <= v_lo{b}  # (an empty range has v_hi == v_lo)",
-                   f"x_lo = tl.where(a_first, v_lo{a}, v_lo{b})",
-                   f"x_hi = tl.where(a_first, v_hi{a}, v_hi{b})",
-                   f"y_lo = tl.maximum(tl.where(a_first, v_lo{b}, v_lo{a}), x_hi)  # the other's tiles past it",
-                   f"y_hi = tl.where(a_first, v_hi{b}, v_hi{a})",
-                   "walk = (x_hi - x_lo) + tl.maximum(y_hi - y_lo, 0)",
-                   "for e_it in tl.range(0, walk, warp_specialize=True):  # every tile of this query tile",
-                   f"    {idx} = tl.where(e_it < x_hi - x_lo, x_lo + e_it, y_lo + (e_it - (x_hi - x_lo)))"]
-        full = " | ".join(f"(({idx} >= f_lo{k}) & ({idx} < f_hi{k}))" for k in ids)
-        body = pos + [keep, f"keep = keep | ({full})  # a full tile: no pair masked"] + [call]
-        return out + _indent(body, 4)
 
     def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
                    masked_call: str, query_major_loop: bool) -> list:
@@ -402,14 +353,6 @@ class _Emitter:
         same query tiles (fusable), continued in the same program after p's walk (one online
         softmax, no float32 state between launches, Q loaded once)."""
         loops = self.fwd_loops(mask_name, p)
-        flat = None if more else self.flat_fwd_loop(mask_name, p)
-        self.flat_ok[name] = flat is not None
-        q_load = [f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})"]
-        if flat is not None:  # (the Q load moves into the branches: under WS through a descriptor)
-            loops = _either(loops, flat, ["qd = " + _kernel_desc("Q", "sq", "HTOT", "BM"),
-                                          "q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, "
-                                          "WIDEN, True)"], q_load)
-            q_load = []
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
             loops += self.space_lengths(mp.space)
@@ -421,7 +364,7 @@ class _Emitter:
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        QTMA: tl.constexpr, WS: tl.constexpr):",
+            "        QTMA: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
             '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
             '\n    O may be OI, or the final output in the input dtype)."""',
@@ -429,7 +372,7 @@ class _Emitter:
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-        ] + q_load + [
+            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
@@ -453,28 +396,6 @@ class _Emitter:
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
-    def flat_fwd_loop(self, mask_name: str, p: Pass) -> Optional[list]:
-        """The forward's walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None."""
-        return self.flat_walk(mask_name, p, "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, k_base, "
-                              "v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
-
-    def flat_walk(self, mask_name: str, p: Pass, call: str) -> Optional[list]:
-        """A query-major walk as one warp-specialised loop (PATTERNC_CONFIG=ws=1), or None.
-
-        Triton 3.6 specialises warps on Hopper (a producer warp group issuing the TMA loads,
-        two consumer groups computing) only in a kernel whose one loop has no branch inside,
-        with no pointer load anywhere and descriptors made in the kernel (benchmarks/NOTES.md,
-        v6).  So: K and V through descriptors made here, one loop over the union of at most two
-        terms' tiles, the mask computed on every tile.  Experimental: not yet measured on a GPU."""
-        if not p.first or self.tma(p, "k") != "TMA" or self.qtma(p) != "QTMA":
-            return None  # a seeded later pass reads its state by pointers; both sides contiguous
-        walk = self.loops(p, "q", mask_name, call, call, bool(heavy_spans(p, "q")), flat=True)
-        if walk is None:
-            return None
-        return (["# K and V descriptors made in the kernel: the warp specialisation pass needs them",
-                 "kd = " + _kernel_desc("K", "sk", "HTOT // GROUP", "BN"),
-                 "vd = " + _kernel_desc("V", "sv", "HTOT // GROUP", "BN")] + walk)
-
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
         return self.query_loops(
             p, mask_name,
@@ -486,9 +407,6 @@ class _Emitter:
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
-        flat = self.flat_walk(mask_name, p, "dq = _dq_tile(dq, q, do, lse2, delta, kd, vd, z, hk, b0, k_base, "
-                              "v_base, sk2, sk3, sv2, sv3, j, keep, n, qk_scale, offs_d, D, True, PREC, WIDEN, True)")
-        self.flat_ok[name] = flat is not None
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),
@@ -497,7 +415,7 @@ class _Emitter:
             "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
             "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, WS: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
             '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
             '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
@@ -506,8 +424,6 @@ class _Emitter:
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
-        ]
-        loads = [
             f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             f"do = _tile_rows(DOD, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if PRO != 0:",
@@ -520,24 +436,8 @@ class _Emitter:
             "else:",
             "    lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
             "    delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
+            "dq = tl.zeros([BM, BD], dtype=tl.float32)",
         ]
-        if flat is None:
-            body += loads + ["dq = tl.zeros([BM, BD], dtype=tl.float32)"]
-        else:  # (the loads move into the branches: under WS every one goes through a descriptor)
-            vec = "[(tl.num_programs(1) // HC) * HTOT * n]"
-            ws_loads = [
-                "qd = " + _kernel_desc("Q", "sq", "HTOT", "BM"),
-                "dod = " + _kernel_desc("DO", "sdo", "HTOT", "BM"),
-                "q = _tile_rows(qd, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, True)",
-                "do = _tile_rows(dod, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, True)",
-                "# the rows' lse (log2 units) and delta, written by the prologue kernel (PRO is 0 under WS)",
-                f"lse2d = tl.make_tensor_descriptor(LSE2, shape={vec}, strides=[1], block_shape=[BM])",
-                f"deltad = tl.make_tensor_descriptor(DELTA, shape={vec}, strides=[1], block_shape=[BM])",
-                "lse2 = lse2d.load([(row_base + a0).to(tl.int32)])",
-                "delta = deltad.load([(row_base + a0).to(tl.int32)])",
-            ]
-            body += ["dq = tl.zeros([BM, BD], dtype=tl.float32)"]
-            loops = _either(loops, flat, ws_loads, loads)
         tail = self.out_rows(p, "q", "i", "BM") + [
             "dq_ptrs = dq_base + i_out.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
             "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
@@ -721,7 +621,6 @@ def emit(pattern: Pattern) -> str:
             fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
             tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
             descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
-                         + f"'ws': {e.flat_ok.get(fwd, False)}, 'ws_dq': {e.flat_ok[f'_dq_{tag}']}, "
                          + e.space_lambdas(p, tma_fwd) + "}")
         case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function

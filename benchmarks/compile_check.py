@@ -56,8 +56,7 @@ def _sig(value) -> tuple:
 
 
 def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
-    """Compile one intercepted launch for the target: (seconds taken, shared memory bytes,
-    whether Triton split it into warp groups)."""
+    """Compile one intercepted launch for the target: (seconds taken, shared memory bytes)."""
     jit = fn
     names = jit.arg_names
     kw["WIDEN"] = False  # set for bf16 on CPU tensors: an interpreter-only widening
@@ -81,9 +80,7 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
     src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=target, options=options)
-    # did Triton split the kernel into producer and consumer warp groups (PATTERNC_CONFIG=ws=1)?
-    specialised = "ttg.warp_specialize" in compiled.asm.get("ttgir", "")
-    return time.perf_counter() - t0, compiled.metadata.shared, specialised
+    return time.perf_counter() - t0, compiled.metadata.shared
 
 
 def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True) -> list:
@@ -110,7 +107,7 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
                         label = self.label + (" (atomic dq)" if kw.get("FUSED") else "")
                         results.append((label, *compile_launch(self.real, args, dict(kw), target), None))
                     except Exception as e:  # report and go on: the point is the list
-                        results.append((self.label, None, None, False, f"{type(e).__name__}: "
+                        results.append((self.label, None, None, f"{type(e).__name__}: "
                                         + str(e).strip().splitlines()[-1][:300]))
             return launch
 
@@ -156,11 +153,9 @@ def main() -> int:
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
     for path in files:
-        for name, t, smem, ws, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
+        for name, t, smem, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
             print(f"{os.path.basename(path):22s} {name:22s} "
                   + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
-            if ws:
-                print(f"{os.path.basename(path):22s} {name:22s} warp-specialised", flush=True)
             failed += err is not None
     return 1 if failed else 0
 

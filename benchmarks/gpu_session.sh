@@ -19,16 +19,15 @@
 #                                             # short calls at D = 64 with and without direct launches
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call (also with the backward
 #                                             # on the calling thread), kernel times, profile
-#   bash benchmarks/gpu_session.sh ws         # warp specialization: GPU test of ws=1, the one-loop probe kernel
-#                                             # against the module (forward)
-#   bash benchmarks/gpu_session.sh wsweep     # the module's forward and backward with ws=0/1, n = 16384 and 65536
+#   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
+#                                             # (device-made descriptors, 4 warps) against the generated module?
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|wsweep) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|wsweep" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -84,14 +83,7 @@ case "${1:-}" in
              done ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
-    ws)      (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n 2 -p no:cacheprovider -rf \
-                 -k "warp_specialised" 2>&1 | tail -5 | tee "$OUT/gpu-tests-ws.txt")
-             timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
-    wsweep)  for n in 16384 65536; do
-                 timeout 270 python3 benchmarks/sweep.py --n $n --patterns local,causal_local,streaming,prefix_lm,causal \
-                     --fwd "ws=0" "ws=1" "ws=1,num_stages=2" "ws=1,BN=128,num_stages=2" \
-                     --bwd "ws=0" "ws=1" "ws=1,DQ_BM=64" --out "$OUT/sweep-ws-$n.jsonl"
-             done ;;
+    ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -186,15 +186,3 @@ def test_repeated_calls_launch_compiled_kernels_directly(name, mode, monkeypatch
     finally:
         triton.knobs.runtime.launch_enter_hook.remove(hook)
     assert seen
-
-
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("name", ["local", "causal_local", "streaming", "prefix_lm", "causal"])
-def test_warp_specialised_forward_and_dq_on_gpu(name, D, monkeypatch):
-    """PATTERNC_CONFIG=ws=1 (experimental): the one-loop forward and dq, warp-specialised on
-    Hopper, with descriptors made in the kernel (scratch from the allocator the module sets);
-    n = 4100: ragged against the tiles, a multiple of 4 as dq's walk needs."""
-    monkeypatch.setenv("PATTERNC_CONFIG", "ws=1")
-    p, mod = module(name)
-    res = check_module(mod, p, 4100, D=D, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
-    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res

@@ -246,55 +246,7 @@ def test_one_interval_kernels_have_one_masked_loop_and_one_full_loop():
     for name in ("_fwd_p0", "_dq_p0", "_dkdv_p0"):
         k = kernels[name]
         assert k.count("# partial tiles, both sides") == 1 and k.count("# full tiles\n") == 1, name
-        # one masked and one unmasked call of the tile body (+ the ws=1 walk's: forward and dq)
-        assert k.count("_tile(") == 2 + (name != "_dkdv_p0"), name
-        assert ("if WS:" in k) == (name != "_dkdv_p0"), name
-
-
-def _spy_ws(mod, monkeypatch) -> list:
-    """Record the WS flag of every forward launch."""
-    real, seen = mod._launcher, []
-
-    def spy(kernel, grid, site=None):
-        launch = real(kernel, grid, site)
-
-        def call(*args, **kw):
-            if "WS" in kw:
-                seen.append(kw["WS"])
-            return launch(*args, **kw)
-        return call
-    monkeypatch.setattr(mod, "_launcher", spy)
-    return seen
-
-
-@pytest.mark.parametrize("name, n, dtype", [
-    ("local", 60, torch.float32), ("causal", 60, torch.float32), ("wide_local", 100, torch.float32),
-    ("wide_band", 100, torch.float32), ("sink", 68, torch.float32), ("queries_keys", 60, torch.float32),
-    ("band_lo", 52, torch.float32), ("wide_causal_band", 100, torch.bfloat16), ("causal", 61, torch.float32)])
-def test_warp_specialised_walk_matches_float64(name, n, dtype, monkeypatch):
-    """PATTERNC_CONFIG=ws=1: forward and dq kernels of one or two interval terms walk all their
-    tiles in one loop (full tiles' masks forced open), with every load through a descriptor made
-    in the kernel -- the shape Triton's warp specialisation takes.  Same contract as the usual
-    walk, at ragged n (not a multiple of the 16-wide tiles) with empty leading ranges, sinks
-    before a window and a prefix block; GQA.  dq's walk needs n % 4 == 0 (its 1-D loads of
-    delta and lse2 start 16-byte aligned): at n = 61 only the forward takes it."""
-    monkeypatch.setenv("PATTERNC_CONFIG", "ws=1")
-    p, mod = module(PATTERNS[name])
-    seen = _spy_ws(mod, monkeypatch)
-    assert_close(check_module(mod, p, n, D=16 if dtype == torch.float32 else 32, H=4, HK=2, dtype=dtype), dtype)
-    assert seen == ([True, True] if n % 4 == 0 else [True, False]), seen  # forward, dq
-
-
-@pytest.mark.parametrize("name", ["longformer", "strided", "random"])
-def test_warp_specialised_walk_only_where_the_plan_allows(name, monkeypatch):
-    """Split global rows, a second pass seeded from the first, residue classes and random blocks
-    keep the usual walk under ws=1 (and stay right)."""
-    monkeypatch.setenv("PATTERNC_CONFIG", "ws=1")
-    p, mod = module(PATTERNS[name])
-    seen = _spy_ws(mod, monkeypatch)
-    assert_close(check_module(mod, p, 90 if name == "random" else 61, D=16, H=2, HK=1))
-    assert seen and not all(seen), seen
-    assert (True in seen) == (name == "strided")  # strided's first pass (tokens in order) may
+        assert k.count("_tile(") == 2, name  # one masked and one unmasked call of the tile body
 
 
 @pytest.mark.parametrize("src", ["local(256) | global(16)", "local(127) | global(128) | random(3, block=64)",
@@ -612,8 +564,7 @@ def test_tma_loads_only_where_positions_are_contiguous():
     assert any(line.rstrip().endswith("WIDEN, False)") for line in fwd_calls)  # the residue pass
     # a query-major kernel's own rows (Q, dO): through TMA in the in-order pass only
     rows = [line for line in text.splitlines() if line.strip().startswith(("q = _tile_rows", "do = _tile_rows"))
-            and "row_ok" in line and "_tile_rows(qd," not in line and "_tile_rows(dod," not in line]
-    # (the ws=1 branches' own descriptors aside)
+            and "row_ok" in line]
     assert len(rows) == 6 and sum(line.rstrip().endswith("WIDEN, QTMA)") for line in rows) == 3, rows
 
 
@@ -653,26 +604,6 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, tmp_path, monkeypatch):
         assert {"merge", "add"} <= kinds, r.stdout
     shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
     assert shared and max(shared) <= 227, r.stdout
-    assert "warp-specialised" not in r.stdout  # only with ws=1
-
-
-@pytest.mark.parametrize("name", ["causal", "sink"])
-def test_ws_kernels_are_warp_specialised_for_hopper(name, tmp_path, monkeypatch):
-    """With ws=1 the forward and dq kernels compiled for sm_90 really are split into producer and
-    consumer warp groups (Triton skips, or fails on, kernels with pointer loads or a second loop)."""
-    import subprocess
-    import sys
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    src = tmp_path / "p.attn"
-    src.write_text(f"pattern p = {PATTERNS[name]}\n")
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PATTERNC_CONFIG"] = "ws=1"
-    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", "128", "--n", "4096"],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    specialised = {" ".join(line.split()[1:2]) for line in r.stdout.splitlines() if line.endswith("warp-specialised")}
-    assert specialised == {"fwd", "dq"}, r.stdout  # (the key-major dk/dv kernel keeps its loops)
 
 
 def test_eager_path_matches_the_custom_op_bit_for_bit():
