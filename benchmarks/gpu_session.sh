@@ -19,6 +19,8 @@
 #                                             # short calls at D = 64 with and without direct launches
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call (also with the backward
 #                                             # on the calling thread), kernel times, profile
+#   bash benchmarks/gpu_session.sh v8         # after the one-loop backward of union plans (v7): every pattern at
+#                                             # D = 128 against Flex, then dk/dv tiles and dq stages of the union plans
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #
@@ -27,7 +29,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -84,6 +86,9 @@ case "${1:-}" in
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
     ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
+    v8)      timeout 330 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v8 | grep "^| "
+             timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns prefix_lm,streaming,longformer,bigbird \
+                 --bwd "fused_dq=0" "DKV_BN=64,dkv_warps=4" "dq_stages=2" "fused_dq=0" --out "$OUT/sweep-union-65536.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
