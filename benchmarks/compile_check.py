@@ -71,6 +71,9 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
             constexprs[name] = value
             continue
         ty, div16 = _sig(value)
+        if ty == "i32" and value == 1 and name not in getattr(jit, "do_not_specialize", ()) and \
+                i not in getattr(jit, "do_not_specialize", ()):
+            ty = "constexpr"  # Triton's launcher turns an int argument equal to 1 into a constant
         signature[name] = ty
         if ty == "constexpr":
             constexprs[name] = value
