@@ -88,7 +88,7 @@ case "${1:-}" in
     ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
     v8)      timeout 330 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v8 | grep "^| "
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns prefix_lm,streaming,longformer,bigbird \
-                 --bwd "fused_dq=0" "DKV_BN=64,dkv_warps=4" "dq_stages=2" "fused_dq=0" --out "$OUT/sweep-union-65536.jsonl" ;;
+                 --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "dq_stages=2" "pro_dq=1" --out "$OUT/sweep-union-65536.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -714,13 +714,14 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
 def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     """(key tile, warps) of the dk/dv kernel on the GPU, decided at compile time.
 
-    64-key tiles on 4 warps where they measured faster than 128 keys on 8 warps (H200, D = 128,
-    n = 16384 and 65536; benchmarks/NOTES.md, v4 and v5): plain bands -- one pass whose terms
-    are all windows, one- or two-sided, or causal (local -14%, causal window -15% at 65536,
-    causal -7%) -- and plans with block-diagonal or random terms (Sparse Transformer fixed -9 to
-    -12%, BigBird -6%).  A key tile's query walk then wastes fewer masked rows.  Everything with
-    global rows or columns, residue classes or sinks keeps 128 keys on 8 warps: strided (+30%),
-    prefix-LM (+19%), StreamingLLM (+9%), dilated (+4%) measured slower with 64."""
+    64-key tiles on 4 warps (2 programs per SM at D = 128: 97 KiB of shared memory) for plans of
+    one pass over tokens in order, and for plans with block-diagonal or random terms. Measured on
+    an H200 (D = 128, benchmarks/NOTES.md, v4 and v5): local -14%, causal window -15% at 65,536,
+    causal -7%, Sparse Transformer fixed -9 to -12%, BigBird -6%. Residue classes and several
+    passes keep 128 keys on 8 warps: strided +30%, dilated +4% with 64. Unions with sinks, global
+    rows or a prefix block measured slower with 64 in v5 (StreamingLLM +9%, prefix-LM +19%), but
+    then their walk's two tile loops doubled the shared memory (161 KiB: one program per SM);
+    with one loop (v7) they are plain one-pass plans: 96.5 KiB. Not yet re-measured."""
     from .errors import PatternError
 
     try:
@@ -732,6 +733,12 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     terms = [t for pl in plans for ps in pl.passes for t in ps.terms]
     if any(t.blocks or t.randoms for t in terms) and not any(t.diag for t in terms):
         return 64, 4
+    for pl in plans:
+        if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
+            return 128, 8
+        if any(t.diag or t.keymods or t.filters for t in pl.passes[0].terms):
+            return 128, 8
+    return 64, 4
     for pl in plans:
         if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
             return 128, 8
