@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in steps that each fit a 10-minute call on the shared GPU box.
 #
-#   bash benchmarks/gpu_session.sh tests      # pytest -m gpu, 4 workers (needs pytest-xdist)
+#   bash benchmarks/gpu_session.sh tests      # pytest -m gpu, 8 workers (needs pytest-xdist; the box has 16 cores)
 #   bash benchmarks/gpu_session.sh bench      # every pattern, n = 16384 and 65536, D = 128
 #   bash benchmarks/gpu_session.sh bench64    # every pattern, n = 16384 and 65536, D = 64
 #   bash benchmarks/gpu_session.sh scale      # Longformer at n = 2^20, then training every example
@@ -25,7 +25,7 @@
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
-# dependencies, hypothesis, pytest-xdist, execnet) are installed into /tmp/site first.
+# dependencies, hypothesis, pytest-xdist, execnet, pytest-timeout) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +36,11 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1
+# a test that hangs (a deadlocked kernel) fails by name after 240 s instead of eating the call
+PER_TEST=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 240")
 OUT=${OUT:-benchmarks/results}
 case "${1:-}" in
-    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf \
+    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n 8 -p no:cacheprovider -rf $PER_TEST \
                  2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)   timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128 ;;
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
