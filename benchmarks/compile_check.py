@@ -6,15 +6,21 @@ arguments turned into a Triton signature, and the kernel compiled for the target
 This catches kernels that the interpreter accepts but the GPU compiler rejects (before spending
 device time), measures compile time (most of a pattern's first call) and reports each kernel's
 shared memory (an H100/H200 SM has 228 KiB: two programs per SM need <= ~113 KiB each).
+With --regs, ptxas (shipped with Triton) also reports each kernel's registers per thread and
+the bytes it spills to local memory (255 registers and a spill: the tile is too big for its
+warps).
 
     python benchmarks/compile_check.py examples/bigbird.attn            # sm_90, bf16, D = 128
     python benchmarks/compile_check.py --all --arch 90 --d 64
+    PATTERNC_CONFIG=DKV_BM=32 python benchmarks/compile_check.py --regs examples/sliding_window.attn
 """
 from __future__ import annotations
 
 import argparse
 import glob
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +61,25 @@ def _sig(value) -> tuple:
     return "constexpr", False
 
 
-def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
-    """Compile one intercepted launch for the target: (seconds taken, shared memory bytes)."""
+def ptxas_usage(ptx: str, arch: int) -> str:
+    """'R regs, S B spilled' for one kernel's PTX, from `ptxas -v` (Triton's own ptxas)."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", src,
+                            "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", r.stderr)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr)
+    if not regs:
+        return "regs ?"
+    return f"{regs.group(1):>3s} regs, {spill.group(1) if spill else '?':>3s} B spilled"
+
+
+def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = False) -> tuple:
+    """Compile one intercepted launch for the target: (seconds taken, shared memory bytes,
+    registers and spills or None)."""
     jit = fn
     names = jit.arg_names
     kw["WIDEN"] = False  # set for bf16 on CPU tensors: an interpreter-only widening
@@ -83,10 +106,11 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget) -> tuple:
     src = ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs)
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=target, options=options)
-    return time.perf_counter() - t0, compiled.metadata.shared
+    seconds = time.perf_counter() - t0
+    return seconds, compiled.metadata.shared, ptxas_usage(compiled.asm["ptx"], target.arch) if regs else None
 
 
-def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True) -> list:
+def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
     user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
@@ -108,9 +132,9 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
                     seen.add(key)
                     try:
                         label = self.label + (" (atomic dq)" if kw.get("FUSED") else "")
-                        results.append((label, *compile_launch(self.real, args, dict(kw), target), None))
+                        results.append((label, *compile_launch(self.real, args, dict(kw), target, regs), None))
                     except Exception as e:  # report and go on: the point is the list
-                        results.append((self.label, None, None, f"{type(e).__name__}: "
+                        results.append((self.label, None, None, None, f"{type(e).__name__}: "
                                         + str(e).strip().splitlines()[-1][:300]))
             return launch
 
@@ -146,6 +170,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--fwd-only", action="store_true")
     ap.add_argument("--warm-cache", action="store_true", help="keep Triton's on-disk cache (default: a fresh one)")
+    ap.add_argument("--regs", action="store_true", help="also registers per thread and spilled bytes (ptxas -v)")
     args = ap.parse_args()
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     files = args.files or (sorted(glob.glob(os.path.join(here, "examples", "*.attn"))) if args.all else [])
@@ -156,8 +181,9 @@ def main() -> int:
     target = GPUTarget("cuda", args.arch, 32)
     failed = 0
     for path in files:
-        for name, t, smem, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only):
-            print(f"{os.path.basename(path):22s} {name:22s} "
+        for name, t, smem, usage, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only,
+                                               args.regs):
+            print(f"{os.path.basename(path):22s} {name:22s} " + (f"{usage}  " if usage else "")
                   + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
             failed += err is not None
     return 1 if failed else 0

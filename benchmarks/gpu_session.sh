@@ -20,7 +20,8 @@
 #   bash benchmarks/gpu_session.sh host       # forward + backward: host time per call (also with the backward
 #                                             # on the calling thread), kernel times, profile
 #   bash benchmarks/gpu_session.sh v8         # after the one-loop backward of union plans (v7): every pattern at
-#                                             # D = 128 against Flex, then dk/dv tiles and dq stages of the union plans
+#                                             # D = 128 against Flex, then dk/dv tiles and dq stages of the union plans,
+#                                             # and 32-query dk/dv tiles (no register spills) on seven patterns
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #
@@ -90,7 +91,10 @@ case "${1:-}" in
     ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
     v8)      timeout 330 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v8 | grep "^| "
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns prefix_lm,streaming,longformer,bigbird \
-                 --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "dq_stages=2" "pro_dq=1" --out "$OUT/sweep-union-65536.jsonl" ;;
+                 --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "dq_stages=2" "pro_dq=1" --out "$OUT/sweep-union-65536.jsonl"
+             # dk/dv tiles of 32 queries: no register spills (compile_check.py --regs; 64 queries spill 48-500 B)
+             timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns causal,local,causal_local,prefix_lm,bigbird,dilated,fixed \
+                 --bwd "pro_dq=1" "DKV_BM=32" "DKV_BM=32,dkv_stages=3" "pro_dq=1" --out "$OUT/sweep-dkv32-65536.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -597,7 +597,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch
     src.write_text(f"pattern p = {PATTERNS[name]}\n")
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", str(D), "--n", "4096"],
+    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", str(D), "--n", "4096", "--regs"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = {line.split()[1] for line in r.stdout.splitlines() if line.strip()}
@@ -608,6 +608,9 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch
         assert {"merge", "add"} <= kinds, r.stdout
     shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
     assert shared and max(shared) <= 227, r.stdout
+    # ptxas's register report for every kernel (the tool that found the dk/dv kernels' spills)
+    regs = [int(m) for m in re.findall(r"(\d+) regs, +\d+ B spilled", r.stdout)]
+    assert len(regs) == len(shared) and all(0 < x <= 255 for x in regs), r.stdout
 
 
 def test_eager_path_matches_the_custom_op_bit_for_bit():
