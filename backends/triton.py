@@ -57,6 +57,11 @@ QUERY_MAJOR_BASES = [
 class _Emitter:
     def __init__(self, pattern: Pattern):
         self.pattern = pattern
+        # the forward walks a union with one tile loop where its tiles are 64 rows: two loops'
+        # buffers (208 KiB at D = 128) held such a kernel to one 4-warp program per SM; one loop
+        # needs 112 KiB, two programs (sm_90 compile; NOTES.md, v7).  128-row tiles are one
+        # program per SM either way, and their full tiles keep the mask-free body.
+        self.fwd_one_loop = choose_forward_tiles(pattern)[0] == 64
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
@@ -163,11 +168,14 @@ class _Emitter:
                         f"    for {idx} in range(cur, seg):  # partial tiles"]
                 body += _indent(masked_body, 8)
             elif one_loop:
+                full_terms = [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids]
                 body = [f"if {inside}:",
-                        f"    full = {in_full}  # a run of full tiles, or of partial ones",
-                        f"    vis = {vis}",
-                        f"    seg = tl.where(full, {seg_full}, {nxt_full})",
-                        f"    for {idx} in range(cur, seg):"]
+                        "    # one loop for a run of full tiles or of partial ones (one set of buffers)",
+                        f"    full = {full_terms[0]}"]
+                body += [f"    full = full | ({x})" for x in full_terms[1:]]
+                body += [f"    vis = {vis}",
+                         f"    seg = tl.where(full, {seg_full}, {nxt_full})",
+                         f"    for {idx} in range(cur, seg):"]
                 body += _indent(pos + _open_mask(keep, q) + [masked_call], 8)
             else:
                 body = [f"if {inside}:",
@@ -424,7 +432,7 @@ class _Emitter:
         return self.query_loops(
             p, mask_name,
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})")
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop)
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
