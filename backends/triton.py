@@ -61,7 +61,8 @@ class _Emitter:
         # buffers (208 KiB at D = 128) held such a kernel to one 4-warp program per SM; one loop
         # needs 112 KiB, two programs (sm_90 compile; NOTES.md, v7).  128-row tiles are one
         # program per SM either way, and their full tiles keep the mask-free body.
-        self.fwd_one_loop = choose_forward_tiles(pattern)[0] == 64
+        self.fwd_tiles = choose_forward_tiles(pattern)
+        self.fwd_one_loop = self.fwd_tiles[0] == 64
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
@@ -155,7 +156,8 @@ class _Emitter:
             out.append("end = " + _nest("tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids]))
             out.append("while cur < end:")
             inside = " | ".join(f"((v_lo{k} <= cur) & (cur < v_hi{k}))" for k in ids)
-            in_full = " | ".join(f"((f_lo{k} <= cur) & (cur < f_hi{k}))" for k in ids)
+            full_terms = [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids]
+            in_full = " | ".join(f"({x})" for x in full_terms)
             seg_full = _nest("tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
                                             for k in ids])
             vis = _nest("tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
@@ -168,7 +170,6 @@ class _Emitter:
                         f"    for {idx} in range(cur, seg):  # partial tiles"]
                 body += _indent(masked_body, 8)
             elif one_loop:
-                full_terms = [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids]
                 body = [f"if {inside}:",
                         "    # one loop for a run of full tiles or of partial ones (one set of buffers)",
                         f"    full = {full_terms[0]}"]
@@ -676,7 +677,7 @@ def emit(pattern: Pattern) -> str:
         kernels=kernel_text,
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
-        fwd_tiles=repr(choose_forward_tiles(pattern)),
+        fwd_tiles=repr(e.fwd_tiles),
         dkv_tiles="DKV_BN={}, dkv_warps={}".format(*choose_dkdv_tiles(pattern)),
         fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",

@@ -739,14 +739,6 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
         if any(t.diag or t.keymods or t.filters for t in pl.passes[0].terms):
             return 128, 8
     return 64, 4
-    for pl in plans:
-        if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
-            return 128, 8
-        for t in pl.passes[0].terms:
-            if (t.lo is None and t.hi is None) or t.rows or t.cols or t.blocks or t.diag or t.keymods \
-                    or t.randoms or t.filters:
-                return 128, 8
-    return 64, 4
 
 
 # ---------------------------------------------------------------- full spans
