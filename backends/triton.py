@@ -678,7 +678,8 @@ def emit(pattern: Pattern) -> str:
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
         fwd_tiles=repr(e.fwd_tiles),
-        dkv_tiles="DKV_BN={}, dkv_warps={}".format(*choose_dkdv_tiles(pattern)),
+        bwd_tiles="{" + ", ".join("{}: dict(DQ_BM=128, DQ_BN=64, dq_warps=8, DKV_BM={}, DKV_BN={}, dkv_warps={})".format(
+            d, *choose_dkdv_tiles(pattern, D=d)) for d in (64, 128)) + "}",
         fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",
     )

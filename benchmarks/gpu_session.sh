@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in steps that each fit a 10-minute call on the shared GPU box.
 #
-#   bash benchmarks/gpu_session.sh tests      # pytest -m gpu, 8 workers (needs pytest-xdist; the box has 16 cores)
+#   bash benchmarks/gpu_session.sh tests      # pytest -m gpu, 4 workers (needs pytest-xdist; 8 ran out of GPU
+#                                             # memory in the float64 references at n = 16384)
 #   bash benchmarks/gpu_session.sh bench      # every pattern, n = 16384 and 65536, D = 128
 #   bash benchmarks/gpu_session.sh bench64    # every pattern, n = 16384 and 65536, D = 64
 #   bash benchmarks/gpu_session.sh scale      # Longformer at n = 2^20, then training every example
@@ -22,6 +23,9 @@
 #   bash benchmarks/gpu_session.sh v8         # after the one-loop backward of union plans (v7): every pattern at
 #                                             # D = 128 against Flex, then dk/dv tiles and dq stages of the union plans,
 #                                             # and 32-query dk/dv tiles (no register spills) on seven patterns
+#   bash benchmarks/gpu_session.sh v9         # after v8's 32-query dk/dv tiles for random blocks at D = 128: their
+#                                             # GPU tests, every pattern at D = 128, BigBird at D = 64; forward
+#                                             # stages and backward tiles of causal and prefix-LM
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #
@@ -30,7 +34,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -41,7 +45,7 @@ export PYTHONUNBUFFERED=1
 PER_TEST=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 240")
 OUT=${OUT:-benchmarks/results}
 case "${1:-}" in
-    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n 8 -p no:cacheprovider -rf $PER_TEST \
+    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf $PER_TEST \
                  2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)   timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128 ;;
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
@@ -95,6 +99,16 @@ case "${1:-}" in
              # dk/dv tiles of 32 queries: no register spills (compile_check.py --regs; 64 queries spill 48-500 B)
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns causal,local,causal_local,prefix_lm,bigbird,dilated,fixed \
                  --bwd "pro_dq=1" "DKV_BM=32" "DKV_BM=32,dkv_stages=3" "pro_dq=1" --out "$OUT/sweep-dkv32-65536.jsonl" ;;
+    v9)      (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf -k "bigbird" \
+                 2>&1 | tail -3 | tee "$OUT/gpu-tests-bigbird.txt")
+             timeout 300 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v9 | grep "^| "
+             timeout 60 python3 benchmarks/bench.py --n 16384 65536 --d 64 --patterns bigbird --out "$OUT" --tag d64-bigbird-v9 \
+                 | grep "^| "
+             timeout 120 python3 benchmarks/sweep.py --n 65536 --patterns causal,prefix_lm,streaming \
+                 --fwd "num_stages=3" "num_stages=4" "BN=64,num_warps=8,num_stages=4" "num_stages=3" --out "$OUT/sweep-fwd-v9.jsonl"
+             timeout 120 python3 benchmarks/sweep.py --n 65536 --patterns causal,prefix_lm \
+                 --bwd "pro_dq=1" "dkv_stages=3" "DQ_BM=64,dq_warps=4" "DKV_BM=128,dkv_warps=8" "dq_stages=4" "pro_dq=1" \
+                 --out "$OUT/sweep-bwd-v9.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

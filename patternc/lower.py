@@ -711,34 +711,37 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     return TILE_CHOICES[1]
 
 
-def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
-    """(key tile, warps) of the dk/dv kernel on the GPU, decided at compile time.
+def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple:
+    """(query tile, key tile, warps) of the dk/dv kernel on the GPU for head dim `D`, decided at
+    compile time.
 
     64-key tiles on 4 warps (2 programs per SM at D = 128: 97 KiB of shared memory) for plans of
     one pass over tokens in order, and for plans with block-diagonal or random terms. Measured on
-    an H200 (D = 128, benchmarks/NOTES.md, v4 and v5): local -14%, causal window -15% at 65,536,
-    causal -7%, Sparse Transformer fixed -9 to -12%, BigBird -6%. Residue classes and several
-    passes keep 128 keys on 8 warps: strided +30%, dilated +4% with 64. Unions with sinks, global
-    rows or a prefix block measured slower with 64 in v5 (StreamingLLM +9%, prefix-LM +19%), but
-    then their walk's two tile loops doubled the shared memory (161 KiB: one program per SM);
-    with one loop (v7) they are plain one-pass plans: 96.5 KiB. Not yet re-measured."""
+    an H200 (D = 128, benchmarks/NOTES.md, v4, v5, v8): local -14%, causal window -15% at 65,536,
+    causal -7%, Sparse Transformer fixed -9 to -12%; unions with sinks, global rows or a prefix
+    block, once their walk had one tile loop (v7), -4 to -16% against 128 keys on 8 warps.
+    Residue classes and several passes keep 128 keys on 8 warps: strided +30%, dilated +4%
+    with 64. Random blocks take 32-query tiles at D > 64: the dk/dv kernel also adds dq atomically there
+    (`atomic_dq`) and at 64 queries and D = 128 it spills registers; BigBird's backward -24%
+    (v8), while the other plans measured 3-16% slower with 32 (dilated 2% faster: kept at 64).
+    At D = 64 nothing spills and 64 queries win (BigBird -14%)."""
     from .errors import PatternError
 
     try:
         exprs = pattern.at(n)
     except PatternError:
-        return 128, 8
+        return 64, 128, 8
     exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
     plans = [plan(e) for e in exprs]
     terms = [t for pl in plans for ps in pl.passes for t in ps.terms]
     if any(t.blocks or t.randoms for t in terms) and not any(t.diag for t in terms):
-        return 64, 4
+        return (32 if D > 64 and any(t.randoms for t in terms) else 64), 64, 4
     for pl in plans:
         if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":
-            return 128, 8
+            return 64, 128, 8
         if any(t.diag or t.keymods or t.filters for t in pl.passes[0].terms):
-            return 128, 8
-    return 64, 4
+            return 64, 128, 8
+    return 64, 64, 4
 
 
 # ---------------------------------------------------------------- full spans

@@ -784,24 +784,26 @@ def test_launch_plans_follow_settings(monkeypatch):
 
 def test_dkdv_tiles_follow_the_window_shape():
     """64-key dk/dv tiles on 4 warps for one-pass plans over tokens in order (bands, unions with
-    globals, sinks or a prefix block) and for plans with block-diagonal or random terms; residue
-    classes and several passes keep 128 keys on 8 warps."""
+    globals, sinks or a prefix block) and for plans with block-diagonal or random terms, random
+    ones with 32-query tiles at D = 128; residue classes and several passes keep 128 keys on 8 warps."""
     import torch as _t
-    for src, tiles in (("local(256)", (64, 4)), ("band(-5, 50)", (64, 4)), ("local(n // 4)", (64, 4)),
-                       ("heads { 0..0: local(8), 1..1: local(100) }", (64, 4)),
-                       ("causal & local(256)", (64, 4)), ("causal", (64, 4)),
-                       ("heads { 0..0: local(8), 1..1: causal }", (64, 4)),
-                       ("causal & fixed(isqrt(n), 8)", (64, 4)),
-                       ("local(127) | global(128) | random(3, block=64)", (64, 4)),
-                       ("local(256) | global(16)", (64, 4)), ("causal & (sink(4) | local(1024))", (64, 4)),
-                       ("causal | (queries(0, 2048) & keys(0, 2048))", (64, 4)),
-                       ("heads { 0..0: local(8), 1..1: local(8) | global(2) }", (64, 4)),
-                       ("local(256, dilation=4)", (128, 8)),
-                       ("causal & (local(isqrt(n) - 1) | stride(isqrt(n)))", (128, 8)),
-                       ("heads { 0..0: local(8), 1..1: local(8, dilation=2) }", (128, 8))):
+    for src, tiles in (("local(256)", (64, 64, 4)), ("band(-5, 50)", (64, 64, 4)), ("local(n // 4)", (64, 64, 4)),
+                       ("heads { 0..0: local(8), 1..1: local(100) }", (64, 64, 4)),
+                       ("causal & local(256)", (64, 64, 4)), ("causal", (64, 64, 4)),
+                       ("heads { 0..0: local(8), 1..1: causal }", (64, 64, 4)),
+                       ("causal & fixed(isqrt(n), 8)", (64, 64, 4)),
+                       ("local(127) | global(128) | random(3, block=64)", (32, 64, 4)),
+                       ("local(256) | global(16)", (64, 64, 4)), ("causal & (sink(4) | local(1024))", (64, 64, 4)),
+                       ("causal | (queries(0, 2048) & keys(0, 2048))", (64, 64, 4)),
+                       ("heads { 0..0: local(8), 1..1: local(8) | global(2) }", (64, 64, 4)),
+                       ("local(256, dilation=4)", (64, 128, 8)),
+                       ("causal & (local(isqrt(n) - 1) | stride(isqrt(n)))", (64, 128, 8)),
+                       ("heads { 0..0: local(8), 1..1: local(8, dilation=2) }", (64, 128, 8))):
         p = patternc.parse(f"pattern p = {src}")
         assert lower.choose_dkdv_tiles(p) == tiles, src
         mod = patternc.load(p, backend="triton")
         mod._HOPPER[0] = True
         cfg = mod._tiles(128, _t.bfloat16, _t.device("cuda", 0), 16384)
-        assert (cfg["DKV_BN"], cfg["dkv_warps"]) == tiles, src
+        assert (cfg["DKV_BM"], cfg["DKV_BN"], cfg["dkv_warps"]) == tiles, src
+        cfg64 = mod._tiles(64, _t.bfloat16, _t.device("cuda", 0), 16384)  # nothing spills at D = 64
+        assert (cfg64["DKV_BM"], cfg64["DKV_BN"], cfg64["dkv_warps"]) == (64,) + tiles[1:], src
