@@ -9,6 +9,7 @@ runs the tile body without any mask arithmetic when a term proves the tile full.
 """
 from __future__ import annotations
 
+import os
 import string
 from typing import Optional
 from importlib import resources
@@ -17,6 +18,7 @@ from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
 from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_dkdv_tiles, choose_forward_tiles, \
+    choose_union_walks, \
     count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -24,6 +26,11 @@ from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 def _template() -> string.Template:
     text = resources.files("patternc.backends").joinpath("templates/triton_module.py.tmpl").read_text()
     return string.Template(text)
+
+
+# Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
+# what lower.choose_union_walks decides per kernel.
+UNION_WALK = os.environ.get("PATTERNC_UNION_WALK", "")
 
 
 def _open_mask(keep: str, query_major: bool) -> list:
@@ -63,6 +70,8 @@ class _Emitter:
         # program per SM either way, and their full tiles keep the mask-free body.
         self.fwd_tiles = choose_forward_tiles(pattern)
         self.fwd_one_loop = self.fwd_tiles[0] == 64
+        self.two_walks = choose_union_walks(pattern) if UNION_WALK not in ("one", "two") else \
+            dict.fromkeys(("fwd", "dq", "dkdv"), UNION_WALK == "two")
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
@@ -76,17 +85,18 @@ class _Emitter:
                 f"    return {body}", "", ""]
 
     # ---- query-major loops (forward and dq) ---------------------------------------------
-    def query_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False) -> list:
+    def query_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False,
+                    two_walks: bool = False) -> list:
         """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
         return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks)
 
-    def key_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False) -> list:
+    def key_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False, two_walks: bool = False) -> list:
         return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")), one_loop)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")), one_loop, two_walks)
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
-              window: bool = False, one_loop: bool = False) -> list:
+              window: bool = False, one_loop: bool = False, two_walks: bool = False) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
         `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
@@ -95,7 +105,9 @@ class _Emitter:
         is opened for full runs (`_open_mask`).  Triton gives every pipelined loop in a loop
         body its own shared buffers: two such loops double a kernel's shared memory (sm_90,
         D = 128: dq 164 -> 262 KiB, over an SM's 228; dk/dv 99 -> 198 KiB, one program per SM
-        instead of two)."""
+        instead of two).
+        `two_walks`: a union is walked twice instead, its full runs with the mask-free body, then
+        its partial tiles: one loop per walk, and walks one after the other share their buffers."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -152,7 +164,11 @@ class _Emitter:
             ids = [ti for ti, _ in spans]
             big = "2147483647"
             out.append("# walk the union of the terms' tile ranges as segments, each tile once")
-            out.append("cur = " + _nest("tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {big})" for k in ids]))
+            start = _nest("tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {big})" for k in ids])
+            if two_walks and not all(k in never_full for k in ids):
+                out.append(f"start = {start}")
+                start = "start"
+            out.append(f"cur = {start}")
             out.append("end = " + _nest("tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids]))
             out.append("while cur < end:")
             inside = " | ".join(f"((v_lo{k} <= cur) & (cur < v_hi{k}))" for k in ids)
@@ -169,6 +185,29 @@ class _Emitter:
                         f"    seg = {vis}",
                         f"    for {idx} in range(cur, seg):  # partial tiles"]
                 body += _indent(masked_body, 8)
+            elif two_walks:
+                # two walks, one pipelined loop each: the union's full runs (no mask), then its
+                # partial tiles (masked).  Sequential loops share their shared buffers, two loops
+                # inside one walk do not; and full tiles skip the mask's select and registers.
+                nxt_fstart = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
+                                                  for k in ids])
+                body = [f"if {in_full}:",
+                        f"    seg = {seg_full}",
+                        f"    for {idx} in range(cur, seg):  # full tiles"]
+                body += _indent(full_body, 8)
+                body += ["    cur = seg", "else:", f"    cur = {nxt_fstart}  # the next full run"]
+                out += _indent(body, 4)
+                out.append("cur = start  # then the partial tiles")
+                out.append("while cur < end:")
+                body = [f"if {inside}:",
+                        f"    if {in_full}:",
+                        f"        cur = {seg_full}  # walked above",
+                        "    else:",
+                        f"        vis = {vis}",
+                        f"        seg = {nxt_full}",
+                        f"        for {idx} in range(cur, seg):  # partial tiles"]
+                body += _indent(masked_body, 12)
+                body += ["        cur = seg"]
             elif one_loop:
                 body = [f"if {inside}:",
                         "    # one loop for a run of full tiles or of partial ones (one set of buffers)",
@@ -189,7 +228,9 @@ class _Emitter:
                          f"        seg = {nxt_full}",
                          f"        for {idx} in range(cur, seg):  # partial tiles"]
                 body += _indent(masked_body, 12)
-            body += ["    cur = seg", "else:", f"    cur = {nxt}  # jump the gap to the next range"]
+            if not two_walks or all(k in never_full for k in ids):
+                body += ["    cur = seg"]
+            body += ["else:", f"    cur = {nxt}  # jump the gap to the next range"]
             out += _indent(body, 4)
         for ti, t, tr in randoms:
             prev = [(k, tr2) for k, tr2 in spans] + [(k, tr2) for k, _, tr2 in randoms if k < ti]
@@ -433,13 +474,15 @@ class _Emitter:
         return self.query_loops(
             p, mask_name,
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop)
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop,
+            two_walks=self.two_walks["fwd"])
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True)
+            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True,
+            two_walks=self.two_walks["dq"])
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),
@@ -487,7 +530,7 @@ class _Emitter:
             "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
             "delta_base, dq_base, sdq2, sdq3, DQD, sm_scale, i, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, "
             f"WIDEN, {self.tma(p, 'q')}, FUSED, {'RED_TMA' if self.tma(p, 'q') == 'TMA' else 'False'})",
-            one_loop=True)
+            one_loop=True, two_walks=self.two_walks["dkdv"])
         ids, win = self.split_lines(p, "k")
         head = [
             self.jit(p, "k"),
@@ -698,6 +741,9 @@ def _wrap_long_lines(text: str, width: int = 100) -> str:
             out.append(line)
             continue
         code, comment = _split_comment(line)
+        if not code.strip():  # a comment-only line (aligned under code above): nothing to break
+            out.append(line)
+            continue
         indent = " " * (len(code) - len(code.lstrip()) + 8)
         pieces, start, depth, last = [], 0, 0, None
         for k, ch in enumerate(code):

@@ -744,6 +744,29 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
     return 64, 64, 4
 
 
+LONG_KEY_WALK = 64  # query tiles per 64-key tile from which the dk/dv kernel walks a union twice
+
+
+def choose_union_walks(pattern, n: int = REFERENCE_LENGTH) -> dict:
+    """Per kernel ("fwd", "dq", "dkdv"): whether a union of interval terms is walked twice, its
+    full runs with the mask-free tile body and then its partial tiles, rather than once with
+    the mask opened on full runs (or, for 128-row forwards, a full and a partial loop inside
+    one walk).  Measured on an H200 at n = 65,536, D = 128 (benchmarks/NOTES.md, v9), kernel
+    times two walks / one walk: dq 0.83-0.87 (prefix-LM, StreamingLLM, Longformer); dk/dv 0.91
+    on prefix-LM's long walks, 1.03-1.05 on the short ones (StreamingLLM, Longformer, BigBird);
+    forward 0.92 (Longformer, 64-row tiles) but 1.04 (prefix-LM, StreamingLLM, 128-row)."""
+    from .errors import PatternError
+
+    fwd64 = choose_forward_tiles(pattern, n)[0] == 64
+    try:
+        exprs = pattern.at(n)
+    except PatternError:
+        return {"fwd": fwd64, "dq": True, "dkdv": False}
+    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
+    walk = sum(visited_tiles(e, n, 64, 64) for e in exprs) / (len(exprs) * -(-n // 64))
+    return {"fwd": fwd64, "dq": True, "dkdv": walk >= LONG_KEY_WALK}
+
+
 # ---------------------------------------------------------------- full spans
 
 @dataclass

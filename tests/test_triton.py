@@ -782,6 +782,37 @@ def test_launch_plans_follow_settings(monkeypatch):
     assert mod._site(mod._plan("fwd", q, k), q, q, k, v) is None  # off CUDA: the JIT (interpreter) path
 
 
+def test_union_walks_follow_the_walk_length():
+    """A union is walked twice (full runs mask-free, then partial tiles) by every dq kernel, by
+    64-row forwards and by dk/dv kernels whose key tiles walk many query tiles; the generated
+    kernels say so."""
+    from patternc.backends import triton as tb
+    cases = {"causal | (queries(0, 2048) & keys(0, 2048))": {"fwd": False, "dq": True, "dkdv": True},
+             "causal & (sink(4) | local(1024))": {"fwd": False, "dq": True, "dkdv": False},
+             "local(256) | global(16)": {"fwd": True, "dq": True, "dkdv": False}}
+    for src, want in cases.items():
+        p = patternc.parse(f"pattern p = {src}")
+        assert lower.choose_union_walks(p) == want, src
+        text = tb.emit(p)
+        for kind, two in want.items():
+            body = text[text.index(f"def _{kind}_p0("):]
+            body = body[:re.search(r"\n(@triton\.jit|# ---)", body).start()]
+            assert ("# then the partial tiles" in body) == two, (src, kind)
+            assert ("for kt in range(cur, seg):  # full tiles" in body or
+                    "for at in range(cur, seg):  # full tiles" in body) == (two or kind == "fwd"), (src, kind)
+
+
+def test_long_comment_lines_keep_their_column():
+    """A comment-only line longer than the wrap width is left as written (it lines up under
+    the code above it), while long code lines are broken after a comma."""
+    from patternc.backends import triton as tb
+    comment = " " * 70 + "# a remark that runs past the hundredth column of the line"
+    code = "x = f(" + ", ".join(f"argument_{k}" for k in range(12)) + ")"
+    out = tb._wrap_long_lines(comment + "\n" + code + "\n").splitlines()
+    assert out[0] == comment
+    assert len(out) > 2 and all(len(x) <= 100 for x in out[1:])
+
+
 def test_dkdv_tiles_follow_the_window_shape():
     """64-key dk/dv tiles on 4 warps for one-pass plans over tokens in order (bands, unions with
     globals, sinks or a prefix block) and for plans with block-diagonal or random terms, random
