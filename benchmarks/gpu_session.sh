@@ -26,6 +26,9 @@
 #   bash benchmarks/gpu_session.sh v9         # after v8's 32-query dk/dv tiles for random blocks at D = 128: their
 #                                             # GPU tests, every pattern at D = 128, BigBird at D = 64; forward
 #                                             # stages and backward tiles of causal and prefix-LM
+#   bash benchmarks/gpu_session.sh v10        # after the two-walk rule for unions (v9): the GPU suite's union
+#                                             # patterns, every pattern at D = 128 against Flex, kernel times
+#                                             # of causal and prefix-LM
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #
@@ -34,7 +37,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -109,6 +112,11 @@ case "${1:-}" in
              timeout 120 python3 benchmarks/sweep.py --n 65536 --patterns causal,prefix_lm \
                  --bwd "pro_dq=1" "dkv_stages=3" "DQ_BM=64,dq_warps=4" "DKV_BM=128,dkv_warps=8" "dq_stages=4" "pro_dq=1" \
                  --out "$OUT/sweep-bwd-v9.jsonl" ;;
+    v10)     (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf \
+                 -k "prefix or streaming or longformer or bigbird" 2>&1 | tail -3 | tee "$OUT/gpu-tests-union-v10.txt")
+             timeout 300 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v10 | grep "^| "
+             timeout 120 python3 benchmarks/host_overhead.py --backward --n 65536 --patterns causal,prefix_lm \
+                 --profile none 2>&1 | grep "fwd+bwd\|_p0" | tee "$OUT/kernel-times-v10.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -802,6 +802,16 @@ def test_union_walks_follow_the_walk_length():
                     "for at in range(cur, seg):  # full tiles" in body) == (two or kind == "fwd"), (src, kind)
 
 
+def test_union_walk_switch_forces_one_way(monkeypatch):
+    """PATTERNC_UNION_WALK (read when the backend is imported) overrides the per-kernel rule."""
+    from patternc.backends import triton as tb
+    p = patternc.parse("pattern p = local(256) | global(16)")
+    monkeypatch.setattr(tb, "UNION_WALK", "two")
+    assert tb.emit(p).count("# then the partial tiles") == 3  # forward, dq, dk/dv
+    monkeypatch.setattr(tb, "UNION_WALK", "one")
+    assert "# then the partial tiles" not in tb.emit(p)
+
+
 def test_long_comment_lines_keep_their_column():
     """A comment-only line longer than the wrap width is left as written (it lines up under
     the code above it), while long code lines are broken after a comma."""
