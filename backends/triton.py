@@ -70,8 +70,8 @@ class _Emitter:
         # program per SM either way, and their full tiles keep the mask-free body.
         self.fwd_tiles = choose_forward_tiles(pattern)
         self.fwd_one_loop = self.fwd_tiles[0] == 64
-        self.two_walks = choose_union_walks(pattern) if UNION_WALK not in ("one", "two") else \
-            dict.fromkeys(("fwd", "dq", "dkdv"), UNION_WALK == "two")
+        self.two_walks = (dict.fromkeys(("fwd", "dq", "dkdv"), UNION_WALK == "two") if UNION_WALK in ("one", "two")
+                          else choose_union_walks(pattern, fwd_tiles=self.fwd_tiles))
         self.args = printer.ArgTable()
         self.code = Code("triton", self.args)
         self.uses_random = printer.uses_random(pattern.expr)
@@ -721,12 +721,20 @@ def emit(pattern: Pattern) -> str:
         cases="[\n" + "\n".join(case_rows) + "\n]",
         random_block=repr(random_block),
         fwd_tiles=repr(e.fwd_tiles),
-        bwd_tiles="{" + ", ".join("{}: dict(DQ_BM=128, DQ_BN=64, dq_warps=8, DKV_BM={}, DKV_BN={}, dkv_warps={})".format(
-            d, *choose_dkdv_tiles(pattern, D=d)) for d in (64, 128)) + "}",
+        bwd_tiles=_bwd_tiles(pattern),
         fused_dq=int(fused_dq),
         op_namespace=f"patternc_{pattern.hash}",
     )
     return _wrap_long_lines(_fix_arg_refs(text, names))
+
+
+def _bwd_tiles(pattern: Pattern) -> str:
+    """The module's backward tiles per head-dim bucket (64, 128), as Python source."""
+    rows = []
+    for d in (64, 128):
+        bm, bn, warps = choose_dkdv_tiles(pattern, D=d)
+        rows.append(f"{d}: dict(DQ_BM=128, DQ_BN=64, dq_warps=8, DKV_BM={bm}, DKV_BN={bn}, dkv_warps={warps})")
+    return "{" + ", ".join(rows) + "}"
 
 
 def _wrap_long_lines(text: str, width: int = 100) -> str:

@@ -721,10 +721,10 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
     causal -7%, Sparse Transformer fixed -9 to -12%; unions with sinks, global rows or a prefix
     block, once their walk had one tile loop (v7), -4 to -16% against 128 keys on 8 warps.
     Residue classes and several passes keep 128 keys on 8 warps: strided +30%, dilated +4%
-    with 64. Random blocks take 32-query tiles at D > 64: the dk/dv kernel also adds dq atomically there
-    (`atomic_dq`) and at 64 queries and D = 128 it spills registers; BigBird's backward -24%
-    (v8), while the other plans measured 3-16% slower with 32 (dilated 2% faster: kept at 64).
-    At D = 64 nothing spills and 64 queries win (BigBird -14%)."""
+    with 64. Random blocks take 32-query tiles at D > 64: the dk/dv kernel also adds dq
+    atomically there (`atomic_dq`) and at 64 queries and D = 128 it spills registers; BigBird's
+    backward -24% (v8), while the other plans measured 3-16% slower with 32 (dilated 2% faster:
+    kept at 64). At D = 64 nothing spills and 64 queries win (BigBird -14%)."""
     from .errors import PatternError
 
     try:
@@ -747,7 +747,7 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
 LONG_KEY_WALK = 64  # query tiles per 64-key tile from which the dk/dv kernel walks a union twice
 
 
-def choose_union_walks(pattern, n: int = REFERENCE_LENGTH) -> dict:
+def choose_union_walks(pattern, n: int = REFERENCE_LENGTH, fwd_tiles: Optional[tuple] = None) -> dict:
     """Per kernel ("fwd", "dq", "dkdv"): whether a union of interval terms is walked twice, its
     full runs with the mask-free tile body and then its partial tiles, rather than once with
     the mask opened on full runs (or, for 128-row forwards, a full and a partial loop inside
@@ -757,7 +757,7 @@ def choose_union_walks(pattern, n: int = REFERENCE_LENGTH) -> dict:
     forward 0.92 (Longformer, 64-row tiles) but 1.04 (prefix-LM, StreamingLLM, 128-row)."""
     from .errors import PatternError
 
-    fwd64 = choose_forward_tiles(pattern, n)[0] == 64
+    fwd64 = (fwd_tiles or choose_forward_tiles(pattern, n))[0] == 64
     try:
         exprs = pattern.at(n)
     except PatternError:
