@@ -719,7 +719,7 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
     one pass over tokens in order, and for plans with block-diagonal or random terms. Measured on
     an H200 (D = 128, benchmarks/NOTES.md, v4, v5, v8): local -14%, causal window -15% at 65,536,
     causal -7%, Sparse Transformer fixed -9 to -12%; unions with sinks, global rows or a prefix
-    block, once their walk had one tile loop (v7), -4 to -16% against 128 keys on 8 warps.
+    block, once their walk had one tile loop (v7), -5 to -16% against 128 keys on 8 warps.
     Residue classes and several passes keep 128 keys on 8 warps: strided +30%, dilated +4%
     with 64. Random blocks take 32-query tiles at D > 64: the dk/dv kernel also adds dq
     atomically there (`atomic_dq`) and at 64 queries and D = 128 it spills registers; BigBird's
