@@ -688,6 +688,18 @@ MAX_EXTRA_WORK = 1.3  # ... unless they compute this much more than 64-row tiles
 REFERENCE_LENGTH = 16384
 
 
+def _head_exprs(pattern, n: int) -> Optional[list]:
+    """Each head case's expression at length n (one for a pattern without `heads`), or None
+    where the pattern is not valid at n: the compile-time choices then keep their defaults."""
+    from .errors import PatternError
+
+    try:
+        exprs = pattern.at(n)
+    except PatternError:
+        return None
+    return [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
+
+
 def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     """(BM, BN) for the forward kernel, decided once, at compile time, by the cost model.
 
@@ -696,13 +708,9 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     (8 warps), while a 128x64 tile step costs 0.9x two 64x64 steps.  So 128-row tiles win
     once a query tile walks many key tiles (causal, wide windows) and lose on short walks
     (local(256), strided): short walks take 64-row tiles."""
-    from .errors import PatternError
-
-    try:
-        exprs = pattern.at(n)
-    except PatternError:  # not valid at the reference length: keep the default shape
+    exprs = _head_exprs(pattern, n)
+    if exprs is None:  # not valid at the reference length: keep the default shape
         return TILE_CHOICES[0]
-    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
     big = sum(visited_tiles(e, n, 128, 64) for e in exprs)
     small = sum(visited_tiles(e, n, 64, 64) for e in exprs)
     walk = big / (len(exprs) * -(-n // 128))
@@ -725,13 +733,9 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
     atomically there (`atomic_dq`) and at 64 queries and D = 128 it spills registers; BigBird's
     backward -24% (v8), while the other plans measured 3-16% slower with 32 (dilated 2% faster:
     kept at 64). At D = 64 nothing spills and 64 queries win (BigBird -14%)."""
-    from .errors import PatternError
-
-    try:
-        exprs = pattern.at(n)
-    except PatternError:
+    exprs = _head_exprs(pattern, n)
+    if exprs is None:
         return 64, 128, 8
-    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
     plans = [plan(e) for e in exprs]
     terms = [t for pl in plans for ps in pl.passes for t in ps.terms]
     if any(t.blocks or t.randoms for t in terms) and not any(t.diag for t in terms):
@@ -755,14 +759,10 @@ def choose_union_walks(pattern, n: int = REFERENCE_LENGTH, fwd_tiles: Optional[t
     times two walks / one walk: dq 0.83-0.87 (prefix-LM, StreamingLLM, Longformer); dk/dv 0.91
     on prefix-LM's long walks, 1.03-1.05 on the short ones (StreamingLLM, Longformer, BigBird);
     forward 0.92 (Longformer, 64-row tiles) but 1.04 (prefix-LM, StreamingLLM, 128-row)."""
-    from .errors import PatternError
-
     fwd64 = (fwd_tiles or choose_forward_tiles(pattern, n))[0] == 64
-    try:
-        exprs = pattern.at(n)
-    except PatternError:
+    exprs = _head_exprs(pattern, n)
+    if exprs is None:
         return {"fwd": fwd64, "dq": True, "dkdv": False}
-    exprs = [c.expr for c in exprs.cases] if isinstance(exprs, ir.Heads) else [exprs]
     walk = sum(visited_tiles(e, n, 64, 64) for e in exprs) / (len(exprs) * -(-n // 64))
     return {"fwd": fwd64, "dq": True, "dkdv": walk >= LONG_KEY_WALK}
 
