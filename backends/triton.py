@@ -17,7 +17,7 @@ from importlib import resources
 from patternc import ir, printer
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
-from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_dkdv_tiles, choose_forward_tiles, \
+from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_bwd_settings, choose_forward_tiles, \
     choose_union_walks, \
     count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, plan, query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
@@ -729,11 +729,11 @@ def emit(pattern: Pattern) -> str:
 
 
 def _bwd_tiles(pattern: Pattern) -> str:
-    """The module's backward tiles per head-dim bucket (64, 128), as Python source."""
+    """The module's backward settings per head-dim bucket (64, 128), as Python source."""
     rows = []
     for d in (64, 128):
-        bm, bn, warps = choose_dkdv_tiles(pattern, D=d)
-        rows.append(f"{d}: dict(DQ_BM=128, DQ_BN=64, dq_warps=8, DKV_BM={bm}, DKV_BN={bn}, dkv_warps={warps})")
+        cfg = {k: v for k, v in choose_bwd_settings(pattern, D=d).items() if v is not None}
+        rows.append(f"{d}: dict(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")")
     return "{" + ", ".join(rows) + "}"
 
 

@@ -29,15 +29,18 @@
 #   bash benchmarks/gpu_session.sh v10        # after the two-walk rule for unions (v9): the GPU suite's union
 #                                             # patterns, every pattern at D = 128 against Flex, kernel times
 #                                             # of causal and prefix-LM
+#   bash benchmarks/gpu_session.sh v11        # D = 64: forward and backward tiles and stages of causal, prefix-LM, local
+#   bash benchmarks/gpu_session.sh v12        # D = 64: v11's backward settings against the old ones, in the bench
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
+#                                             # n = 65536, five band patterns, each in its own process
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet, pytest-timeout) are installed into /tmp/site first.
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -95,7 +98,11 @@ case "${1:-}" in
              done ;;
     host)    timeout 300 python3 benchmarks/host_overhead.py --backward --n 16384 \
                  --patterns local,causal_local,longformer,causal --profile causal_local 2>&1 | tee "$OUT/host-backward.txt" ;;
-    ws)      timeout 300 python3 benchmarks/ws_probe.py --n 16384 65536 2>&1 | tee "$OUT/ws-probe.txt" ;;
+    ws)      # one process per pattern under its own limit: a specialized kernel that deadlocks (v7's
+             # ws=1 tests hung) costs that pattern's 100 s, not the call
+             for p in causal prefix_lm streaming causal_local local; do
+                 timeout 100 python3 benchmarks/ws_probe.py --n 65536 --patterns $p 2>&1 | tee -a "$OUT/ws-probe.txt"
+             done ;;
     v8)      timeout 330 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v8 | grep "^| "
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns prefix_lm,streaming,longformer,bigbird \
                  --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "dq_stages=2" "pro_dq=1" --out "$OUT/sweep-union-65536.jsonl"
@@ -117,6 +124,21 @@ case "${1:-}" in
              timeout 300 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v10 | grep "^| "
              timeout 120 python3 benchmarks/host_overhead.py --backward --n 65536 --patterns causal,prefix_lm \
                  --profile none 2>&1 | grep "fwd+bwd\|_p0" | tee "$OUT/kernel-times-v10.txt" ;;
+    v11)     # D = 64, where causal and prefix-LM's backward is 71 ms against cuDNN's 51 (v10): bigger
+             # dk/dv and dq tiles, more stages (at D = 64 the 64x64 dk/dv tile on 4 warps spills 28 B,
+             # 64x128 on 8 does not: compile_check.py --regs)
+             timeout 330 python3 benchmarks/sweep.py --n 65536 --d 64 --patterns causal,prefix_lm,local \
+                 --fwd "num_stages=3" "BN=128" "BN=128,num_stages=2" "num_stages=4" \
+                 --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "DKV_BN=128,dkv_warps=8,dkv_stages=3" "dkv_stages=3" \
+                       "DKV_BM=32" "DQ_BN=128" "dq_stages=4" "pro_dq=1" --out "$OUT/sweep-d64-v11.jsonl" ;;
+    v12)     # D = 64: the backward settings of v11 (dq 128x128, 3 dk/dv stages on long key walks)
+             # against the old ones forced, forward+backward as the bench times it, alternated
+             for c in new old new old; do
+                 if [ $c = old ]; then export PATTERNC_CONFIG="DQ_BN=64,dkv_stages=2"; else unset PATTERNC_CONFIG; fi
+                 echo "== $c"
+                 timeout 70 python3 benchmarks/bench.py --n 65536 --d 64 --patterns causal,prefix_lm --warm-cache \
+                     --out "$OUT" --tag d64-ab-$c | grep "^| 65536 | 64 | [cp]"
+             done 2>&1 | tee "$OUT/d64-ab-v12.txt" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

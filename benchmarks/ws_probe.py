@@ -95,9 +95,10 @@ def _band_fwd(Q, K, V, O, n, left, right, sink, prefix, qk_scale, BM: tl.constex
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(i < n)[:, None])
 
 
-CONFIGS = [  # (BM, BN, num_warps, num_stages, warp_specialize)
-    (128, 64, 4, 2, True), (128, 64, 4, 3, True), (128, 128, 4, 2, True),
+CONFIGS = [  # (BM, BN, num_warps, num_stages, warp_specialize); the specialised ones last: on the
+    # H200 with Triton 3.6 each of them hung (benchmarks/NOTES.md, v10), hiding what came after
     (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 128, 8, 2, False),
+    (128, 64, 4, 2, True), (128, 64, 4, 3, True), (128, 128, 4, 2, True),
 ]
 
 
@@ -156,13 +157,14 @@ def check() -> None:
             assert err < 1e-4, name
 
 
-def run(ns: list[int], D: int) -> None:
+def run(ns: list[int], D: int, names: list[str]) -> None:
     triton.set_allocator(_allocator)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"B=1 H=16 D={D} bf16, forward, do_bench median ms", flush=True)
     for n in ns:
         q, k, v = (torch.randn(1, 16, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        for name, band in BANDS.items():
+        for name in names:
+            band = BANDS[name]
             mod = patternc.load(patternc.parse(f"pattern p_{name} = {PATTERNS[name]}"), backend="triton")
             ref = mod.attention(q, k, v)
             ms = triton.testing.do_bench(lambda: mod.attention(q, k, v), warmup=25, rep=100, return_mode="median")
@@ -185,6 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--patterns", default=",".join(BANDS), help="comma-separated, of: " + ", ".join(BANDS))
     ap.add_argument("--compile-only", action="store_true", help="compile for sm_90 here; no GPU needed")
     ap.add_argument("--check", action="store_true", help="correctness under TRITON_INTERPRET=1")
     args = ap.parse_args()
@@ -193,7 +196,7 @@ def main() -> None:
     elif args.check:
         check()
     else:
-        run(args.n, args.d)
+        run(args.n, args.d, [p for p in args.patterns.split(",") if p])
 
 
 if __name__ == "__main__":

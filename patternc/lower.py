@@ -760,11 +760,31 @@ def choose_union_walks(pattern, n: int = REFERENCE_LENGTH, fwd_tiles: Optional[t
     on prefix-LM's long walks, 1.03-1.05 on the short ones (StreamingLLM, Longformer, BigBird);
     forward 0.92 (Longformer, 64-row tiles) but 1.04 (prefix-LM, StreamingLLM, 128-row)."""
     fwd64 = (fwd_tiles or choose_forward_tiles(pattern, n))[0] == 64
+    return {"fwd": fwd64, "dq": True, "dkdv": long_key_walk(pattern, n)}
+
+
+def long_key_walk(pattern, n: int = REFERENCE_LENGTH) -> bool:
+    """Whether a 64-key tile meets, on average over the heads, at least LONG_KEY_WALK query
+    tiles of 64 at the reference length: causal-like patterns (causal, prefix-LM), whose
+    backward kernels are long pipelined loops, unlike windows, sinks and global rows."""
     exprs = _head_exprs(pattern, n)
     if exprs is None:
-        return {"fwd": fwd64, "dq": True, "dkdv": False}
-    walk = sum(visited_tiles(e, n, 64, 64) for e in exprs) / (len(exprs) * -(-n // 64))
-    return {"fwd": fwd64, "dq": True, "dkdv": walk >= LONG_KEY_WALK}
+        return False
+    return sum(visited_tiles(e, n, 64, 64) for e in exprs) / (len(exprs) * -(-n // 64)) >= LONG_KEY_WALK
+
+
+def choose_bwd_settings(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> dict:
+    """The backward's tiles, warps and the dk/dv kernel's pipeline stages on the GPU for head
+    dim `D`, decided at compile time: the dk/dv tiles of `choose_dkdv_tiles`, 128x64 dq tiles
+    on 8 warps.  At D = 64, long key walks take 128x128 dq tiles and 3 dk/dv stages: measured
+    on an H200 at n = 65,536 (benchmarks/NOTES.md, v11), causal's backward 68.8 -> 61.6 ms,
+    prefix-LM's 68.1 -> 61.7, while the short walks lost 1-8% with them (StreamingLLM,
+    Longformer, the causal window; local even).  At D = 128 three dk/dv stages cost one program
+    per SM: causal +14% (v9).  None for the dk/dv stages: the module's own default."""
+    bm, bn, warps = choose_dkdv_tiles(pattern, n, D)
+    wide = D <= 64 and long_key_walk(pattern, n)
+    return dict(DQ_BM=128, DQ_BN=128 if wide else 64, dq_warps=8, DKV_BM=bm, DKV_BN=bn, dkv_warps=warps,
+                dkv_stages=3 if wide else None)
 
 
 # ---------------------------------------------------------------- full spans

@@ -816,6 +816,29 @@ def test_union_walk_switch_forces_one_way(monkeypatch):
     assert "# then the partial tiles" not in tb.emit(p)
 
 
+def test_backward_settings_at_d64_follow_the_key_walk():
+    """At D = 64 causal-like patterns (a 64-key tile meets >= 64 query tiles, on average over
+    the heads) take 128x128 dq tiles and 3 dk/dv stages; windows, sinks and global rows keep
+    128x64 dq tiles and the module's default stages; at D = 128 every pattern keeps them.
+    The module uses them."""
+    import torch as _t
+    for src, wide in (("causal", True), ("causal | (queries(0, 2048) & keys(0, 2048))", True),
+                      ("heads { 0..0: causal, 1..1: causal | (queries(0, 64) & keys(0, 64)) }", True),
+                      ("local(256)", False), ("causal & (sink(4) | local(1024))", False),
+                      ("local(256) | global(16)", False), ("heads { 0..0: local(8), 1..1: causal }", True)):  # the mean over heads
+        p = patternc.parse(f"pattern p = {src}")
+        assert lower.long_key_walk(p) == wide, src
+        s64, s128 = lower.choose_bwd_settings(p, D=64), lower.choose_bwd_settings(p, D=128)
+        assert (s64["DQ_BN"], s64["dkv_stages"]) == ((128, 3) if wide else (64, None)), src
+        assert (s128["DQ_BN"], s128["dkv_stages"]) == (64, None), src
+        mod = patternc.load(p, backend="triton")
+        mod._HOPPER[0] = True
+        cfg = mod._tiles(64, _t.bfloat16, _t.device("cuda", 0), 65536)
+        assert (cfg["DQ_BN"], cfg["dkv_stages"]) == ((128, 3) if wide else (64, 2)), src
+        cfg = mod._tiles(128, _t.bfloat16, _t.device("cuda", 0), 65536)
+        assert (cfg["DQ_BN"], cfg["dkv_stages"]) == (64, 2), src
+
+
 def test_long_comment_lines_keep_their_column():
     """A comment-only line longer than the wrap width is left as written (it lines up under
     the code above it), while long code lines are broken after a comma."""
