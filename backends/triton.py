@@ -373,11 +373,13 @@ class _Emitter:
 
     @staticmethod
     def tma(p: Pass, side: str) -> str:
-        """Whether a tile call may load through the TMA descriptors: only where the tile's positions
-        are contiguous (key side: tokens in order; query side: every space but residue classes).
-        Elsewhere the literal False removes the descriptor branch from the compiled kernel."""
-        contiguous = p.space.kind == "identity" if side == "k" else p.space.kind != "diag"
-        return "TMA" if contiguous else "False"
+        """Whether a tile call may load through the TMA descriptors: where the tile's positions are
+        contiguous (key side: tokens in order; query side: every space but residue classes), or a
+        residue class, whose rows are one box of a (B, H, n/m, m, D) view when m divides n (the
+        host then passes TMA=2).  Elsewhere (kept key columns) the literal False removes the
+        descriptor branch from the compiled kernel."""
+        ok = p.space.kind in ("identity", "diag") if side == "k" else True
+        return "TMA" if ok else "False"
 
     @staticmethod
     def qtma(p: Pass) -> str:
@@ -446,7 +448,7 @@ class _Emitter:
         body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"q = _tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
             "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
             "    m_i = lse_prev * 1.4426950408889634",
@@ -473,14 +475,14 @@ class _Emitter:
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
         return self.query_loops(
             p, mask_name,
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
+            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop,
             two_walks=self.two_walks["fwd"])
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.query_loops(
             p, mask_name,
-            "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
+            "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True,
             two_walks=self.two_walks["dq"])
         ids, win = self.split_lines(p, "q")
@@ -500,8 +502,8 @@ class _Emitter:
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
-            f"q = _tile_rows(QD, z, h, a0, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
-            f"do = _tile_rows(DOD, z, h, a0, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"q = _tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"do = _tile_rows(DOD, z, h, a0, r, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if PRO != 0:",
             "    o_rows = _load_rows(O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1, i, row_ok, so2, so3, offs_d, D, False)",
             "    delta = tl.where(row_ok, tl.sum(o_rows.to(tl.float32) * do.to(tl.float32), 1), 0.0)",
@@ -527,9 +529,9 @@ class _Emitter:
     def dkdv_kernel(self, name: str, mask_name: str, p: Pass) -> list:
         loops = self.key_loops(
             p, mask_name,
-            "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
+            "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, r, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
             "delta_base, dq_base, sdq2, sdq3, DQD, sm_scale, i, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, "
-            f"WIDEN, {self.tma(p, 'q')}, FUSED, {'RED_TMA' if self.tma(p, 'q') == 'TMA' else 'False'})",
+            f"WIDEN, {self.tma(p, 'q')}, FUSED, {'RED_TMA' if self.qtma(p) == 'QTMA' else 'False'})",
             one_loop=True, two_walks=self.two_walks["dkdv"])
         ids, win = self.split_lines(p, "k")
         head = [

@@ -30,7 +30,8 @@
 #                                             # patterns, every pattern at D = 128 against Flex, kernel times
 #                                             # of causal and prefix-LM
 #   bash benchmarks/gpu_session.sh v11        # D = 64: forward and backward tiles and stages of causal, prefix-LM, local
-#   bash benchmarks/gpu_session.sh v12        # D = 64: v11's backward settings against the old ones, in the bench
+#   bash benchmarks/gpu_session.sh v12        # residue classes through TMA (class_tma=1): GPU tests, kernel times;
+#                                             # D = 64: v11's backward settings against the old ones, in the bench
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -131,7 +132,17 @@ case "${1:-}" in
                  --fwd "num_stages=3" "BN=128" "BN=128,num_stages=2" "num_stages=4" \
                  --bwd "pro_dq=1" "DKV_BN=128,dkv_warps=8" "DKV_BN=128,dkv_warps=8,dkv_stages=3" "dkv_stages=3" \
                        "DKV_BM=32" "DQ_BN=128" "dq_stages=4" "pro_dq=1" --out "$OUT/sweep-d64-v11.jsonl" ;;
-    v12)     # D = 64: the backward settings of v11 (dq 128x128, 3 dk/dv stages on long key walks)
+    v12)     # residue classes through TMA (class_tma=1, opt-in): GPU tests of the patterns with residue
+             # classes, then kernel times against pointer loads, alternated, at D = 128 and 64
+             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 150 python3 -m pytest -m gpu test_gpu.py -q -n 4 \
+                 -p no:cacheprovider -rf -k "dilated or strided or per_head" 2>&1 | tail -3 \
+                 | tee "$OUT/gpu-tests-class-tma-v12.txt")
+             for d in 128 64; do
+                 timeout 100 python3 benchmarks/sweep.py --n 65536 --d $d --patterns dilated,strided \
+                     --fwd "class_tma=0" "class_tma=1" "class_tma=0" "class_tma=1" \
+                     --bwd "class_tma=0" "class_tma=1" "class_tma=0" "class_tma=1" --out "$OUT/sweep-class-tma-v12.jsonl"
+             done
+             # D = 64: the backward settings of v11 (dq 128x128, 3 dk/dv stages on long key walks)
              # against the old ones forced, forward+backward as the bench times it, alternated
              for c in new old new old; do
                  if [ $c = old ]; then export PATTERNC_CONFIG="DQ_BN=64,dkv_stages=2"; else unset PATTERNC_CONFIG; fi

@@ -556,16 +556,65 @@ def test_tma_descriptors_only_for_aligned_layouts(monkeypatch):
 
 
 def test_tma_loads_only_where_positions_are_contiguous():
-    """Residue-class passes gather rows with a stride: their tile calls pin TMA to False."""
+    """Tokens in order and residue classes (one box of a (B, H, n/m, m, D) view; the host passes
+    TMA=2 or False) may load through TMA; kept key columns (fixed's summary) pin TMA to False."""
     text = patternc.compile(patternc.parse("pattern s = causal & (local(7) | stride(8))"), backend="triton")
     text = re.sub(r",\n\s+", ", ", text)  # long calls are wrapped after commas: one line per call
-    fwd_calls = [line for line in text.splitlines() if "_fwd_tile(acc" in line]
-    assert any(line.rstrip().endswith("WIDEN, TMA)") for line in fwd_calls)  # the in-order pass
-    assert any(line.rstrip().endswith("WIDEN, False)") for line in fwd_calls)  # the residue pass
+    fwd_calls = [line for line in text.splitlines() if "= _fwd_tile(acc" in line]
+    assert fwd_calls and all(line.rstrip().endswith("WIDEN, TMA)") for line in fwd_calls)
     # a query-major kernel's own rows (Q, dO): through TMA in the in-order pass only
     rows = [line for line in text.splitlines() if line.strip().startswith(("q = _tile_rows", "do = _tile_rows"))
             and "row_ok" in line]
     assert len(rows) == 6 and sum(line.rstrip().endswith("WIDEN, QTMA)") for line in rows) == 3, rows
+    # the residue pass's dk/dv kernel never reduces dq through the 4-D descriptor
+    dkdv = [line for line in text.splitlines() if "= _dkdv_tile(dk" in line]
+    assert any(line.rstrip().endswith("FUSED, RED_TMA)") for line in dkdv)
+    assert any(line.rstrip().endswith("FUSED, False)") for line in dkdv)
+    text = re.sub(r",\n\s+", ", ", patternc.compile(patternc.parse("pattern f = causal & fixed(8, 2)"),
+                                                    backend="triton"))
+    fwd_calls = [line.rstrip() for line in text.splitlines() if "= _fwd_tile(acc" in line]
+    assert any(x.endswith("WIDEN, TMA)") for x in fwd_calls) and any(x.endswith("WIDEN, False)") for x in fwd_calls)
+
+
+def test_residue_class_descriptors_view_the_tensor_per_class():
+    """A residue class of modulus m (m | n) is one TMA box of the (B, H, n/m, m, D) view;
+    m not dividing n gives no descriptor (the pointer path)."""
+    _, mod = module(PATTERNS["local"])
+    t = torch.randn(2, 3, 32, 16)
+    d = mod._tma_desc(t, 8, 16, True, m=4)
+    assert d.shape == [2, 3, 8, 4, 16] and d.strides == [1536, 512, 64, 16, 1] and d.block_shape == [1, 1, 8, 1, 16]
+    d = mod._tma_desc(torch.randn(2, 32, 3, 16).transpose(1, 2), 8, 16, True, m=4)  # (B, n, H, D) storage
+    assert d.shape == [2, 3, 8, 4, 16] and d.strides == [1536, 16, 192, 48, 1]
+    assert mod._tma_desc(torch.randn(2, 3, 30, 16), 8, 16, True, m=4) is None  # 4 does not divide 30
+    assert mod._tma_desc(t, 8, 16, True) is not None  # the plain descriptor of the same tensor
+
+
+@pytest.mark.parametrize("src, n", [(PATTERNS["dilated"], 60), (PATTERNS["dilated"], 61), (PATTERNS["strided"], 64),
+                                    ("causal & (local(isqrt(n) - 1) | stride(isqrt(n)))", 81),
+                                    ("heads { 0..0: local(8, dilation=4), 1..1: local(8) }", 48)])
+def test_residue_classes_through_tma(src, n, monkeypatch):
+    """class_tma=1: residue-class passes load their streamed tiles (K, V; Q, dO in dk/dv) through
+    class descriptors where m divides n, pointer loads elsewhere; same results as float64, also
+    for (B, n, H, D) storage and grouped heads."""
+    p = patternc.parse(f"pattern p = {src}")
+    mod = patternc.load(p, backend="triton")
+    made = []
+    real = mod._tma_desc
+
+    def spy(t, rows, BD, on=None, m=None):
+        d = real(t, rows, BD, on, m)
+        made.append((m, d is not None))
+        return d
+    monkeypatch.setattr(mod, "_tma_desc", spy)
+    monkeypatch.setenv("PATTERNC_CONFIG", "class_tma=1")
+    for noncontiguous in (False, True):
+        made.clear()
+        H, HK = (p.num_heads, 1) if p.num_heads else (4, 2)
+        assert_close(check_module(mod, p, n, D=16, H=H, HK=HK, noncontiguous=noncontiguous))
+        m = mod._class_m(next(d for _, ps in mod._CASES for d in ps if d["space"] == "diag"),
+                         mod._length_args(n), {"class_tma": 1})
+        assert any(m_ for m_, _ in made), made  # the residue pass asked for class descriptors
+        assert any(ok for m_, ok in made if m_) == (n % m == 0), (m, made)
 
 
 @pytest.mark.parametrize("name, setting", [("longformer", "PATTERNC_TMA=0"), ("bigbird", "PATTERNC_TMA=0"),
@@ -618,6 +667,24 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch
     # ptxas's register report for every kernel (the tool that found the dk/dv kernels' spills)
     regs = [int(m) for m in re.findall(r"(\d+) regs, +\d+ B spilled", r.stdout)]
     assert len(regs) == len(shared) and all(0 < x <= 255 for x in regs), r.stdout
+
+
+def test_residue_class_tma_compiles_for_hopper(tmp_path, monkeypatch):
+    """class_tma=1: the 5-D class descriptors compile for sm_90 in every kernel of a two-pass
+    pattern with atomic dq (strided) at D = 128, within an SM's shared memory."""
+    import subprocess
+    import sys
+    src = tmp_path / "p.attn"
+    src.write_text("pattern p = causal & (local(isqrt(n) - 1) | stride(isqrt(n)))\n")
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), PATTERNC_CONFIG="class_tma=1")
+    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", "128", "--n", "4096"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Error" not in r.stdout, r.stdout
+    shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
+    assert len(shared) >= 5 and max(shared) <= 227, r.stdout
 
 
 def test_eager_path_matches_the_custom_op_bit_for_bit():
