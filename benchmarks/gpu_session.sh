@@ -35,6 +35,7 @@
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
+#                                             # (v10: every specialised config hung on the H200)
 #
 # On the box nothing can be installed from the network: wheels in .whl/ (lark, pytest and its
 # dependencies, hypothesis, pytest-xdist, execnet, pytest-timeout) are installed into /tmp/site first.
