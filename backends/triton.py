@@ -19,7 +19,8 @@ from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
 from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_bwd_settings, choose_forward_tiles, \
     choose_union_walks, \
-    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, plan, query_major, query_position
+    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, longest_walks_first, plan, \
+    query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
 
@@ -340,8 +341,9 @@ class _Emitter:
         return lines
 
     # ---- kernels ---------------------------------------------------------------------------
-    def space_prologue(self, space: Space, major: str) -> list:
-        """Map the program id to a tile of the pass's index space."""
+    def space_prologue(self, space: Space, major: str, rev: bool = False) -> list:
+        """Map the program id to a tile of the pass's index space; `rev`: the walks grow with the
+        tile's index, and REV (a launch setting) runs the tiles last-first."""
         c = self.code
         tile = "BM" if major == "q" else "BN"
         if space.kind == "diag":
@@ -350,6 +352,9 @@ class _Emitter:
                      "t_idx = pid % PER"]
         else:
             lines = ["r = 0", "t_idx = pid"]
+        if rev:
+            lines += ["if REV:  # longest walks first: later tiles walk more keys, so launch them first",
+                      "    t_idx = PER - 1 - t_idx"]
         lines += self.space_lengths(space)
         if major == "q":
             lines += [f"a0 = t_idx * {tile}", "a1 = a0 + BM - 1",
@@ -424,10 +429,10 @@ class _Emitter:
         return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"
                 "  # split launch: scratch rows, chunk-major, heavy tiles by rank"]
 
-    def fwd_kernel(self, name: str, mask_name: str, p: Pass, more: tuple = ()) -> list:
+    def fwd_kernel(self, name: str, mask_name: str, p: Pass, more: tuple = (), rev: bool = False) -> list:
         """The forward kernel of pass `p`; `more`: (mask name, pass) of later passes that walk the
         same query tiles (fusable), continued in the same program after p's walk (one online
-        softmax, no float32 state between launches, Q loaded once)."""
+        softmax, no float32 state between launches, Q loaded once); `rev`: see space_prologue."""
         loops = self.fwd_loops(mask_name, p)
         for mname, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
@@ -440,12 +445,12 @@ class _Emitter:
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        QTMA: tl.constexpr):",
+            "        QTMA: tl.constexpr, REV: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
             '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
             '\n    O may be OI, or the final output in the input dtype)."""',
         ] + QUERY_MAJOR_IDS + ids
-        body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
+        body = self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
             f"q = _tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
@@ -479,7 +484,7 @@ class _Emitter:
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop,
             two_walks=self.two_walks["fwd"])
 
-    def dq_kernel(self, name: str, mask_name: str, p: Pass) -> list:
+    def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
         loops = self.query_loops(
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
@@ -493,12 +498,12 @@ class _Emitter:
             "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
             "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
             '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
             '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
         ] + QUERY_MAJOR_IDS + ids
-        body = self.space_prologue(p.space, "q") + win + QUERY_MAJOR_BASES + [
+        body = self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
@@ -596,8 +601,9 @@ class _Emitter:
         lines.append('    raise ValueError(f"head {h} is outside this pattern\'s heads")')
         return lines
 
-    def space_lambdas(self, p: Pass, tma_fwd: Optional[bool] = None) -> str:
+    def space_lambdas(self, p: Pass, tma_fwd: Optional[bool] = None, rev: tuple = (False, False)) -> str:
         d = {"space": repr(p.space.kind)}
+        d["rev"] = repr({"fwd": rev[0], "dq": rev[1]})  # kernels that run their tiles last-first with REV
         # which kernels load through TMA descriptors (the host builds them only for those)
         d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA" if tma_fwd is None else tma_fwd,
                          "dq": self.tma(p, "k") == "TMA", "dkdv": self.tma(p, "q") == "TMA",
@@ -663,6 +669,7 @@ def emit(pattern: Pattern) -> str:
     from patternc import __version__
 
     e = _Emitter(pattern)
+    longest = longest_walks_first(pattern, tiles=e.fwd_tiles)
     if isinstance(pattern.expr, ir.Heads):
         cases = [((c.lo, c.hi), c.expr) for c in pattern.expr.cases]
     else:
@@ -682,6 +689,12 @@ def emit(pattern: Pattern) -> str:
             kernels.append(f"# heads {h0}..{h1 if h1 is not None else 'H-1'}: the pattern is empty; "
                            "every row gives 0 and lse = -inf\n")
         fuse = fused_forward(pl)
+        # query tiles last-first where their walks grow (not for split global rows, whose
+        # launches map program ids to heavy tiles)
+        grow, grow_fused = longest[ci] if longest and len(longest[ci][0]) == len(pl.passes) \
+            else ([False] * len(pl.passes), False)
+        grow = [g and not heavy_spans(p, "q") for g, p in zip(grow, pl.passes)]
+        grow_fused = grow_fused and not any(heavy_spans(p, "q") for p in pl.passes)
         tags = [f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}" for pi in range(len(pl.passes))]
         for pi, p in enumerate(pl.passes):
             tag = tags[pi]
@@ -692,15 +705,15 @@ def emit(pattern: Pattern) -> str:
             kernels.append("\n".join(e.mask_fn(f"_mask_{tag}", p.mask)))
             if pi == 0 and fuse:  # one forward kernel walks every pass's tiles
                 more = tuple((f"_mask_{t}", x) for t, x in zip(tags[1:], pl.passes[1:]))
-                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, more)))
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, more, grow_fused)))
             elif not fuse:
-                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p)))
-            kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", f"_mask_{tag}", p)))
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, rev=grow[pi])))
+            kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", f"_mask_{tag}", p, grow[pi])))
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
             fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
             tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
             descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
-                         + e.space_lambdas(p, tma_fwd) + "}")
+                         + e.space_lambdas(p, tma_fwd, (grow_fused if fuse else grow[pi], grow[pi])) + "}")
         case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
     torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
     names = list(e.args.names.values())

@@ -32,6 +32,9 @@
 #   bash benchmarks/gpu_session.sh v11        # D = 64: forward and backward tiles and stages of causal, prefix-LM, local
 #   bash benchmarks/gpu_session.sh v12        # residue classes through TMA (class_tma=1): GPU tests, kernel times;
 #                                             # D = 64: v11's backward settings against the old ones, in the bench
+#   bash benchmarks/gpu_session.sh v13        # query tiles last-first (rev=1, the new default): the whole GPU suite,
+#                                             # kernel times rev 0/1 alternated (causal, prefix-LM, fixed); then v12's
+#                                             # class-TMA tests and kernel times at D = 128 (no D = 64 A/B)
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -42,7 +45,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -151,6 +154,19 @@ case "${1:-}" in
                  timeout 70 python3 benchmarks/bench.py --n 65536 --d 64 --patterns causal,prefix_lm --warm-cache \
                      --out "$OUT" --tag d64-ab-$c | grep "^| 65536 | 64 | [cp]"
              done 2>&1 | tee "$OUT/d64-ab-v12.txt" ;;
+    v13)     cd tests && timeout 200 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf $PER_TEST \
+                 2>&1 | tail -15 | tee "$OUT/gpu-tests-v13.txt"; cd ..
+             for n in 65536 16384; do
+                 timeout 120 python3 benchmarks/sweep.py --n $n --patterns causal,prefix_lm,fixed \
+                     --fwd "rev=0" "rev=1" "rev=0" "rev=1" --bwd "rev=0" "rev=1" "rev=0" "rev=1" \
+                     --out "$OUT/sweep-rev-v13.jsonl"
+             done
+             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 \
+                 -p no:cacheprovider -rf -k "dilated or strided or per_head" 2>&1 | tail -3 \
+                 | tee "$OUT/gpu-tests-class-tma-v13.txt")
+             timeout 100 python3 benchmarks/sweep.py --n 65536 --d 128 --patterns dilated,strided \
+                 --fwd "class_tma=0" "class_tma=1" "class_tma=0" "class_tma=1" \
+                 --bwd "class_tma=0" "class_tma=1" "class_tma=0" "class_tma=1" --out "$OUT/sweep-class-tma-v13.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac

@@ -942,3 +942,71 @@ def test_dkdv_tiles_follow_the_window_shape():
         assert (cfg["DKV_BM"], cfg["DKV_BN"], cfg["dkv_warps"]) == tiles, src
         cfg64 = mod._tiles(64, _t.bfloat16, _t.device("cuda", 0), 16384)  # nothing spills at D = 64
         assert (cfg64["DKV_BM"], cfg64["DKV_BN"], cfg64["dkv_warps"]) == (64,) + tiles[1:], src
+
+
+def test_tile_walks_match_the_mask_per_query_tile():
+    """lower.tile_walks gives each query tile's walk, in launch order: for causal the key tiles
+    up to the diagonal, for local(w) the tiles the window touches; visited_tiles is their sum."""
+    import numpy as np
+    n, bm, bn = 1000, 128, 64
+    for src in ("causal", "local(100)", "causal & local(300)"):
+        e = patternc.parse(f"pattern p = {src}").at(n)
+        [(walk, t)] = lower.tile_walks(e, n, bm, bn)
+        i = np.arange(n)[:, None]
+        j = np.arange(n)[None, :]
+        mask = np.broadcast_to(patternc.semantics.allowed(e, i, j, n), (n, n))
+        want = [len({int(k) // bn for k in np.nonzero(mask[a:a + bm].any(0))[0]}) for a in range(0, n, bm)]
+        assert list(walk) == want, (src, list(walk), want)
+        assert list(t) == list(range(len(want)))
+        assert lower.visited_tiles(e, n, bm, bn) == sum(want)
+
+
+def test_longest_walks_first_where_walks_grow():
+    """Query tiles run last-first (REV) in the forward and dq kernels of passes whose later tiles
+    walk more keys: causal, prefix-LM, fixed's summary pass (and its fused forward); not windows,
+    sinks, dilated or random blocks; per head case; never for split global rows."""
+    want = {"causal": ([True], True), "causal | (queries(0, 2048) & keys(0, 2048))": ([True], True),
+            "local(256)": ([False], False), "causal & (sink(4) | local(1024))": ([False], False),
+            "local(256, dilation=4)": ([False], False), "local(127) | global(128) | random(3, block=64)": ([False], False),
+            "causal & fixed(128, 8)": ([False, True], True)}
+    for src, w in want.items():
+        assert lower.longest_walks_first(patternc.parse(f"pattern p = {src}")) == [w], src
+    heads = patternc.parse("pattern p = heads { 0..3: local(64), 4..7: causal }")
+    assert lower.longest_walks_first(heads) == [([False], False), ([True], True)]
+    src = patternc.compile(heads, "triton")
+    assert src.count("if REV:") == 2  # the causal heads' forward and dq kernels
+    assert "'rev': {'fwd': True, 'dq': True}" in src and "'rev': {'fwd': False, 'dq': False}" in src
+    grows_but_split = patternc.parse("pattern p = causal | global(4)")
+    assert lower.longest_walks_first(grows_but_split) == [([True], True)]
+    assert "if REV:" not in patternc.compile(grows_but_split, "triton")
+
+
+@pytest.mark.parametrize("name", ["causal", "queries_keys", "wide_block_fixed", "heads", "strided_sqrt"])
+@pytest.mark.parametrize("rev", ["0", "1"])
+def test_tiles_last_first_give_the_same_result(name, rev, monkeypatch):
+    """rev=1 (the default) and rev=0 compute the same attention and gradients as float64 at a
+    ragged length; the kernels that grow take REV from the setting."""
+    monkeypatch.setenv("PATTERNC_CONFIG", f"rev={rev}")
+    p, mod = module(PATTERNS[name])
+    seen = []
+    real = mod._launcher
+
+    def spy(kernel, grid, site=None):
+        launch = real(kernel, grid, site)
+
+        def call(*args, **kw):
+            seen.append((kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), kw.get("REV")))
+            return launch(*args, **kw)
+        return call
+    monkeypatch.setattr(mod, "_launcher", spy)
+    H = p.num_heads or 2
+    assert_close(check_module(mod, p, 83, D=16, H=H, HK=1))
+    want = {}
+    for _, ps in mod._CASES:
+        for d in ps:
+            for kind in ("fwd", "dq"):
+                if d[kind] is not None:
+                    want[d[kind].fn.__name__] = rev == "1" and d["rev"][kind]
+    got = {name: r for name, r in seen if r is not None}
+    assert got and got == {k: v for k, v in want.items() if k in got}, (got, want)
+    assert any(got.values()) == (rev == "1"), got  # every one of these patterns has a growing pass
