@@ -617,6 +617,37 @@ def test_residue_classes_through_tma(src, n, monkeypatch):
         assert any(ok for m_, ok in made if m_) == (n % m == 0), (m, made)
 
 
+@pytest.mark.parametrize("src, atomic", [(PATTERNS["strided"], True), (PATTERNS["dilated"], False)])
+def test_residue_class_tma_by_default_except_beside_atomic_dq(src, atomic, monkeypatch):
+    """The default (class_tma=2): a residue-class pass loads through class descriptors in the
+    forward, and in the backward unless dq is added atomically (strided); same results."""
+    p = patternc.parse(f"pattern p = {src}")
+    mod = patternc.load(p, backend="triton")
+    assert bool(mod._FUSED_DQ) == atomic
+    made, phase = [], ["fwd"]
+    real, real_fwd = mod._tma_desc, mod._forward_launches
+
+    def spy(t, rows, BD, on=None, m=None):
+        d = real(t, rows, BD, on, m)
+        made.append((phase[0], m, d is not None))
+        return d
+
+    def forward(*args):
+        phase[0] = "fwd"
+        try:
+            return real_fwd(*args)
+        finally:
+            phase[0] = "bwd"  # check_module runs the backward next
+    monkeypatch.setattr(mod, "_tma_desc", spy)
+    monkeypatch.setattr(mod, "_forward_launches", forward)
+    monkeypatch.delenv("PATTERNC_CONFIG", raising=False)
+    assert_close(check_module(mod, p, 48, D=16, H=2, HK=1))  # 48: both moduli (8, 3) divide it
+    fwd = [ok for kind, m, ok in made if m and kind == "fwd"]
+    bwd = [ok for kind, m, ok in made if m and kind != "fwd"]
+    assert fwd and all(fwd), made
+    assert bool(bwd) == (not atomic) and all(bwd), made
+
+
 @pytest.mark.parametrize("name, setting", [("longformer", "PATTERNC_TMA=0"), ("bigbird", "PATTERNC_TMA=0"),
                                            ("wide_local", "PATTERNC_TMA=0"),
                                            ("longformer", "PATTERNC_CONFIG=row_tma=1"),
