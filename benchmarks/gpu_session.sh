@@ -55,8 +55,11 @@ export PYTHONUNBUFFERED=1
 # a test that hangs (a deadlocked kernel) fails by name after 240 s instead of eating the call
 PER_TEST=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 240")
 OUT=${OUT:-benchmarks/results}
+# GPU test workers: each holds float64 references of n = 16384 (4 ran out of memory on an 80 GB H100
+# in v13; 8 on the 141 GB H200 in v4)
+W=$(python3 -c "import torch; print(4 if torch.cuda.get_device_properties(0).total_memory > 100e9 else 2)" 2>/dev/null || echo 2)
 case "${1:-}" in
-    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf $PER_TEST \
+    tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
                  2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)   timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128 ;;
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
@@ -87,7 +90,7 @@ case "${1:-}" in
                  --out "$OUT/sweep-fused3-16384.jsonl"
              timeout 100 python3 benchmarks/host_overhead.py --launch-cost --n 16384 --patterns local,longformer \
                  2>&1 | tee "$OUT/host-launch-cost.txt" ;;
-    launch)  (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf \
+    launch)  (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
                  -k "repeated or atomic or deterministic or first_call or pointer or compile" 2>&1 | tail -5 \
                  | tee "$OUT/gpu-tests-launch.txt")
              timeout 40 python3 benchmarks/host_overhead.py --launch-cost --n 16384 --patterns local \
@@ -114,7 +117,7 @@ case "${1:-}" in
              # dk/dv tiles of 32 queries: no register spills (compile_check.py --regs; 64 queries spill 48-500 B)
              timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns causal,local,causal_local,prefix_lm,bigbird,dilated,fixed \
                  --bwd "pro_dq=1" "DKV_BM=32" "DKV_BM=32,dkv_stages=3" "pro_dq=1" --out "$OUT/sweep-dkv32-65536.jsonl" ;;
-    v9)      (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf -k "bigbird" \
+    v9)      (cd tests && timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf -k "bigbird" \
                  2>&1 | tail -3 | tee "$OUT/gpu-tests-bigbird.txt")
              timeout 300 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v9 | grep "^| "
              timeout 60 python3 benchmarks/bench.py --n 16384 65536 --d 64 --patterns bigbird --out "$OUT" --tag d64-bigbird-v9 \
@@ -124,7 +127,7 @@ case "${1:-}" in
              timeout 120 python3 benchmarks/sweep.py --n 65536 --patterns causal,prefix_lm \
                  --bwd "pro_dq=1" "dkv_stages=3" "DQ_BM=64,dq_warps=4" "DKV_BM=128,dkv_warps=8" "dq_stages=4" "pro_dq=1" \
                  --out "$OUT/sweep-bwd-v9.jsonl" ;;
-    v10)     (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf \
+    v10)     (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
                  -k "prefix or streaming or longformer or bigbird" 2>&1 | tail -3 | tee "$OUT/gpu-tests-union-v10.txt")
              timeout 300 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128-v10 | grep "^| "
              timeout 120 python3 benchmarks/host_overhead.py --backward --n 65536 --patterns causal,prefix_lm \
@@ -138,7 +141,7 @@ case "${1:-}" in
                        "DKV_BM=32" "DQ_BN=128" "dq_stages=4" "pro_dq=1" --out "$OUT/sweep-d64-v11.jsonl" ;;
     v12)     # residue classes through TMA (class_tma=1, opt-in): GPU tests of the patterns with residue
              # classes, then kernel times against pointer loads, alternated, at D = 128 and 64
-             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 150 python3 -m pytest -m gpu test_gpu.py -q -n 4 \
+             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 150 python3 -m pytest -m gpu test_gpu.py -q -n $W \
                  -p no:cacheprovider -rf -k "dilated or strided or per_head" 2>&1 | tail -3 \
                  | tee "$OUT/gpu-tests-class-tma-v12.txt")
              for d in 128 64; do
@@ -154,14 +157,14 @@ case "${1:-}" in
                  timeout 70 python3 benchmarks/bench.py --n 65536 --d 64 --patterns causal,prefix_lm --warm-cache \
                      --out "$OUT" --tag d64-ab-$c | grep "^| 65536 | 64 | [cp]"
              done 2>&1 | tee "$OUT/d64-ab-v12.txt" ;;
-    v13)     cd tests && timeout 200 python3 -m pytest -m gpu test_gpu.py -q -n 4 -p no:cacheprovider -rf $PER_TEST \
+    v13)     cd tests && timeout 200 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
                  2>&1 | tail -15 | tee "$OUT/gpu-tests-v13.txt"; cd ..
              for n in 65536 16384; do
                  timeout 120 python3 benchmarks/sweep.py --n $n --patterns causal,prefix_lm,fixed \
                      --fwd "rev=0" "rev=1" "rev=0" "rev=1" --bwd "rev=0" "rev=1" "rev=0" "rev=1" \
                      --out "$OUT/sweep-rev-v13.jsonl"
              done
-             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n 4 \
+             (cd tests && PATTERNC_CONFIG=class_tma=1 timeout 100 python3 -m pytest -m gpu test_gpu.py -q -n $W \
                  -p no:cacheprovider -rf -k "dilated or strided or per_head" 2>&1 | tail -3 \
                  | tee "$OUT/gpu-tests-class-tma-v13.txt")
              timeout 100 python3 benchmarks/sweep.py --n 65536 --d 128 --patterns dilated,strided \
