@@ -587,7 +587,7 @@ def tile_walks(expr, n: int, bm: int, bn: int) -> list:
     from .semantics import HASH_QB, HASH_SEED, HASH_T, mix32
 
     if isinstance(expr, ir.Heads):
-        raise TypeError("visited_tiles works on one head's pattern")
+        raise TypeError("tile_walks and visited_tiles work on one head's pattern (a case of heads { ... })")
     pl = plan(expr)
     args = ArgTable()
     c = Code("numpy", args)
