@@ -1041,3 +1041,39 @@ def test_tiles_last_first_give_the_same_result(name, rev, monkeypatch):
     got = {name: r for name, r in seen if r is not None}
     assert got and got == {k: v for k, v in want.items() if k in got}, (got, want)
     assert any(got.values()) == (rev == "1"), got  # every one of these patterns has a growing pass
+
+
+@pytest.mark.parametrize("src", [PATTERNS["causal"], PATTERNS["queries_keys"], PATTERNS["wide_block_fixed"],
+                                 PATTERNS["all"], "heads { 0..0: local(4), 1..1: causal }"])
+@pytest.mark.parametrize("overlap", ["0", "1"])
+def test_overlapped_full_runs_give_the_same_result(src, overlap, monkeypatch):
+    """overlap=1 walks the forward's full runs with _fwd_run (the next tile's scores issued before
+    this tile's softmax); both settings match float64 at a ragged length, where full runs of 0, 1
+    and several tiles occur, and the forward kernels really take OVL from the setting."""
+    monkeypatch.setenv("PATTERNC_CONFIG", f"overlap={overlap}")
+    p, mod = module(src)
+    assert "if OVL:" in patternc.compile(p, "triton")
+    seen = []
+    real = mod._launcher
+
+    def spy(kernel, grid, site=None):
+        launch = real(kernel, grid, site)
+
+        def call(*args, **kw):
+            if "OVL" in kw:
+                seen.append(kw["OVL"])
+            return launch(*args, **kw)
+        return call
+    monkeypatch.setattr(mod, "_launcher", spy)
+    H = p.num_heads or 2
+    assert_close(check_module(mod, p, 83, D=16, H=H, HK=1))
+    assert seen and set(seen) == {overlap == "1"}, seen
+
+
+def test_overlapped_runs_only_for_long_walks_in_token_order():
+    """_fwd_run is emitted where the forward takes 128-row tiles (long walks: one wasted product
+    at each end of a run costs little there) and only for passes whose keys are in token order."""
+    assert "if OVL:" in patternc.compile(patternc.parse("pattern p = causal"), "triton")
+    assert "if OVL:" not in patternc.compile(patternc.parse("pattern p = local(256)"), "triton")
+    strided = patternc.compile(patternc.parse("pattern p = causal & (local(256) | stride(256))"), "triton")
+    assert "if OVL:" not in strided  # short in-order walks, and a residue-class pass
