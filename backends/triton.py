@@ -501,11 +501,15 @@ class _Emitter:
             two_walks=self.two_walks["fwd"], full_run=run)
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
+        run = None
+        if self.fwd_overlap and p.space.kind == "identity":
+            run = ("dq = _dq_run(dq, q, do, lse2, delta, KD, VD, z, hk, r, k_base, v_base, sk2, sk3, sv2, sv3, "
+                   f"{{lo}}, {{hi}}, n, qk_scale, offs_d, BN, D, PREC, WIDEN, {self.tma(p, 'k')})")
         loops = self.query_loops(
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True,
-            two_walks=self.two_walks["dq"])
+            two_walks=self.two_walks["dq"], full_run=run)
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),
@@ -514,7 +518,8 @@ class _Emitter:
             "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
             "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr,",
+            "        OVL: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
             '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
             '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',

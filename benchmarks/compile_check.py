@@ -13,6 +13,7 @@ warps).
     python benchmarks/compile_check.py examples/bigbird.attn            # sm_90, bf16, D = 128
     python benchmarks/compile_check.py --all --arch 90 --d 64
     PATTERNC_CONFIG=DKV_BM=32 python benchmarks/compile_check.py --regs examples/sliding_window.attn
+    COMPILE_CHECK_PTX_DIR=/some/dir python benchmarks/compile_check.py ...    # also write each kernel's PTX
 """
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = Fa
     t0 = time.perf_counter()
     compiled = triton.compile(src, target=target, options=options)
     seconds = time.perf_counter() - t0
+    if os.environ.get("COMPILE_CHECK_PTX_DIR"):  # keep the PTX, e.g. to read where wgmma waits
+        with open(os.path.join(os.environ["COMPILE_CHECK_PTX_DIR"], f"{jit.__name__}.ptx"), "w") as f:
+            f.write(compiled.asm["ptx"])
     return seconds, compiled.metadata.shared, ptxas_usage(compiled.asm["ptx"], target.arch) if regs else None
 
 
