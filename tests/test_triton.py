@@ -1045,15 +1045,17 @@ def test_tiles_last_first_give_the_same_result(name, rev, monkeypatch):
 
 @pytest.mark.parametrize("src", [PATTERNS["causal"], PATTERNS["queries_keys"], PATTERNS["wide_block_fixed"],
                                  PATTERNS["all"], "heads { 0..0: local(4), 1..1: causal }"])
-@pytest.mark.parametrize("overlap", ["0", "1"])
+@pytest.mark.parametrize("overlap", [0, 1, 2, 3])
 def test_overlapped_full_runs_give_the_same_result(src, overlap, monkeypatch):
-    """overlap=1 walks the forward's full runs with _fwd_run (the next tile's scores issued before
-    this tile's softmax); both settings match float64 at a ragged length, where full runs of 0, 1
-    and several tiles occur, and the forward kernels really take OVL from the setting."""
+    """overlap bit 1 walks the forward's full runs with _fwd_run (the next tile's scores issued
+    before this tile's softmax), bit 2 the dq kernel's with _dq_run; every setting matches
+    float64 at a ragged length, where full runs of 0, 1 and several tiles occur, and the kernels
+    really take OVL from the setting."""
     monkeypatch.setenv("PATTERNC_CONFIG", f"overlap={overlap}")
     p, mod = module(src)
-    assert "if OVL:" in patternc.compile(p, "triton")
-    seen = []
+    text = patternc.compile(p, "triton")
+    assert "= _fwd_run(" in text and "= _dq_run(" in text
+    seen = set()
     real = mod._launcher
 
     def spy(kernel, grid, site=None):
@@ -1061,13 +1063,13 @@ def test_overlapped_full_runs_give_the_same_result(src, overlap, monkeypatch):
 
         def call(*args, **kw):
             if "OVL" in kw:
-                seen.append(kw["OVL"])
+                seen.add((kernel.fn.__name__[:4], kw["OVL"]))
             return launch(*args, **kw)
         return call
     monkeypatch.setattr(mod, "_launcher", spy)
     H = p.num_heads or 2
     assert_close(check_module(mod, p, 83, D=16, H=H, HK=1))
-    assert seen and set(seen) == {overlap == "1"}, seen
+    assert seen == {("_fwd", bool(overlap & 1)), ("_dq_", bool(overlap & 2))}, seen
 
 
 def test_overlapped_runs_only_for_long_walks_in_token_order():
