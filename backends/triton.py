@@ -71,9 +71,6 @@ class _Emitter:
         # program per SM either way, and their full tiles keep the mask-free body.
         self.fwd_tiles = choose_forward_tiles(pattern)
         self.fwd_one_loop = self.fwd_tiles[0] == 64
-        # the full runs of long walks (the 128-row tiles' patterns) may overlap each tile's
-        # softmax with the next tile's scores (_fwd_run; the OVL launch setting picks)
-        self.fwd_overlap = self.fwd_tiles[0] == 128
         self.two_walks = (dict.fromkeys(("fwd", "dq", "dkdv"), UNION_WALK == "two") if UNION_WALK in ("one", "two")
                           else choose_union_walks(pattern, fwd_tiles=self.fwd_tiles))
         self.args = printer.ArgTable()
@@ -90,19 +87,17 @@ class _Emitter:
 
     # ---- query-major loops (forward and dq) ---------------------------------------------
     def query_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False,
-                    two_walks: bool = False, full_run: Optional[str] = None) -> list:
+                    two_walks: bool = False) -> list:
         """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
         return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks,
-                          full_run)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks)
 
     def key_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False, two_walks: bool = False) -> list:
         return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
                           call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")), one_loop, two_walks)
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
-              window: bool = False, one_loop: bool = False, two_walks: bool = False,
-              full_run: Optional[str] = None) -> list:
+              window: bool = False, one_loop: bool = False, two_walks: bool = False) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
         `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
@@ -113,10 +108,7 @@ class _Emitter:
         D = 128: dq 164 -> 262 KiB, over an SM's 228; dk/dv 99 -> 198 KiB, one program per SM
         instead of two).
         `two_walks`: a union is walked twice instead, its full runs with the mask-free body, then
-        its partial tiles: one loop per walk, and walks one after the other share their buffers.
-        `full_run`: a call with {lo} and {hi} left open that walks a run of full tiles itself
-        (the forward's `_fwd_run`); where given, each full-tile loop is emitted both ways, chosen
-        by the OVL launch setting."""
+        its partial tiles: one loop per walk, and walks one after the other share their buffers."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -154,13 +146,6 @@ class _Emitter:
                ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
         full_body = pos + [full_call]
         masked_body = pos + [keep, masked_call]
-
-        def full_loop(lo: str, hi: str) -> list:
-            loop = [f"for {idx} in range({lo}, {hi}):  # full tiles"] + _indent(full_body, 4)
-            if full_run is None:
-                return loop
-            return ["if OVL:  # the next tile's scores in flight during this tile's softmax (_fwd_run)",
-                    "    " + full_run.format(lo=lo, hi=hi), "else:"] + _indent(loop, 4)
         if len(spans) == 1 and spans[0][0] in never_full:
             # one masked loop: the full and leading loops would be empty (less code to compile)
             (ti, _), = spans
@@ -174,7 +159,8 @@ class _Emitter:
                     f"for e_it in range(0, before{ti} + (v_hi{ti} - f_hi{ti})):  # partial tiles, both sides",
                     f"    {idx} = tl.where(e_it < before{ti}, v_lo{ti} + e_it, f_hi{ti} + (e_it - before{ti}))"]
             out += _indent(masked_body, 4)
-            out += full_loop(f"f_lo{ti}", f"f_hi{ti}")
+            out += [f"for {idx} in range(f_lo{ti}, f_hi{ti}):  # full tiles"]
+            out += _indent(full_body, 4)
         elif spans:
             ids = [ti for ti, _ in spans]
             big = "2147483647"
@@ -207,8 +193,9 @@ class _Emitter:
                 nxt_fstart = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
                                                   for k in ids])
                 body = [f"if {in_full}:",
-                        f"    seg = {seg_full}"]
-                body += _indent(full_loop("cur", "seg"), 4)
+                        f"    seg = {seg_full}",
+                        f"    for {idx} in range(cur, seg):  # full tiles"]
+                body += _indent(full_body, 8)
                 body += ["    cur = seg", "else:", f"    cur = {nxt_fstart}  # the next full run"]
                 out += _indent(body, 4)
                 out.append("cur = start  # then the partial tiles")
@@ -234,8 +221,9 @@ class _Emitter:
             else:
                 body = [f"if {inside}:",
                         f"    if {in_full}:",
-                        f"        seg = {seg_full}"]
-                body += _indent(full_loop("cur", "seg"), 8)
+                        f"        seg = {seg_full}",
+                        f"        for {idx} in range(cur, seg):  # full tiles"]
+                body += _indent(full_body, 12)
                 body += ["    else:",
                          f"        vis = {vis}",
                          f"        seg = {nxt_full}",
@@ -457,7 +445,7 @@ class _Emitter:
             "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
             "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
             "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        QTMA: tl.constexpr, REV: tl.constexpr, OVL: tl.constexpr):",
+            "        QTMA: tl.constexpr, REV: tl.constexpr):",
             f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
             '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
             '\n    O may be OI, or the final output in the input dtype)."""',
@@ -490,26 +478,18 @@ class _Emitter:
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
-        run = None
-        if self.fwd_overlap and p.space.kind == "identity" and not self.fwd_one_loop:
-            run = ("acc, m_i, l_i = _fwd_run(acc, m_i, l_i, q, KD, VD, z, hk, r, k_base, v_base, sk2, sk3, sv2, sv3, "
-                   f"{{lo}}, {{hi}}, n, qk_scale, offs_d, BN, D, PREC, WIDEN, {self.tma(p, 'k')})")
         return self.query_loops(
             p, mask_name,
             "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop,
-            two_walks=self.two_walks["fwd"], full_run=run)
+            two_walks=self.two_walks["fwd"])
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
-        run = None
-        if self.fwd_overlap and p.space.kind == "identity":
-            run = ("dq = _dq_run(dq, q, do, lse2, delta, KD, VD, z, hk, r, k_base, v_base, sk2, sk3, sv2, sv3, "
-                   f"{{lo}}, {{hi}}, n, qk_scale, offs_d, BN, D, PREC, WIDEN, {self.tma(p, 'k')})")
         loops = self.query_loops(
             p, mask_name,
             "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
             f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True,
-            two_walks=self.two_walks["dq"], full_run=run)
+            two_walks=self.two_walks["dq"])
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),
@@ -518,8 +498,7 @@ class _Emitter:
             "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
             "        ACCUM: tl.constexpr, PARTIAL,",
             "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr,",
-            "        OVL: tl.constexpr):",
+            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr):",
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
             '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
             '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
