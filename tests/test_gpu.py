@@ -143,14 +143,27 @@ def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
         assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (D, env, res)
 
 
-def test_first_call_compiles_every_kernel_at_once():
+def test_first_call_compiles_every_kernel_at_once(monkeypatch):
     """The first forward and the first backward hand all their kernels' compilations to a
-    thread pool before launching (two passes here, and the backward's five kernels)."""
+    thread pool before launching (two passes here, and the backward's five kernels), then build
+    their launchers and load their binaries in a pool too, not one after the other at launch."""
+    import threading
+    from triton.compiler.compiler import CompiledKernel
+    threads = []
+    real = CompiledKernel._init_handles
+
+    def spy(self):
+        if self.module is None:
+            threads.append((self.name, threading.current_thread() is threading.main_thread()))
+        return real(self)
+    monkeypatch.setattr(CompiledKernel, "_init_handles", spy)
     p = patternc.parse("pattern p_first_call = causal & (local(100) | stride(96))")  # a pattern no other test compiles
     mod = patternc.load(p, backend="triton")
     res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
     assert {pl["key"][0] for pl in mod._PLANS.values() if pl.get("warmed")} == {"fwd", "bwd"}
+    ours = [(name, main) for name, main in threads if name.startswith(("_fwd", "_dq", "_dkdv"))]
+    assert len(ours) >= 4 and not any(main for _, main in ours), threads
 
 
 @pytest.mark.parametrize("mode", ["1", "2"])  # 2: TMA descriptors encoded once (opt-in)
