@@ -37,6 +37,8 @@
 #                                             # class-TMA tests and kernel times at D = 128 (no D = 64 A/B)
 #   bash benchmarks/gpu_session.sh v14        # S_{j+1} = Q K^T issued before softmax_j (overlap_probe.py, causal
 #                                             # forward against cuDNN; measured slower, NOTES.md v14)
+#   bash benchmarks/gpu_session.sh v14b       # first calls: launchers built in a pool (PATTERNC_PARALLEL_COMPILE
+#                                             # 2 = before, 1 = new) alternated at n = 16384, D = 128
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -47,7 +49,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -176,6 +178,17 @@ case "${1:-}" in
              # own variant (_fwd_run/_dq_run, PATTERNC_CONFIG=overlap=1|2|3) was measured slower on an
              # H100 (NOTES.md, v14) and removed: it is in the history at commit 17f7c2b
              timeout 150 python3 benchmarks/overlap_probe.py --out "$OUT/overlap-probe-v14.jsonl" 2>&1 | tail -20 ;;
+    v14b)    # launchers built and binaries loaded in a pool after the first call's parallel compile:
+             # its GPU tests, then first calls at D = 128 against Flex, compile-only (=2) and the new
+             # default (=1) alternated, each bench a fresh process with fresh compile caches
+             (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
+                 -k "first_call or repeated" 2>&1 | tail -3 | tee "$OUT/gpu-tests-first-call-v14.txt")
+             i=0
+             for mode in 2 1 2 1; do
+                 i=$((i + 1))
+                 PATTERNC_PARALLEL_COMPILE=$mode timeout 90 python3 benchmarks/bench.py --n 16384 --d 128 \
+                     --patterns local,longformer,strided,fixed --out "$OUT" --tag "first-v14-$i-mode$mode" | grep "^| 16384"
+             done ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
