@@ -185,7 +185,7 @@ case "${1:-}" in
              (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
                  -k "first_call" 2>&1 | tail -3 | tee "$OUT/gpu-tests-first-call-v14.txt")
              i=0
-             for mode in 2 1 2 1; do
+             for mode in ${MODES:-2 1 2 1}; do
                  i=$((i + 1))
                  PATTERNC_PARALLEL_COMPILE=$mode timeout 60 python3 benchmarks/bench.py --n 16384 --d 128 \
                      --patterns longformer,strided --out "$OUT" --tag "first-v14-$i-mode$mode" | grep "^| 16384"
