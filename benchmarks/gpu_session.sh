@@ -38,7 +38,7 @@
 #   bash benchmarks/gpu_session.sh v14        # S_{j+1} = Q K^T issued before softmax_j (overlap_probe.py, causal
 #                                             # forward against cuDNN; measured slower, NOTES.md v14)
 #   bash benchmarks/gpu_session.sh v14b       # first calls: launchers built in a pool (PATTERNC_PARALLEL_COMPILE
-#                                             # 2 = before, 1 = new) alternated at n = 16384, D = 128
+#                                             # 1 = default, 2 = the pool, opt-in) alternated at n = 16384, D = 128
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -179,13 +179,13 @@ case "${1:-}" in
              # H100 (NOTES.md, v14) and removed: it is in the history at commit 17f7c2b
              timeout 150 python3 benchmarks/overlap_probe.py --out "$OUT/overlap-probe-v14.jsonl" 2>&1 | tail -20 ;;
     v14b)    # launchers built and binaries loaded in a pool after the first call's parallel compile:
-             # its GPU tests, then first calls at D = 128 against Flex, compile-only (=2) and the new
-             # default (=1) alternated, each bench a fresh process with fresh compile caches (the two
-             # patterns whose forward launches two kernels)
+             # its GPU test, then first calls at D = 128 against Flex, compiles only (=1, the default)
+             # and with the pool (=2, opt-in) alternated, each bench a fresh process with fresh
+             # compile caches (the two patterns whose forward launches two kernels)
              (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
                  -k "first_call" 2>&1 | tail -3 | tee "$OUT/gpu-tests-first-call-v14.txt")
              i=0
-             for mode in ${MODES:-2 1 2 1}; do
+             for mode in ${MODES:-1 2 1 2}; do
                  i=$((i + 1))
                  PATTERNC_PARALLEL_COMPILE=$mode timeout 60 python3 benchmarks/bench.py --n 16384 --d 128 \
                      --patterns longformer,strided --out "$OUT" --tag "first-v14-$i-mode$mode" | grep "^| 16384"

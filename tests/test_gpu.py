@@ -145,8 +145,9 @@ def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
 
 def test_first_call_compiles_every_kernel_at_once(monkeypatch):
     """The first forward and the first backward hand all their kernels' compilations to a
-    thread pool before launching (two passes here, and the backward's five kernels), then build
-    their launchers and load their binaries in a pool too, not one after the other at launch."""
+    thread pool before launching (two passes here, and the backward's five kernels); with
+    PATTERNC_PARALLEL_COMPILE=2 they then build their launchers and load their binaries in a pool
+    too, not one after the other at launch."""
     import threading
     from triton.compiler.compiler import CompiledKernel
     threads = []
@@ -157,6 +158,7 @@ def test_first_call_compiles_every_kernel_at_once(monkeypatch):
             threads.append((self.name, threading.current_thread() is threading.main_thread()))
         return real(self)
     monkeypatch.setattr(CompiledKernel, "_init_handles", spy)
+    monkeypatch.setenv("PATTERNC_PARALLEL_COMPILE", "2")
     p = patternc.parse("pattern p_first_call = causal & (local(100) | stride(96))")  # a pattern no other test compiles
     mod = patternc.load(p, backend="triton")
     res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
