@@ -1041,3 +1041,43 @@ def test_tiles_last_first_give_the_same_result(name, rev, monkeypatch):
     got = {name: r for name, r in seen if r is not None}
     assert got and got == {k: v for k, v in want.items() if k in got}, (got, want)
     assert any(got.values()) == (rev == "1"), got  # every one of these patterns has a growing pass
+
+
+def test_launcher_pool_initialises_compiled_kernels_off_the_main_thread():
+    """PATTERNC_PARALLEL_COMPILE=2's pool (`_init_in_pool`): every distinct compiled kernel (or
+    future of one) is initialised once, off the calling thread; a kernel whose initialisation
+    failed before its binary loaded is left to retry at launch, not to launch unloaded."""
+    import threading
+
+    _, mod = module(PATTERNS["causal"])
+
+    class Kernel:
+        def __init__(self, fail=False):
+            self.module, self._run, self.fail, self.threads = None, None, fail, []
+
+        def _init_handles(self):
+            self.threads.append(threading.current_thread() is threading.main_thread())
+            self._run = "launcher"
+            if self.fail:
+                raise RuntimeError("no binary")
+            self.module = "loaded"
+
+    class Future:
+        def __init__(self, k):
+            self.k = k
+
+        def result(self):
+            return self.k
+
+    class Broken:
+        def result(self):
+            raise RuntimeError("compile failed")
+
+    a, b, bad = Kernel(), Kernel(), Kernel(fail=True)
+    mod._init_in_pool([a, Future(b), a, bad, Broken(), None], torch.device("cpu"))
+    assert a.threads == [False] and b.threads == [False] and bad.threads == [False]
+    assert a.module == b.module == "loaded" and a._run == "launcher"
+    assert bad.module is None and bad._run is None  # the launch calls _init_handles again
+    lone = Kernel()
+    mod._init_in_pool([lone], torch.device("cpu"))  # one kernel: nothing to overlap, left to its launch
+    assert lone.threads == [] and lone.module is None
