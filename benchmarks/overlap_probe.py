@@ -5,8 +5,10 @@ FlashAttention-3 overlaps the softmax of tile j with the tensor cores' work on t
 ("intra-warpgroup pipelining"); Triton's kernels, ours included, compute S_j, then softmax,
 then P_j V_j, so within one warpgroup the tensor cores idle during the exponentials. Here a
 causal forward (128x64 tiles, host TMA descriptors, as the generated kernels at n = 65,536)
-is written twice: PIPE=0 as the template does it, PIPE=1 with S_{j+1} = Q K_{j+1}^T issued
-before the softmax of S_j and carried across the iteration.
+is written three ways: PIPE=0 as the template does it; PIPE=1 with S_{j+1} = Q K_{j+1}^T
+issued before the softmax of S_j (Triton still waits for it at once); PIPE=2 with P_{j-1} V_{j-1}
+first, whose wait covers S_j, then S_{j+1}, left in flight through softmax_j (the sm_90a PTX
+shows it).  Measured on an H100 (NOTES.md, v14): PIPE=2 is ~20% slower than PIPE=0.
 
     python benchmarks/overlap_probe.py                   # GPU box: timings against cuDNN causal
     python benchmarks/overlap_probe.py --check-only      # correctness, small n (CPU interpreter too)
@@ -158,7 +160,7 @@ def check(n: int = 384) -> None:
 
 
 def ptx_report(stages: int = 3) -> None:
-    """Compile both variants for sm_90a here and print what decides the overlap: how many
+    """Compile the variants for sm_90a here and print what decides the overlap: how many
     wgmma waits the loop has and with which pending counts, registers and spills."""
     import re
     import subprocess
