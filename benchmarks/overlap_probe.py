@@ -22,11 +22,26 @@ import argparse
 import json
 import os
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import bench  # noqa: E402  (bench.py's median over at least 7 timed calls)
+
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+
+@triton.jit
+def _rows(desc, row, WIDEN: tl.constexpr):
+    """One tile through its TMA descriptor (widened to fp32 under the CPU interpreter, whose bf16
+    products are wrong in Triton 3.6)."""
+    x = desc.load([row, 0])
+    if WIDEN:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -54,43 +69,29 @@ def causal_fwd(qd, kd, vd, O, n, qk_scale, BM: tl.constexpr, BN: tl.constexpr, D
     row0 = zh * n
     i = a0 + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    q = qd.load([row0 + a0, 0])
-    if WIDEN:
-        q = q.to(tl.float32)
+    q = _rows(qd, row0 + a0, WIDEN)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, D], tl.float32)
     full_hi = (a0 + 1) // BN  # key tiles entirely at or before the tile's first query
     hi = tl.minimum(a0 + BM - 1, n - 1) // BN + 1
     if PIPE == 1:
-        k = kd.load([row0, 0])
-        if WIDEN:
-            k = k.to(tl.float32)
+        k = _rows(kd, row0, WIDEN)
         s = tl.dot(q, tl.trans(k))
         for kt in range(0, full_hi):
-            v = vd.load([row0 + kt * BN, 0])
-            kn = kd.load([row0 + tl.minimum(kt + 1, hi - 1) * BN, 0])
-            if WIDEN:
-                v = v.to(tl.float32)
-                kn = kn.to(tl.float32)
+            v = _rows(vd, row0 + kt * BN, WIDEN)
+            kn = _rows(kd, row0 + tl.minimum(kt + 1, hi - 1) * BN, WIDEN)
             s_next = tl.dot(q, tl.trans(kn))  # in flight during this tile's softmax
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, 0, qk_scale, False)
             s = s_next
     elif PIPE == 2:  # P_{j-1} V_{j-1} first (its wait 0 lets S_{j+1} stay in flight), then softmax_j
-        k = kd.load([row0, 0])
-        if WIDEN:
-            k = k.to(tl.float32)
+        k = _rows(kd, row0, WIDEN)
         s = tl.dot(q, tl.trans(k))
-        p = tl.zeros([BM, BN], tl.float32).to(kd.dtype)
-        if WIDEN:
-            p = p.to(tl.float32)
+        p = tl.zeros([BM, BN], tl.float32).to(q.dtype)
         alpha = tl.full([BM], 1.0, tl.float32)
         for kt in range(0, full_hi):
-            v = vd.load([row0 + tl.maximum(kt - 1, 0) * BN, 0])
-            kn = kd.load([row0 + tl.minimum(kt + 1, hi - 1) * BN, 0])
-            if WIDEN:
-                v = v.to(tl.float32)
-                kn = kn.to(tl.float32)
+            v = _rows(vd, row0 + tl.maximum(kt - 1, 0) * BN, WIDEN)
+            kn = _rows(kd, row0 + tl.minimum(kt + 1, hi - 1) * BN, WIDEN)
             acc = acc * alpha[:, None] + tl.dot(p, v)
             s_next = tl.dot(q, tl.trans(kn))
             s = s * qk_scale
@@ -102,26 +103,18 @@ def causal_fwd(qd, kd, vd, O, n, qk_scale, BM: tl.constexpr, BN: tl.constexpr, D
             p = p32.to(p.dtype)
             m_i = m_new
             s = s_next
-        v = vd.load([row0 + tl.maximum(full_hi - 1, 0) * BN, 0])
-        if WIDEN:
-            v = v.to(tl.float32)
+        v = _rows(vd, row0 + tl.maximum(full_hi - 1, 0) * BN, WIDEN)
         acc = acc * alpha[:, None] + tl.dot(p, v)
     else:
         for kt in range(0, full_hi):
-            k = kd.load([row0 + kt * BN, 0])
-            v = vd.load([row0 + kt * BN, 0])
-            if WIDEN:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k = _rows(kd, row0 + kt * BN, WIDEN)
+            v = _rows(vd, row0 + kt * BN, WIDEN)
             s = tl.dot(q, tl.trans(k))
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, 0, qk_scale, False)
     for kt in range(full_hi, hi):  # the diagonal's tiles, masked
         j = kt * BN + tl.arange(0, BN)
-        k = kd.load([row0 + kt * BN, 0])
-        v = vd.load([row0 + kt * BN, 0])
-        if WIDEN:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _rows(kd, row0 + kt * BN, WIDEN)
+        v = _rows(vd, row0 + kt * BN, WIDEN)
         s = tl.dot(q, tl.trans(k))
         keep = (i[:, None] >= j[None, :]) & (j < n)[None, :]
         acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, keep, qk_scale, True)
@@ -225,8 +218,7 @@ def main() -> None:
                     return run(q, k, v, cfg[0], stages=cfg[1])
             out = fn().float()
             diff = (out - ref).abs().max().item()
-            est = triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
-            ms = triton.testing.do_bench(fn, warmup=10, rep=max(100, int(7 * est) + 1), return_mode="median")
+            ms = bench(fn)
             row = dict(n=n, variant=name, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, diff=diff)
             rows.append(row)
             print(json.dumps(row), flush=True)
