@@ -14,6 +14,12 @@ warps).
     python benchmarks/compile_check.py --all --arch 90 --d 64
     PATTERNC_CONFIG=DKV_BM=32 python benchmarks/compile_check.py --regs examples/sliding_window.attn
     COMPILE_CHECK_PTX_DIR=/some/dir python benchmarks/compile_check.py ...    # also write each kernel's PTX
+    python benchmarks/compile_check.py --launchers examples/longformer.attn  # launcher sources guessed right?
+
+With --launchers, each kernel's CUDA launcher source (the C file Triton builds at a kernel's first
+launch) is made twice: from the compiled kernel's metadata, and from what the module guesses
+before compiling (`_launcher_guess`, used by PATTERNC_PARALLEL_COMPILE=2 to build launchers while
+the kernels compile).  A mismatch means the prebuilt launcher would miss Triton's cache.
 """
 from __future__ import annotations
 
@@ -78,9 +84,35 @@ def ptxas_usage(ptx: str, arch: int) -> str:
     return f"{regs.group(1):>3s} regs, {spill.group(1) if spill else '?':>3s} B spilled"
 
 
-def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = False) -> tuple:
+class _Captured(Exception):
+    pass
+
+
+def launcher_source(src, metadata) -> str:
+    """The C source of the CUDA launcher Triton would build for a kernel with this metadata
+    (captured from Triton's own launcher class instead of compiled: no CUDA driver needed)."""
+    from triton.backends.nvidia import driver as nv
+    seen = []
+
+    def grab(src, **_):
+        seen.append(src)
+        raise _Captured
+
+    saved = nv.compile_module_from_src, nv.library_dirs
+    nv.compile_module_from_src, nv.library_dirs = grab, lambda: []
+    try:
+        nv.CudaLauncher(src, metadata)
+    except _Captured:
+        pass
+    finally:
+        nv.compile_module_from_src, nv.library_dirs = saved
+    return seen[0]
+
+
+def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = False, guess=None) -> tuple:
     """Compile one intercepted launch for the target: (seconds taken, shared memory bytes,
-    registers and spills or None)."""
+    registers and spills or None, and with `guess` whether the launcher source guessed before
+    compiling matches the compiled kernel's)."""
     jit = fn
     names = jit.arg_names
     kw["WIDEN"] = False  # set for bf16 on CPU tensors: an interpreter-only widening
@@ -111,10 +143,15 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = Fa
     if os.environ.get("COMPILE_CHECK_PTX_DIR"):  # keep the PTX, e.g. to read where wgmma waits
         with open(os.path.join(os.environ["COMPILE_CHECK_PTX_DIR"], f"{jit.__name__}.ptx"), "w") as f:
             f.write(compiled.asm["ptx"])
-    return seconds, compiled.metadata.shared, ptxas_usage(compiled.asm["ptx"], target.arch) if regs else None
+    usage = ptxas_usage(compiled.asm["ptx"], target.arch) if regs else None
+    if guess is not None:
+        same = launcher_source(src, compiled.metadata) == launcher_source(src, guess(src))
+        usage = ((usage + "  ") if usage else "") + ("launcher guessed" if same else "launcher MISMATCH")
+    return seconds, compiled.metadata.shared, usage
 
 
-def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False) -> list:
+def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False,
+          launchers: bool = False) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
     user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
@@ -136,7 +173,8 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
                     seen.add(key)
                     try:
                         label = self.label + (" (atomic dq)" if kw.get("FUSED") else "")
-                        results.append((label, *compile_launch(self.real, args, dict(kw), target, regs), None))
+                        results.append((label, *compile_launch(self.real, args, dict(kw), target, regs,
+                                                                  mod._launcher_guess if launchers else None), None))
                     except Exception as e:  # report and go on: the point is the list
                         results.append((self.label, None, None, None, f"{type(e).__name__}: "
                                         + str(e).strip().splitlines()[-1][:300]))
@@ -175,6 +213,8 @@ def main() -> int:
     ap.add_argument("--fwd-only", action="store_true")
     ap.add_argument("--warm-cache", action="store_true", help="keep Triton's on-disk cache (default: a fresh one)")
     ap.add_argument("--regs", action="store_true", help="also registers per thread and spilled bytes (ptxas -v)")
+    ap.add_argument("--launchers", action="store_true",
+                    help="also check the launcher source guessed before compiling against the compiled kernel's")
     args = ap.parse_args()
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     files = args.files or (sorted(glob.glob(os.path.join(here, "examples", "*.attn"))) if args.all else [])
@@ -186,10 +226,10 @@ def main() -> int:
     failed = 0
     for path in files:
         for name, t, smem, usage, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only,
-                                               args.regs):
+                                               args.regs, args.launchers):
             print(f"{os.path.basename(path):22s} {name:22s} " + (f"{usage}  " if usage else "")
                   + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
-            failed += err is not None
+            failed += err is not None or "MISMATCH" in (usage or "")
     return 1 if failed else 0
 
 

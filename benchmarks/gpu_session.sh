@@ -39,6 +39,10 @@
 #                                             # forward against cuDNN; measured slower, NOTES.md v14)
 #   bash benchmarks/gpu_session.sh v14b       # first calls: launchers built in a pool (PATTERNC_PARALLEL_COMPILE
 #                                             # 1 = default, 2 = the pool, opt-in) alternated at n = 16384, D = 128
+#   bash benchmarks/gpu_session.sh v15        # first calls: launchers built while the kernels compile, binaries
+#                                             # loaded in a pool (PATTERNC_PARALLEL_COMPILE=2) against 1, the
+#                                             # default, alternated at n = 16384, D = 128, on the four patterns
+#                                             # whose first call was slower than Flex's in v13
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -49,7 +53,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -189,6 +193,15 @@ case "${1:-}" in
                  i=$((i + 1))
                  PATTERNC_PARALLEL_COMPILE=$mode timeout 60 python3 benchmarks/bench.py --n 16384 --d 128 \
                      --patterns longformer,strided --out "$OUT" --tag "first-v14-$i-mode$mode" | grep "^| 16384"
+             done ;;
+    v15)     (cd tests && timeout 120 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf \
+                 -k "first_call" 2>&1 | tail -3 | tee "$OUT/gpu-tests-first-call-v15.txt")
+             i=0
+             for mode in ${MODES:-1 2 1 2}; do
+                 i=$((i + 1))
+                 PATTERNC_PARALLEL_COMPILE=$mode timeout 110 python3 benchmarks/bench.py --n 16384 --d 128 \
+                     --patterns local,longformer,strided,fixed --out "$OUT" --tag "first-v15-$i-mode$mode" \
+                     | grep "^| 16384"
              done ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;

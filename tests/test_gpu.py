@@ -143,21 +143,30 @@ def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
         assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (D, env, res)
 
 
-def test_first_call_compiles_every_kernel_at_once(monkeypatch):
+def test_first_call_compiles_every_kernel_at_once(monkeypatch, tmp_path):
     """The first forward and the first backward hand all their kernels' compilations to a
     thread pool before launching (two passes here, and the backward's five kernels); with
-    PATTERNC_PARALLEL_COMPILE=2 they then build their launchers and load their binaries in a pool
-    too, not one after the other at launch."""
+    PATTERNC_PARALLEL_COMPILE=2 each kernel's launcher is built in that pool while the kernel
+    compiles (none is built at launch: the guessed launcher source was the right one), and the
+    binaries load in a pool too, not one after the other at launch."""
     import threading
+    import triton.runtime.build as build
     from triton.compiler.compiler import CompiledKernel
-    threads = []
-    real = CompiledKernel._init_handles
+    threads, launchers = [], []
+    real, real_build = CompiledKernel._init_handles, build._build
 
     def spy(self):
         if self.module is None:
             threads.append((self.name, threading.current_thread() is threading.main_thread()))
         return real(self)
+
+    def build_spy(name, *args, **kw):
+        if name == "__triton_launcher":
+            launchers.append(threading.current_thread() is threading.main_thread())
+        return real_build(name, *args, **kw)
     monkeypatch.setattr(CompiledKernel, "_init_handles", spy)
+    monkeypatch.setattr(build, "_build", build_spy)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # every launcher built in this test
     monkeypatch.setenv("PATTERNC_PARALLEL_COMPILE", "2")
     p = patternc.parse("pattern p_first_call = causal & (local(100) | stride(96))")  # a pattern no other test compiles
     mod = patternc.load(p, backend="triton")
@@ -166,6 +175,7 @@ def test_first_call_compiles_every_kernel_at_once(monkeypatch):
     assert {pl["key"][0] for pl in mod._PLANS.values() if pl.get("warmed")} == {"fwd", "bwd"}
     ours = [(name, main) for name, main in threads if name.startswith(("_fwd", "_dq", "_dkdv"))]
     assert len(ours) >= 4 and not any(main for _, main in ours), threads
+    assert len(launchers) >= 2 and not any(launchers), launchers  # all in the pool, none at launch
 
 
 @pytest.mark.parametrize("mode", ["1", "2"])  # 2: TMA descriptors encoded once (opt-in)

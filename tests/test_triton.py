@@ -677,8 +677,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch
     src.write_text(f"pattern p = {PATTERNS[name]}\n")
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", str(D), "--n", "4096", "--regs"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", str(D), "--n", "4096", "--regs",
+                        "--launchers"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     kinds = {line.split()[1] for line in r.stdout.splitlines() if line.strip()}
     assert {"fwd", "dq", "dkdv"} <= kinds, r.stdout
@@ -698,6 +698,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch
     # ptxas's register report for every kernel (the tool that found the dk/dv kernels' spills)
     regs = [int(m) for m in re.findall(r"(\d+) regs, +\d+ B spilled", r.stdout)]
     assert len(regs) == len(shared) and all(0 < x <= 255 for x in regs), r.stdout
+    # the launcher source guessed before compiling (PATTERNC_PARALLEL_COMPILE=2) is the compiled one's
+    assert r.stdout.count("launcher guessed") == len(shared), r.stdout
 
 
 def test_residue_class_tma_compiles_for_hopper(tmp_path, monkeypatch):
@@ -710,12 +712,13 @@ def test_residue_class_tma_compiles_for_hopper(tmp_path, monkeypatch):
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compile_check.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), PATTERNC_CONFIG="class_tma=1")
-    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", "128", "--n", "4096"],
+    r = subprocess.run([sys.executable, script, str(src), "--arch", "90", "--d", "128", "--n", "4096", "--launchers"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Error" not in r.stdout, r.stdout
     shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
     assert len(shared) >= 5 and max(shared) <= 227, r.stdout
+    assert r.stdout.count("launcher guessed") == len(shared), r.stdout  # 5-D descriptors lower to TMA too
 
 
 def test_eager_path_matches_the_custom_op_bit_for_bit():
@@ -1081,3 +1084,49 @@ def test_launcher_pool_initialises_compiled_kernels_off_the_main_thread():
     lone = Kernel()
     mod._init_in_pool([lone], torch.device("cpu"))  # one kernel: nothing to overlap, left to its launch
     assert lone.threads == [] and lone.module is None
+
+
+def test_launchers_are_submitted_for_building_while_their_kernels_compile():
+    """PATTERNC_PARALLEL_COMPILE=2's jit_cache_hook (`_prebuild_hook`): each distinct kernel
+    specialisation submits one launcher build to the compile pool, with every tensor-descriptor
+    argument guessed to lower to TMA; a hook installed before it runs first and may skip the
+    compilation (then nothing is built); anything unexpected builds nothing and raises nothing."""
+    from types import SimpleNamespace
+
+    _, mod = module(PATTERNS["local"])
+
+    class Pool:
+        def __init__(self):
+            self.jobs = []
+
+        def submit(self, fn, *args):
+            self.jobs.append((fn, args))
+
+    class Kernel:  # what ASTSource reads of a JIT function
+        __name__ = "kern"
+        arg_names = ["X", "KD", "VD", "BM"]
+
+    asked = []
+
+    def previous(**kw):
+        asked.append(kw["key"])
+        return kw["key"] == "skip"
+
+    pool = Pool()
+    hook = mod._prebuild_hook(pool, previous)
+    sig = {"X": "*bf16", "KD": "tensordesc<bf16[64, 128]>", "VD": "tensordesc<bf16[64, 128]>", "BM": "constexpr"}
+    info = SimpleNamespace(jit_function=Kernel())
+    for key, bm in (("a", 64), ("b", 64), ("c", 128), ("skip", 32)):
+        out = hook(key=key, repr="", fn=info, compile={"signature": sig, "constants": {"BM": bm}},
+                   is_manual_warmup=True, already_compiled=False)
+        assert out == (True if key == "skip" else None)
+    assert asked == ["a", "b", "c", "skip"]
+    assert [fn for fn, _ in pool.jobs] == [mod._prebuild_launcher] * 2  # BM=64 once, BM=128 once
+    srcs = [args[0] for _, args in pool.jobs]
+    assert [s.constants for s in srcs] == [{(3,): 64}, {(3,): 128}]
+    guess = mod._launcher_guess(srcs[0])
+    assert guess.tensordesc_meta == [{}, {}] and guess.global_scratch_size == 0
+    assert mod._launcher_guess(SimpleNamespace(signature={"X": "*bf16"})).tensordesc_meta is None
+    assert hook(key="d", repr="", fn=None, compile={}, is_manual_warmup=True, already_compiled=False) is None
+    assert len(pool.jobs) == 2
+    mod._prebuild_launcher(srcs[0])  # no CUDA driver here: nothing built, nothing raised
