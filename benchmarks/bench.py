@@ -262,8 +262,9 @@ def main():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"), command="python benchmarks/" + " ".join([os.path.basename(sys.argv[0])]
-                                                                              + sys.argv[1:]), heads=args.heads,
+                    timespec="seconds"), command=" ".join(  # with the PATTERNC_* settings it ran under
+                        [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("PATTERNC_")]
+                        + ["python benchmarks/" + os.path.basename(sys.argv[0])] + sys.argv[1:]), heads=args.heads,
                 compile_caches="as found (--warm-cache)" if args.warm_cache else "fresh (cold first calls)")
     os.makedirs(args.out, exist_ok=True)
     stem = "bench" + (f"-{args.tag}" if args.tag else "")

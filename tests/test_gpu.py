@@ -145,8 +145,8 @@ def test_pointer_loads_and_unaligned_layouts_on_gpu(name, monkeypatch):
 
 def test_first_call_compiles_every_kernel_at_once(monkeypatch, tmp_path):
     """The first forward and the first backward hand all their kernels' compilations to a
-    thread pool before launching (two passes here, and the backward's five kernels); with
-    PATTERNC_PARALLEL_COMPILE=2 each kernel's launcher is built in that pool while the kernel
+    thread pool before launching (two passes here, and the backward's five kernels); by default
+    (PATTERNC_PARALLEL_COMPILE=2) each kernel's launcher is built in that pool while the kernel
     compiles (none is built at launch: the guessed launcher source was the right one), and the
     binaries load in a pool too, not one after the other at launch."""
     import threading
@@ -167,7 +167,7 @@ def test_first_call_compiles_every_kernel_at_once(monkeypatch, tmp_path):
     monkeypatch.setattr(CompiledKernel, "_init_handles", spy)
     monkeypatch.setattr(build, "_build", build_spy)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # every launcher built in this test
-    monkeypatch.setenv("PATTERNC_PARALLEL_COMPILE", "2")
+    monkeypatch.delenv("PATTERNC_PARALLEL_COMPILE", raising=False)  # the default: 2
     p = patternc.parse("pattern p_first_call = causal & (local(100) | stride(96))")  # a pattern no other test compiles
     mod = patternc.load(p, backend="triton")
     res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
