@@ -19,7 +19,7 @@ from patternc.frontend import Pattern
 from patternc.intexpr import Const, to_python
 from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_bwd_settings, choose_forward_tiles, \
     choose_union_walks, \
-    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, longest_walks_first, plan, \
+    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, longest_walks_first, narrow_columns, plan, \
     query_major, query_position
 from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
 
@@ -32,6 +32,9 @@ def _template() -> string.Template:
 # Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
 # what lower.choose_union_walks decides per kernel.
 UNION_WALK = os.environ.get("PATTERNC_UNION_WALK", "")
+# Experiments only: PATTERNC_NARROW=0 walks narrow key columns (sinks, global columns) as whole
+# key tiles, as before their own step (benchmarks/NOTES.md, v15).
+NARROW = os.environ.get("PATTERNC_NARROW", "") != "0"
 
 
 def _open_mask(keep: str, query_major: bool) -> list:
@@ -87,17 +90,20 @@ class _Emitter:
 
     # ---- query-major loops (forward and dq) ---------------------------------------------
     def query_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False,
-                    two_walks: bool = False) -> list:
-        """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask."""
+                    two_walks: bool = False, narrow_call: Optional[str] = None) -> list:
+        """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask.
+        `narrow_call`: the masked tile call with pointer loads, for narrow key columns' steps."""
         return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks)
+                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks,
+                          narrow_call)
 
     def key_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False, two_walks: bool = False) -> list:
         return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
                           call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")), one_loop, two_walks)
 
     def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
-              window: bool = False, one_loop: bool = False, two_walks: bool = False) -> list:
+              window: bool = False, one_loop: bool = False, two_walks: bool = False,
+              narrow_call: Optional[str] = None) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
         `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
@@ -108,7 +114,9 @@ class _Emitter:
         D = 128: dq 164 -> 262 KiB, over an SM's 228; dk/dv 99 -> 198 KiB, one program per SM
         instead of two).
         `two_walks`: a union is walked twice instead, its full runs with the mask-free body, then
-        its partial tiles: one loop per walk, and walks one after the other share their buffers."""
+        its partial tiles: one loop per walk, and walks one after the other share their buffers.
+        `narrow_call` (query-major): terms that need a few fixed key columns (`narrow_columns`)
+        take a step of their own of as many keys, where no other term's tiles reach them."""
         c, space = self.code, p.space
         q = major == "q"
         T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
@@ -140,6 +148,8 @@ class _Emitter:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
                 out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
+        if q and narrow_call is not None and NARROW and len(spans) > 1 and not randoms:
+            out += self._narrow_steps(p, spans, mask_name, narrow_call)
         keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
                 f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
         pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
@@ -277,6 +287,32 @@ class _Emitter:
                         f"        for at in range(tl.maximum(qb * ({rb} // BM), at_lo{ti}), "
                         f"tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})):"]
                 out += _indent(body, 12)
+        return out
+
+    def _narrow_steps(self, p: Pass, spans: list, mask_name: str, call: str) -> list:
+        """One NB-key step (pointer loads) for each term that needs at most NB fixed key columns,
+        before the walk, when no other term's key tiles reach those columns (so each allowed
+        pair is counted once; the union mask applies, cut to the term's columns); the walk then
+        skips the term.  Otherwise (early query tiles, whose window reaches the columns) the
+        term stays in the walk, as without this."""
+        out = []
+        for ti, _ in spans:
+            nb = narrow_columns(p.terms[ti], p.space)
+            if nb is None:
+                continue
+            others = [k for k, _ in spans if k != ti]
+            apart = " & ".join(f"((v_hi{k} <= v_lo{k}) | (v_lo{k} > hi{ti} // BN) | (v_hi{k} <= lo{ti} // BN))"
+                               for k in others)
+            out += [f"if {nb} < BN:  # term {ti} needs at most {nb} fixed key columns: a step of its own",
+                    f"    narrow{ti} = (v_hi{ti} > v_lo{ti}) & {apart}",
+                    f"    if narrow{ti}:",
+                    f"        b0 = lo{ti}",
+                    f"        j = b0 + tl.arange(0, {nb})",
+                    f"        keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & "
+                    f"((j <= hi{ti}) & (j < n))[None, :]",
+                    f"        {call}",
+                    f"    v_hi{ti} = tl.where(narrow{ti}, v_lo{ti}, v_hi{ti})  # walked above",
+                    f"    f_hi{ti} = tl.where(narrow{ti}, f_lo{ti}, f_hi{ti})"]
         return out
 
     def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
@@ -478,11 +514,11 @@ class _Emitter:
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
     def fwd_loops(self, mask_name: str, p: Pass) -> list:
+        call = ("acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, "
+                "j, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN, {tma})")
         return self.query_loops(
-            p, mask_name,
-            "acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=self.fwd_one_loop,
-            two_walks=self.two_walks["fwd"])
+            p, mask_name, call.replace("{tma}", self.tma(p, "k")), one_loop=self.fwd_one_loop,
+            two_walks=self.two_walks["fwd"], narrow_call=call.format(keep="keep", masked="True", tma="False"))
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
         loops = self.query_loops(

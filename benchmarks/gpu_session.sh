@@ -43,6 +43,9 @@
 #                                             # loaded in a pool (PATTERNC_PARALLEL_COMPILE=2) against 1, the
 #                                             # default, alternated at n = 16384, D = 128, on the four patterns
 #                                             # whose first call was slower than Flex's in v13
+#   bash benchmarks/gpu_session.sh v15b       # narrow key columns' own step (sinks, global columns): GPU tests,
+#                                             # then Longformer and StreamingLLM at n = 65536, D = 128 with it
+#                                             # (PATTERNC_NARROW=1, the default) and without (0), alternated
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -53,7 +56,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -202,6 +205,14 @@ case "${1:-}" in
                  PATTERNC_PARALLEL_COMPILE=$mode timeout 110 python3 benchmarks/bench.py --n 16384 --d 128 \
                      --patterns local,longformer,strided,fixed --out "$OUT" --tag "first-v15-$i-mode$mode" \
                      | grep "^| 16384"
+             done ;;
+    v15b)    (cd tests && timeout 200 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
+                 -k "narrow or longformer or streaming or bigbird" 2>&1 | tail -3 | tee "$OUT/gpu-tests-narrow-v15.txt")
+             i=0
+             for nw in ${MODES:-1 0 1 0}; do
+                 i=$((i + 1))
+                 PATTERNC_NARROW=$nw timeout 90 python3 benchmarks/bench.py --n 65536 --d 128 \
+                     --patterns longformer,streaming --out "$OUT" --tag "narrow-v15-$i-narrow$nw" | grep "^| 65536"
              done ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;

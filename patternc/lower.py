@@ -214,6 +214,24 @@ def heavy_spans(p: Pass, major: str) -> list:
     return spans
 
 
+NARROW_MAX = 32  # key columns at most, for a term of its own narrow step
+
+
+def narrow_columns(t: Term, space: Space) -> Optional[int]:
+    """Keys per step for a term that only ever needs a few fixed key columns (attention sinks,
+    Longformer's global columns), or None.  Walked as one of the forward's BN-key tiles (64),
+    4 sink columns cost a whole tile per query tile (StreamingLLM: 1 of 19); a step of its own
+    loads 16 keys instead.  The bounds must be constants, so the width is the same at every n."""
+    if space.kind != "identity" or not t.cols or t.blocks or t.diag or t.keymods or t.randoms:
+        return None
+    if not all(isinstance(a, ix.Const) and isinstance(b, ix.Const) for a, b in t.cols):
+        return None
+    width = min(b.value for _, b in t.cols) - max(a.value for a, _ in t.cols)
+    if width > NARROW_MAX:
+        return None
+    return max(16, 1 << max(width - 1, 0).bit_length())  # a power of two >= 16 (tl.dot's least)
+
+
 def atomic_dq(pl: Plan) -> bool:
     """Whether the Triton backward adds dq atomically from its dk/dv kernel instead of running a
     dq kernel.  Measured on an H200 (benchmarks/NOTES.md, v4), that is faster only where the dq

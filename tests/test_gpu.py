@@ -110,6 +110,18 @@ def test_split_global_rows_in_small_chunks(name, monkeypatch):
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
 
 
+@pytest.mark.parametrize("src", ["causal & (sink(4) | local(200))", "local(100) | keys(100, 110)",
+                                 "local(60) | keys(60, 64)", "causal & (local(300) | keys(0, 32) | keys(n - 3, n))"])
+@pytest.mark.parametrize("D", [64, 128])
+def test_narrow_key_columns_on_gpu(src, D):
+    """Narrow key columns' own 16/32-key step (pointer loads) beside 64-key TMA tiles, compiled."""
+    p = patternc.parse(f"pattern p_narrow = {src}")
+    mod = patternc.load(p, backend="triton")
+    assert "a step of its own" in patternc.compile(p, "triton")
+    res = check_module(mod, p, 2051, D=D, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+
+
 def test_settings_too_large_for_shared_memory_are_reduced(monkeypatch):
     """Tiles and stages beyond the GPU's shared memory raise OutOfResources; the module retries
     with fewer stages and smaller tiles and still computes the right thing."""

@@ -1130,3 +1130,23 @@ def test_launchers_are_submitted_for_building_while_their_kernels_compile():
     assert hook(key="d", repr="", fn=None, compile={}, is_manual_warmup=True, already_compiled=False) is None
     assert len(pool.jobs) == 2
     mod._prebuild_launcher(srcs[0])  # no CUDA driver here: nothing built, nothing raised
+
+
+@pytest.mark.parametrize("src,n,bm", [
+    ("causal & (sink(4) | local(40))", 333, 32),  # StreamingLLM's shape: sink columns at 0
+    ("local(20) | global(5)", 301, 32),  # Longformer's: global rows split into chunks, global columns
+    ("local(9) | keys(100, 110)", 257, 32),  # columns mid-sequence: the windows near them reach their tile
+    ("causal & (local(30) | keys(0, 32) | keys(n - 3, n))", 290, 32),  # 32 columns, and columns at the end
+    # a 16-key step from key 60 reaches keys 64..75 of the next tile, which the window of the
+    # query tile at 80 walks: the step must stop at the term's last column
+    ("local(9) | keys(60, 64)", 150, 16),
+])
+def test_narrow_key_columns_take_a_step_of_their_own(src, n, bm, monkeypatch):
+    """Terms that need a few fixed key columns (sinks, global columns) are walked by a 16- or
+    32-key step of their own where no other term's tiles reach them (64-key tiles on the GPU);
+    with 32-key tiles here the step runs in most query tiles and the walk in the rest."""
+    p, mod = module(src)
+    text = patternc.compile(p, "triton")
+    assert "a step of its own" in text
+    monkeypatch.setenv("PATTERNC_CONFIG", f"BM={bm},BN=64,split_chunk=2")
+    assert_close(check_module(mod, p, n, D=16, H=2, HK=1, dtype=torch.float32))
