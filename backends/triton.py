@@ -521,11 +521,11 @@ class _Emitter:
             two_walks=self.two_walks["fwd"], narrow_call=call.format(keep="keep", masked="True", tma="False"))
 
     def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
+        call = ("dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, "
+                "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN, {tma})")
         loops = self.query_loops(
-            p, mask_name,
-            "dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, {keep}, n, "
-            f"qk_scale, offs_d, D, {{masked}}, PREC, WIDEN, {self.tma(p, 'k')})", one_loop=True,
-            two_walks=self.two_walks["dq"])
+            p, mask_name, call.replace("{tma}", self.tma(p, "k")), one_loop=True, two_walks=self.two_walks["dq"],
+            narrow_call=call.format(keep="keep", masked="True", tma="False"))
         ids, win = self.split_lines(p, "q")
         head = [
             self.jit(p, "q", ("PRO",)),

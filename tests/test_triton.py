@@ -1143,10 +1143,10 @@ def test_launchers_are_submitted_for_building_while_their_kernels_compile():
 ])
 def test_narrow_key_columns_take_a_step_of_their_own(src, n, bm, monkeypatch):
     """Terms that need a few fixed key columns (sinks, global columns) are walked by a 16- or
-    32-key step of their own where no other term's tiles reach them (64-key tiles on the GPU);
-    with 32-key tiles here the step runs in most query tiles and the walk in the rest."""
+    32-key step of their own, in the forward and dq kernels, where no other term's tiles reach
+    them; with 64-key tiles (the GPU's) the step runs in most query tiles and the walk in the rest."""
     p, mod = module(src)
     text = patternc.compile(p, "triton")
     assert "a step of its own" in text
-    monkeypatch.setenv("PATTERNC_CONFIG", f"BM={bm},BN=64,split_chunk=2")
+    monkeypatch.setenv("PATTERNC_CONFIG", f"BM={bm},BN=64,DQ_BM={bm},DQ_BN=64,split_chunk=2")
     assert_close(check_module(mod, p, n, D=16, H=2, HK=1, dtype=torch.float32))
