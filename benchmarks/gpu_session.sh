@@ -46,6 +46,7 @@
 #   bash benchmarks/gpu_session.sh v15b       # narrow key columns' own step (sinks, global columns): GPU tests,
 #                                             # then Longformer and StreamingLLM at n = 65536, D = 128 with it
 #                                             # (PATTERNC_NARROW=1, the default) and without (0), alternated
+#                                             # (~8 minutes: give the call 540 s)
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
