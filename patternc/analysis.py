@@ -12,8 +12,8 @@ Conventions:
   flops_bwd = 2.5 * flops_fwd (recompute S, dV, dP, dQ, dK).
 * tile_efficiency = allowed pairs / pairs inside non-empty tiles (tile x tile,
   pairs outside 0..n-1 not counted); `kernel_tile_efficiency` is the same ratio for
-  the tiles the generated Triton forward kernel really computes (lower.visited_tiles,
-  at the tile shape its cost model picks), strides and summaries included.
+  the pairs the generated Triton forward kernel really computes (lower.computed_pairs,
+  at the tile shape its cost model picks), strides, summaries and narrow-column steps included.
 * layers_to_full_reach: for a multi-head pattern a layer's output depends on an input
   when any head allows the pair, so reach is computed on the union of the heads
   (each head's own value is in `per_head`).  Above reach.EXACT_N only the structural
@@ -264,8 +264,8 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
     # What the generated Triton forward kernel computes: its own visited tiles, at its own tile shape.
     from . import lower
     kbm, kbn = lower.choose_forward_tiles(pattern)
-    kvisited = sum((hi - lo + 1) * lower.visited_tiles(e, n, kbm, kbn) for (lo, hi), e in cases) * kbm * kbn
-    kernel_eff = nnz / kvisited if kvisited else 1.0
+    kcomputed = sum((hi - lo + 1) * lower.computed_pairs(e, n, kbm, kbn) for (lo, hi), e in cases)
+    kernel_eff = nnz / kcomputed if kcomputed else 1.0
     kplan = [(f"heads {lo}..{hi}: " if multi else "") + line for (lo, hi), e in cases
              for line in lower.describe_plan(e, n)]
     return Analysis(

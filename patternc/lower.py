@@ -597,9 +597,17 @@ def visited_tiles(expr, n: int, bm: int, bn: int) -> int:
     return sum(int(walk.sum()) for walk, _ in tile_walks(expr, n, bm, bn))
 
 
-def tile_walks(expr, n: int, bm: int, bn: int) -> list:
+def computed_pairs(expr, n: int, bm: int, bn: int) -> int:
+    """(query, key) pairs the forward kernel computes at length n: its visited tiles x bm x bn,
+    where a narrow-column term's own step (`narrow_columns`) counts bm x its keys."""
+    return round(sum(float(walk.sum()) for walk, _ in tile_walks(expr, n, bm, bn, narrow=True)) * bm * bn)
+
+
+def tile_walks(expr, n: int, bm: int, bn: int, narrow: bool = False) -> list:
     """Per pass of `plan(expr)`: (key tiles each query tile's forward program walks, that tile's
-    index within its residue class), one entry per program in launch order (numpy arrays)."""
+    index within its residue class), one entry per program in launch order (numpy arrays).
+    With `narrow`, a narrow-column term's own step counts as its keys / bn of a tile (floats),
+    where the kernel takes it instead of walking the term."""
     import numpy as np
 
     from .semantics import HASH_QB, HASH_SEED, HASH_T, mix32
@@ -631,7 +639,7 @@ def tile_walks(expr, n: int, bm: int, bn: int) -> list:
                 env["L"] = int(eval(count_keys_below(p.space, c, "n"), env))
         env.update(a0=a0, a1=a0 + bm - 1)
         rows = a0.shape[0]
-        walk = np.zeros(rows, dtype=np.int64)
+        walk = np.zeros(rows, dtype=np.float64 if narrow else np.int64)
 
         def ev(code: str):
             return np.broadcast_to(np.asarray(eval(code, env)), (rows,)).astype(np.int64)
@@ -646,6 +654,20 @@ def tile_walks(expr, n: int, bm: int, bn: int) -> list:
                 his.append(np.where(ok, hi // bn + 1, 0))
             else:
                 randoms.append((tr.random, lo, hi, ok))
+        if narrow and p.space.kind == "identity" and len(los) > 1 and not randoms:
+            # the kernel's own test (backends/triton.py, _narrow_steps): the term is nonempty and
+            # every other term's key tiles are empty or clear of the term's columns
+            for k, (t, tr) in enumerate(zip(p.terms, ranges)):
+                nb = narrow_columns(t, p.space)
+                if nb is None or nb >= bn:
+                    continue
+                lo_k, hi_k = ev(tr.lo), ev(tr.hi)
+                apart = his[k] > los[k]
+                for m in range(len(los)):
+                    if m != k:
+                        apart &= (his[m] <= los[m]) | (los[m] > hi_k // bn) | (his[m] <= lo_k // bn)
+                his[k] = np.where(apart, los[k], his[k])
+                walk += apart * (nb / bn)
         merged_lo = merged_hi = None
         if los:
             lo_m, hi_m = np.stack(los, 1), np.stack(his, 1)
@@ -697,13 +719,13 @@ def count_pairs(expr, n: int, chunk: int = 256) -> int:
 
 
 def kernel_tile_efficiency(expr, n: int, bm: int = 128, bn: int = 64, nnz: Optional[int] = None) -> float:
-    """Allowed pairs / pairs the kernel computes (visited tiles x bm x bn)."""
-    visited = visited_tiles(expr, n, bm, bn)
-    if visited == 0:
+    """Allowed pairs / pairs the kernel computes (`computed_pairs`)."""
+    computed = computed_pairs(expr, n, bm, bn)
+    if computed == 0:
         return 1.0
     if nnz is None:
         nnz = count_pairs(expr, n)
-    return nnz / (visited * bm * bn)
+    return nnz / computed
 
 
 # Forward tile shapes the GPU kernels may use (D <= 128, 16-bit inputs), largest first.  A bigger

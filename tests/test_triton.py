@@ -995,6 +995,38 @@ def test_tile_walks_match_the_mask_per_query_tile():
         assert lower.visited_tiles(e, n, bm, bn) == sum(want)
 
 
+@pytest.mark.parametrize("src,cols,g", [("causal & (sink(4) | local(150))", (0, 4), 16),
+                                        ("local(100) | global(16)", (0, 16), 16),
+                                        ("local(60) | keys(200, 230)", (200, 230), 32)])
+@pytest.mark.parametrize("bm", [64, 128])
+def test_computed_pairs_count_narrow_column_steps(src, cols, g, bm):
+    """lower.computed_pairs (what `analyze` reports as kernel tile efficiency) counts a narrow
+    column term's own step as bm x its step's keys where the kernel takes it -- no tile of the
+    other terms (those of the mask without these columns) touches the columns' key tiles -- and
+    a whole key tile in the walk elsewhere; checked against tile sets from the dense mask."""
+    import numpy as np
+    n, bn = 1999, 64
+    e = patternc.parse(f"pattern p = {src}").at(n)
+    i = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    mask = np.broadcast_to(patternc.semantics.allowed(e, i, j, n), (n, n))
+    in_cols = (j >= cols[0]) & (j < cols[1])
+    # the other terms: the pattern without its narrow columns, plus global rows (all keys)
+    rest = mask & ~in_cols if "global" not in src else mask & ~(in_cols & (i >= cols[1]))
+    col_tiles = set(range(cols[0] // bn, (cols[1] - 1) // bn + 1))
+    want = 0
+    for a in range(0, n, bm):
+        other = {int(k) // bn for k in np.nonzero(rest[a:a + bm].any(0))[0]}
+        if other & col_tiles:
+            want += len(other | col_tiles) * bm * bn
+        else:
+            want += len(other) * bm * bn + bm * g
+    assert lower.computed_pairs(e, n, bm, bn) == want
+    assert lower.computed_pairs(e, n, bm, bn) < lower.visited_tiles(e, n, bm, bn) * bm * bn
+    plain = patternc.parse("pattern p = local(100)").at(n)
+    assert lower.computed_pairs(plain, n, bm, bn) == lower.visited_tiles(plain, n, bm, bn) * bm * bn
+
+
 def test_longest_walks_first_where_walks_grow():
     """Query tiles run last-first (REV) in the forward and dq kernels of passes whose later tiles
     walk more keys: causal, prefix-LM, fixed's summary pass (and its fused forward); not windows,
