@@ -47,6 +47,9 @@
 #                                             # then Longformer and StreamingLLM at n = 65536, D = 128 with it
 #                                             # (PATTERNC_NARROW=1, the default) and without (0), alternated
 #                                             # (~8 minutes: give the call 540 s)
+#   bash benchmarks/gpu_session.sh v16        # next session: the whole GPU suite on v15's code, then StreamingLLM's
+#                                             # forward without its sink tile: 128x64 / 8 warps (default) against
+#                                             # 64x64 / 4 warps and 4 stages, alternated, n = 65536, D = 128
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -57,7 +60,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -215,6 +218,12 @@ case "${1:-}" in
                  PATTERNC_NARROW=$nw timeout 90 python3 benchmarks/bench.py --n 65536 --d 128 \
                      --patterns longformer,streaming --out "$OUT" --tag "narrow-v15-$i-narrow$nw" | grep "^| 65536"
              done ;;
+    v16)     (cd tests && timeout 300 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
+                 2>&1 | tail -5 | tee "$OUT/gpu-tests-v16.txt")
+             timeout 200 python3 benchmarks/sweep.py --n 65536 --patterns streaming \
+                 --fwd "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" "num_stages=4" \
+                       "BM=64,BN=64,num_warps=4,num_stages=4" "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" \
+                 --out "$OUT/sweep-streaming-v16.jsonl" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
