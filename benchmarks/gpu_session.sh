@@ -47,9 +47,12 @@
 #                                             # then Longformer and StreamingLLM at n = 65536, D = 128 with it
 #                                             # (PATTERNC_NARROW=1, the default) and without (0), alternated
 #                                             # (~8 minutes: give the call 540 s)
-#   bash benchmarks/gpu_session.sh v16        # next session: the whole GPU suite on v15's code, then StreamingLLM's
+#   bash benchmarks/gpu_session.sh v16        # session 13: the whole GPU suite on v15's code, then StreamingLLM's
 #                                             # forward without its sink tile: 128x64 / 8 warps (default) against
 #                                             # 64x64 / 4 warps and 4 stages, alternated, n = 65536, D = 128
+#   bash benchmarks/gpu_session.sh ncu        # Nsight Compute counters (tensor pipe, occupancy, warp stalls, memory)
+#                                             # of the kernels behind issue 4's misses and of cuDNN's causal kernel,
+#                                             # n = 65536, D = 128; one tarball of CSVs (ncu.tgz) and its summary
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -60,7 +63,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -224,6 +227,25 @@ case "${1:-}" in
                  --fwd "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" "num_stages=4" \
                        "BM=64,BN=64,num_warps=4,num_stages=4" "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" \
                  --out "$OUT/sweep-streaming-v16.jsonl" ;;
+    ncu)     # The device tool brings back only a few files per call: write into a scratch folder, return one tarball.
+             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+             R=/tmp/ncu-out; mkdir -p "$R"
+             "$NCU" --version | tail -1 | tee "$R/ncu-version.txt"
+             "$NCU" --query-metrics 2>/dev/null | grep -i "gmma\|pipe_tensor" > "$R/ncu-tensor-metrics.txt"
+             for c in causal_local:fwd causal:fwd cudnn:sdpa_causal longformer:fwd strided:fwd fixed:fwd \
+                      causal:bwd cudnn:sdpa_causal_bwd bigbird:fwd local:fwd streaming:fwd; do
+                 pat=${c%%:*}; what=${c##*:}; [ "$pat" = cudnn ] && pat=causal
+                 name=ncu-${c/:/-}
+                 timeout 120 "$NCU" --clock-control none --profile-from-start off \
+                     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+                     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+                     -f -o "/tmp/$name" python3 benchmarks/profile_kernels.py --pattern "$pat" --what "$what" \
+                     > "$R/$name.log" 2>&1
+                 echo "$c rc=$?"
+                 "$NCU" --import "/tmp/$name.ncu-rep" --page details --csv > "$R/$name-details.csv" 2>/dev/null
+                 "$NCU" --import "/tmp/$name.ncu-rep" --page raw --csv > "$R/$name-raw.csv" 2>/dev/null
+             done
+             tar -C "$R" -czf "$OUT/ncu.tgz" . && python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-summary.md" ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
