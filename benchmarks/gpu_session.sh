@@ -53,6 +53,9 @@
 #   bash benchmarks/gpu_session.sh ncu        # Nsight Compute counters (tensor pipe, occupancy, warp stalls, memory)
 #                                             # of the kernels behind issue 4's misses and of cuDNN's causal kernel,
 #                                             # n = 65536, D = 128; one tarball of CSVs (ncu.tgz) and its summary
+#   bash benchmarks/gpu_session.sh merge      # merges and adds that read CB chunks per step: the GPU tests of split
+#                                             # global rows, Nsight Compute of Longformer's and BigBird's forwards
+#                                             # (the merge kernel was 75 / 82 us), bench at n = 65536, D = 128
 #   bash benchmarks/gpu_session.sh ws         # does Triton's warp specialization pay for a one-loop band forward
 #                                             # (device-made descriptors, 4 warps) against the generated module?
 #                                             # n = 65536, five band patterns, each in its own process
@@ -63,7 +66,7 @@
 # Results go to $OUT (the device tool's output folder) or benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu" >&2; exit 2 ;; esac
+case "${1:-}" in tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu|merge) ;; *) echo "usage: $0 tests|bench|bench64|scale|probe|fused|fused2|fused3|host|launch|next|ws|v8|v9|v10|v11|v12|v13|v14|v14b|v15|v15b|v16|ncu|merge" >&2; exit 2 ;; esac
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || exit 1
@@ -246,6 +249,18 @@ case "${1:-}" in
                  "$NCU" --import "/tmp/$name.ncu-rep" --page raw --csv > "$R/$name-raw.csv" 2>/dev/null
              done
              tar -C "$R" -czf "$OUT/ncu.tgz" . && python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-summary.md" ;;
+    merge)   (cd tests && timeout 240 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
+                 -k "split or determin or longformer or bigbird or streaming" 2>&1 | tee "$OUT/gpu-tests-merge.txt")
+             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+             R=/tmp/ncu-out; mkdir -p "$R"
+             for pat in longformer bigbird; do
+                 timeout 90 "$NCU" --clock-control none --profile-from-start off --section SpeedOfLight \
+                     --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+                     -f -o "/tmp/ncu-$pat" python3 benchmarks/profile_kernels.py --pattern $pat --what fwd > "$R/$pat.log" 2>&1
+                 "$NCU" --import "/tmp/ncu-$pat.ncu-rep" --page raw --csv > "$R/ncu-$pat-fwd-raw.csv" 2>/dev/null
+             done
+             python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-merge-summary.md"
+             timeout 200 python3 benchmarks/bench.py --n 65536 --d 128 --patterns longformer,bigbird --out "$OUT" --tag merge ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
 esac
