@@ -79,6 +79,28 @@ OUT=${OUT:-benchmarks/results}
 # GPU test workers: each holds float64 references of n = 16384 (4 ran out of memory on an 80 GB H100
 # in v13; 8 on the 141 GB H200 in v4)
 W=$(python3 -c "import torch; print(4 if torch.cuda.get_device_properties(0).total_memory > 100e9 else 2)" 2>/dev/null || echo 2)
+# Nsight Compute counters of profile_kernels.py's cases (pattern:what; "cudnn:" for cuDNN's kernel) into $R,
+# a scratch folder: the device tool brings back only a few files per call, so steps return one tarball of it.
+R=/tmp/ncu-out
+ncu_cases() {
+    local NCU c pat what name
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+    mkdir -p "$R"
+    "$NCU" --version | tail -1 | tee "$R/ncu-version.txt"
+    "$NCU" --query-metrics 2>/dev/null | grep -i "gmma\|pipe_tensor" > "$R/ncu-tensor-metrics.txt"
+    for c in "$@"; do
+        pat=${c%%:*}; what=${c##*:}; [ "$pat" = cudnn ] && pat=causal
+        name=ncu-${c/:/-}
+        timeout 120 "$NCU" --clock-control none --profile-from-start off \
+            --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+            -f -o "/tmp/$name" python3 benchmarks/profile_kernels.py --pattern "$pat" --what "$what" \
+            > "$R/$name.log" 2>&1
+        echo "$c rc=$?"
+        "$NCU" --import "/tmp/$name.ncu-rep" --page details --csv > "$R/$name-details.csv" 2>/dev/null
+        "$NCU" --import "/tmp/$name.ncu-rep" --page raw --csv > "$R/$name-raw.csv" 2>/dev/null
+    done
+}
 case "${1:-}" in
     tests)   cd tests && timeout 570 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
                  2>&1 | tee "$OUT/gpu-tests.txt" ;;
@@ -230,36 +252,13 @@ case "${1:-}" in
                  --fwd "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" "num_stages=4" \
                        "BM=64,BN=64,num_warps=4,num_stages=4" "num_stages=3" "BM=64,BN=64,num_warps=4,num_stages=3" \
                  --out "$OUT/sweep-streaming-v16.jsonl" ;;
-    ncu)     # The device tool brings back only a few files per call: write into a scratch folder, return one tarball.
-             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-             R=/tmp/ncu-out; mkdir -p "$R"
-             "$NCU" --version | tail -1 | tee "$R/ncu-version.txt"
-             "$NCU" --query-metrics 2>/dev/null | grep -i "gmma\|pipe_tensor" > "$R/ncu-tensor-metrics.txt"
-             for c in causal_local:fwd causal:fwd cudnn:sdpa_causal longformer:fwd strided:fwd fixed:fwd \
-                      causal:bwd cudnn:sdpa_causal_bwd bigbird:fwd local:fwd streaming:fwd; do
-                 pat=${c%%:*}; what=${c##*:}; [ "$pat" = cudnn ] && pat=causal
-                 name=ncu-${c/:/-}
-                 timeout 120 "$NCU" --clock-control none --profile-from-start off \
-                     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-                     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
-                     -f -o "/tmp/$name" python3 benchmarks/profile_kernels.py --pattern "$pat" --what "$what" \
-                     > "$R/$name.log" 2>&1
-                 echo "$c rc=$?"
-                 "$NCU" --import "/tmp/$name.ncu-rep" --page details --csv > "$R/$name-details.csv" 2>/dev/null
-                 "$NCU" --import "/tmp/$name.ncu-rep" --page raw --csv > "$R/$name-raw.csv" 2>/dev/null
-             done
+    ncu)     ncu_cases causal_local:fwd causal:fwd cudnn:sdpa_causal longformer:fwd strided:fwd fixed:fwd \
+                       causal:bwd cudnn:sdpa_causal_bwd bigbird:fwd local:fwd streaming:fwd
              tar -C "$R" -czf "$OUT/ncu.tgz" . && python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-summary.md" ;;
     merge)   (cd tests && timeout 240 python3 -m pytest -m gpu test_gpu.py -q -n $W -p no:cacheprovider -rf $PER_TEST \
                  -k "split or determin or longformer or bigbird or streaming" 2>&1 | tee "$OUT/gpu-tests-merge.txt")
-             NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-             R=/tmp/ncu-out; mkdir -p "$R"
-             for pat in longformer bigbird; do
-                 timeout 90 "$NCU" --clock-control none --profile-from-start off --section SpeedOfLight \
-                     --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
-                     -f -o "/tmp/ncu-$pat" python3 benchmarks/profile_kernels.py --pattern $pat --what fwd > "$R/$pat.log" 2>&1
-                 "$NCU" --import "/tmp/ncu-$pat.ncu-rep" --page raw --csv > "$R/ncu-$pat-fwd-raw.csv" 2>/dev/null
-             done
-             python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-merge-summary.md"
+             ncu_cases longformer:fwd bigbird:fwd
+             tar -C "$R" -czf "$OUT/ncu-merge.tgz" . && python3 benchmarks/ncu_summary.py "$R"/*-raw.csv | tee "$OUT/ncu-merge-summary.md"
              timeout 200 python3 benchmarks/bench.py --n 65536 --d 128 --patterns longformer,bigbird --out "$OUT" --tag merge ;;
     scale)   timeout 120 python3 benchmarks/scale_check.py 2>&1 | tee "$OUT/scale.txt"
              timeout 420 python3 benchmarks/train_check.py --examples --n 2048 2>&1 | tee "$OUT/train.txt" ;;
