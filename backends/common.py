@@ -1,17 +1,28 @@
-"""Pieces every generated module shares: the header docstring and the host helpers.
+"""What every backend's module shares: the header, the pattern's host functions, and the binding.
 
-Generated modules never import patternc, so everything they need at run time
-(length-dependent arguments, their checks, the `random` hash) is written into
-them as plain Python here, once, for all backends.
+A generated module holds only what depends on its pattern: constants, the length-dependent
+arguments and their checks, the mask printed from the IR, (for the Triton backend) the walk
+and kernels, and one `bind` call.  Everything else is the runtime library (patternc.runtime).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from typing import Optional
 
-from patternc import ir, printer
+from patternc import ir
 from patternc.frontend import Pattern
+from patternc.intexpr import Const, IntExpr
+from patternc.lower import is_causal
+from patternc.printer import ArgTable, checks_function, formula, mask_expr, py_string
 
 MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
+
+ISQRT_SOURCE = '''\
+def _isqrt(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"isqrt of a negative number ({x})")
+    return math.isqrt(x)'''
 
 
 def doc_text(text: str) -> str:
@@ -61,71 +72,108 @@ def head_cases(pattern: Pattern) -> list:
     return [(0, None, pattern.expr)]
 
 
-_ARG_NAME = re.compile(r"\b_a\d+\b")
+def uses_name(code: str, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", code) is not None
 
 
-def arg_names_in(code: str, table: printer.ArgTable) -> list:
-    """The ArgTable names a printed expression refers to, in table order."""
-    used = set(_ARG_NAME.findall(code))
-    return [v for v in table.names.values() if v in used]
+def bind_args(code: str, table: ArgTable, source: str, indent: str = "    ") -> list:
+    """Lines binding the length-dependent arguments that `code` names, from the dict `source`."""
+    return [f"{indent}{v} = {source}[{v!r}]" for v in table.names.values() if uses_name(code, v)]
 
 
-def host_support(pattern: Pattern, table: printer.ArgTable) -> str:
-    """`_length_args(n)`, `_check_length(n)` and, when used, `_isqrt` and `_random_pick`.
-    Call after every mask expression has been printed, so the table is complete."""
-    parts = [table.host_function(), printer.checks_function(pattern, table)]
-    if any("_isqrt(" in p for p in parts):
-        parts.insert(0, printer.ISQRT_SOURCE)
-    if printer.uses_random(pattern.expr):
-        parts.append(printer.random_source())
-    return "\n\n\n".join(parts)
+@dataclass
+class HostEmitter:
+    """The host functions of a module, printed with one shared argument table (so the kernels,
+    the walk and the mask name each length-dependent argument alike)."""
+
+    pattern: Pattern
+    table: ArgTable = field(default_factory=ArgTable)
+
+    def arg(self, e: IntExpr) -> str:
+        """A pattern argument in host code: a literal, or the name of a length-dependent one."""
+        return str(e.value) if isinstance(e, Const) else repr(self.table(e))
+
+    def mask_head(self) -> str:
+        """`_mask_head(h, i, j, n)`: the whole pattern of head h, on index tensors."""
+        cases = head_cases(self.pattern)
+        bodies = [mask_expr(expr, "i", "j", self.table, hash_fn="random_pick") for _, _, expr in cases]
+        lines = ["def _mask_head(h: int, i, j, n: int):",
+                 '    """Allowed (i, j) pairs of head h, from the same printed formula as the kernels."""']
+        text = "\n".join(bodies)
+        if any(uses_name(text, v) for v in self.table.names.values()):
+            lines.append("    A = _length_args(n)")
+            lines += bind_args(text, self.table, "A")
+        if len(cases) == 1:
+            return "\n".join(lines + [f"    return ({bodies[0]}) & (i >= 0) & (j >= 0)"])
+        last = cases[-1][1]
+        lines += ["    if not 0 <= h <= %d:" % last,
+                  "        raise ValueError(f\"head {h} is outside this pattern's heads 0..%d\")" % last]
+        for (lo, hi, _), body in zip(cases[:-1], bodies[:-1]):
+            lines += [f"    if h <= {hi}:  # heads {lo}..{hi}", f"        return ({body}) & (i >= 0) & (j >= 0)"]
+        lines.append(f"    return ({bodies[-1]}) & (i >= 0) & (j >= 0)  # heads {cases[-1][0]}..{last}")
+        return "\n".join(lines)
+
+    def functions(self, extra: list) -> str:
+        """_length_args, _check_length and _mask_head, then `extra` (more host functions that may name
+        arguments); `_isqrt` first where any of them uses it.  Call after printing every mask and
+        kernel, so the table is complete."""
+        mask = self.mask_head()
+        parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + extra
+        if any("_isqrt(" in p for p in parts):
+            parts.insert(0, ISQRT_SOURCE)
+        return "\n\n\n".join(parts)
+
+    def constants(self) -> str:
+        p = self.pattern
+        return "\n".join([f"PATTERN = {py_string(p.source)}",
+                          f"PATTERN_NAME = {py_string(p.name)}",
+                          f"NUM_HEADS = {p.num_heads!r}  # None: the same pattern for every head",
+                          f"IS_CAUSAL = {is_causal(p.expr)!r}  # no query attends a later key"])
+
+    def spec(self, backend: str, cases: str = "", schedule: str = "") -> str:
+        """`SPEC = Spec(...)`: the pattern as data for the runtime."""
+        p = self.pattern
+        lines = ["SPEC = Spec(",
+                 f"    name=PATTERN_NAME, source=PATTERN, namespace={('patternc_' + p.hash + '_' + backend)!r},",
+                 "    num_heads=NUM_HEADS, is_causal=IS_CAUSAL,",
+                 "    length_args=_length_args, check_length=_check_length, mask_head=_mask_head,"]
+        if self.table.names:
+            lines.append(f"    arg_names={tuple(self.table.names.values())!r},")
+        if cases:
+            lines.append(f"    cases={cases},")
+        if schedule:
+            lines.append(f"    schedule={schedule},")
+        lines.append(")")
+        return "\n".join(lines)
 
 
-def unpack_args(names: list, indent: str = "    ", source: str = "_length_args(n)") -> list:
-    """Lines binding the named length-dependent arguments as locals."""
-    if not names:
-        return []
-    lines = [f"{indent}args = {source}"]
-    lines += [f"{indent}{v} = args[{v!r}]" for v in names]
-    return lines
+def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> str:
+    """The module's imports: only what its text uses."""
+    lines = ["from __future__ import annotations", ""]
+    if "math." in host:
+        lines += ["import math", ""]
+    if kernels:
+        lines += ["try:",
+                  "    import triton",
+                  "    import triton.language as tl",
+                  "except ImportError:  # no Triton: the module runs its exact PyTorch path",
+                  "    from patternc.runtime.jit import tl, triton", ""]
+    lines.append(f"from patternc.runtime import {', '.join(sorted(runtime_names))}")
+    return "\n".join(lines)
 
 
-# The input checks every generated module carries (each module is standalone, so the text is
-# emitted into each; it is written once, here).  Expects NUM_HEADS, PATTERN_NAME and _DTYPES.
-VALIDATE_SOURCE = '''\
-def _validate(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, n, D), got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dimensions (B, H, n, D), got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            names = [str(d).replace("torch.", "") for d in _DTYPES]
-            allowed = ", ".join(names[:-1]) + " or " + names[-1]
-            raise TypeError(f"{name} must be {allowed}, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
-    B, H, n, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, Hkv, n, D), got {tuple(k.shape)} and {tuple(v.shape)}")
-    if k.shape[0] != B or k.shape[2] != n or k.shape[3] != D:
-        raise ValueError(f"k and v must have shape ({B}, Hkv, {n}, {D}) to match q of shape {tuple(q.shape)}, "
-                         f"got {tuple(k.shape)}")
-    if n == 0:
-        raise ValueError("sequence length n must be >= 1, got 0 (q, k and v have shape (B, H, 0, D))")
-    if B == 0 or D == 0:
-        raise ValueError(f"batch size and head dim must be >= 1, got q of shape {tuple(q.shape)}")
-    if k.shape[1] == 0 or H % k.shape[1]:
-        raise ValueError(f"q heads ({H}) must be a multiple of k/v heads ({k.shape[1]}) for grouped-query attention")
-    if NUM_HEADS is not None and H != NUM_HEADS:
-        raise ValueError(f"pattern {PATTERN_NAME!r} defines {NUM_HEADS} heads, but q has {H} (shape {tuple(q.shape)})")
-'''
+def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")) -> str:
+    lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
+             '_bound = bind(SPEC, "flex", make_mask_mod)']
+    lines += [f"{name} = _bound.{name}" for name in exports]
+    return "\n".join(lines)
 
 
-def standard_fields(pattern: Pattern, backend: str, description: str, table: printer.ArgTable) -> dict:
-    """The template fields every generated module shares (header, escaped source, host helpers)."""
-    return dict(validate=VALIDATE_SOURCE, header=module_header(pattern, backend, description),
-                pattern_source=printer.py_string(pattern.source), pattern_name=printer.py_string(pattern.name),
-                num_heads=repr(pattern.num_heads), host_support=host_support(pattern, table))
+def random_imports(text: str) -> Optional[str]:
+    names = [x for x in ("random_block", "random_mask", "random_pick", "random_picked") if uses_name(text, x)]
+    return f"from patternc.runtime.random_blocks import {', '.join(names)}" if names else None
+
+
+def describe_formula(expr) -> str:
+    return doc_text(_cut(formula(expr), 300))
+

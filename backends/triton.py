@@ -1,40 +1,62 @@
-"""The Triton backend: a self-contained module with the pattern compiled into its kernels.
+"""The Triton backend: a module whose kernels have the pattern compiled into them.
 
-For every pass of the lowering plan (patternc.lower) it writes three kernels:
-forward, dq (query-major) and dk/dv (key-major, so dk/dv need no atomics and are
-deterministic; for random-block and strided plans the dk/dv kernel also adds dq
-atomically, which measured faster there).  Each kernel walks, per tile, the closed-form
-ranges of the pass's terms, skips tiles an earlier term already visited, and
-runs the tile body without any mask arithmetic when a term proves the tile full.
+For every pass of the lowering plan (patternc.lower) it writes three kernels: forward, dq
+(query-major) and dk/dv (key-major, so dk/dv need no atomics and are deterministic; for
+random-block and strided plans the dk/dv kernel also adds dq atomically, which measured
+faster there).  Each kernel walks, per tile, the closed-form ranges of the pass's terms
+(patternc.ranges), skips tiles an earlier term already visited, and runs the tile body
+without any mask arithmetic when a term proves the tile full.
+
+Signatures are printed from the runtime's parameter table (patternc.runtime.abi), which the
+runtime also launches by; the host side is the runtime library, bound by one call.
 """
 from __future__ import annotations
 
+import math
 import os
-import string
 from typing import Optional
-from importlib import resources
 
-from patternc import ir, printer
+from patternc import scalar as S
 from patternc.frontend import Pattern
-from patternc.intexpr import Const, to_python
-from patternc.lower import Code, Pass, Plan, Space, TileRanges, atomic_dq, choose_bwd_settings, choose_forward_tiles, \
-    choose_union_walks, \
-    count_keys_below, full_span, fused_forward, heavy_spans, key_major, key_position, longest_walks_first, narrow_columns, plan, \
-    query_major, query_position
-from patternc.semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
+from patternc.intexpr import to_python
+from patternc.lower import Pass, Plan, Space, heavy_spans, narrow_columns, plan
+from patternc.printer import ArgTable, formula, mask_expr
+from patternc.ranges import (Args, TileRanges, full_span, key_major, key_position, query_major, query_position,
+                             space_lengths)
+from patternc.runtime import abi
+from patternc.runtime.random_blocks import seed_key
 
-
-def _template() -> string.Template:
-    text = resources.files("patternc.backends").joinpath("templates/triton_module.py.tmpl").read_text()
-    return string.Template(text)
-
+from .common import (HostEmitter, bind_args, bind_lines, describe_formula, head_cases, imports, module_header,
+                     random_imports, uses_name)
+from .schedule import atomic_dq, choose_bwd_settings, choose_forward_tiles, choose_union_walks, fused_forward, \
+    longest_walks_first
 
 # Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
-# what lower.choose_union_walks decides per kernel.
+# what schedule.choose_union_walks decides per kernel.
 UNION_WALK = os.environ.get("PATTERNC_UNION_WALK", "")
 # Experiments only: PATTERNC_NARROW=0 walks narrow key columns (sinks, global columns) as whole
-# key tiles, as before their own step (benchmarks/NOTES.md, v15).
+# key tiles (decisions.md: narrow-columns).
 NARROW = os.environ.get("PATTERNC_NARROW", "") != "0"
+BIG = "2147483647"
+WIDTH = 110  # generated lines are broken before this many characters
+
+
+def T(e) -> str:
+    return S.triton(e)
+
+
+def _indent(lines: list, n: int) -> list:
+    return [(" " * n + x) if x else x for x in lines]
+
+
+def _fold(var: str, fn: str, exprs: list) -> list:
+    """`var = fn(... fn(e0, e1) ..., ek)` as one statement per operand (short lines)."""
+    return [f"{var} = {exprs[0]}"] + [f"{var} = {fn}({var}, {e})" for e in exprs[1:]]
+
+
+def _either(var: str, conds: list) -> list:
+    """`var = c0 | c1 | ...`, one statement per condition."""
+    return [f"{var} = {conds[0]}"] + [f"{var} = {var} | ({c})" for c in conds[1:]]
 
 
 def _open_mask(keep: str, query_major: bool) -> list:
@@ -44,18 +66,47 @@ def _open_mask(keep: str, query_major: bool) -> list:
     return ["if full:  # every pair allowed", f"    keep = tl.full({shape}, 1, tl.int1)", "else:", f"    {keep}"]
 
 
-def _indent(lines: list, n: int) -> list:
-    return [(" " * n + x) if x else x for x in lines]
+def _call(fn: str, args: list, prefix: str = "") -> list:
+    """`prefix + fn(args...)`, continued on lines indented 8 past the prefix's own indentation
+    once a line would pass WIDTH (the caller's later indentation aside)."""
+    cont = " " * (len(prefix) - len(prefix.lstrip()) + 8)
+    lines, line = [], f"{prefix}{fn}("
+    for k, a in enumerate(args):
+        piece = a + (", " if k + 1 < len(args) else ")")
+        if len(line) + len(piece.rstrip()) > WIDTH - 24 and not line.endswith("("):
+            lines.append(line.rstrip())
+            line = cont
+        line += piece
+    return lines + [line]
+
+
+def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = False, rev: bool = False) -> list:
+    """The kernel's decorator and def, one parameter group per line (runtime.abi), each with its note."""
+    free = abi.unspecialized(kind, split)
+    deco = f"@triton.jit(do_not_specialize={list(free)!r})" if free else "@triton.jit"
+    lines = [deco, f"def {name}("]
+    for g in abi.param_groups(kind, split, args, seeded, rev):
+        parts = [f"{p.name}: tl.constexpr" if p.constexpr else p.name for p in g.params]
+        rows, row = [], "   "
+        for part in parts:
+            if len(row) + len(part) + 2 > WIDTH - 30 and row.strip():
+                rows.append(row + ",")
+                row = "   "
+            row += (" " if row.strip() == "" else ", ") + part
+        rows.append(row + ",")
+        lines += [r.replace("   , ", "    ") for r in rows[:-1]] + [rows[-1] + f"  # {g.note}"]
+    lines.append("):")
+    return lines
 
 
 # Program ids -> (batch z, query head h, key/value head hk) and the slices they read: shared by
 # the two query-major kernels (forward and dq).
 QUERY_MAJOR_IDS = [
-    "    pid = tl.program_id(0)",
-    "    zh = tl.program_id(1)",
-    "    z = zh // HC",
-    "    h = HEAD0 + zh % HC",
-    "    hk = h // GROUP",
+    "pid = tl.program_id(0)",
+    "zh = tl.program_id(1)",
+    "z = zh // HC",
+    "h = HEAD0 + zh % HC",
+    "hk = h // GROUP",
 ]
 QUERY_MAJOR_BASES = [
     "offs_d = tl.arange(0, BD)",
@@ -66,96 +117,95 @@ QUERY_MAJOR_BASES = [
 
 
 class _Emitter:
-    def __init__(self, pattern: Pattern):
+    def __init__(self, pattern: Pattern, args: ArgTable):
         self.pattern = pattern
-        # the forward walks a union with one tile loop where its tiles are 64 rows: two loops'
-        # buffers (208 KiB at D = 128) held such a kernel to one 4-warp program per SM; one loop
-        # needs 112 KiB, two programs (sm_90 compile; NOTES.md, v7).  128-row tiles are one
-        # program per SM either way, and their full tiles keep the mask-free body.
+        # decisions.md: fwd-one-loop (the forward walks a union with one tile loop where its tiles
+        # are 64 rows: two loops' buffers held it to one program per SM)
         self.fwd_tiles = choose_forward_tiles(pattern)
         self.fwd_one_loop = self.fwd_tiles[0] == 64
         self.two_walks = (dict.fromkeys(("fwd", "dq", "dkdv"), UNION_WALK == "two") if UNION_WALK in ("one", "two")
                           else choose_union_walks(pattern, fwd_tiles=self.fwd_tiles))
-        self.args = printer.ArgTable()
-        self.code = Code("triton", self.args)
-        self.uses_random = printer.uses_random(pattern.expr)
+        self.table = args
+        self.arg = Args(args)
+
+    def mask_args(self, body: str) -> str:
+        """The length-dependent arguments a printed mask names, as extra parameters."""
+        return "".join(f", {x}" for x in self.table.names.values() if uses_name(body, x))
 
     # ---- masks ---------------------------------------------------------------------------
     def mask_fn(self, name: str, expr) -> list:
-        body = printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_mask")
+        body = mask_expr(expr, "i", "j", self.table, hash_fn="random_mask")
         return ["@triton.jit",
-                f"def {name}(i, j, n, r__ARGS__):",
-                f'    """{_doc(printer.formula(expr))}"""',
+                f"def {name}(i, j, n{self.mask_args(body)}):",
+                f'    """{_doc(formula(expr))}"""',
                 f"    return {body}", "", ""]
 
-    # ---- query-major loops (forward and dq) ---------------------------------------------
-    def query_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False,
-                    two_walks: bool = False, narrow_call: Optional[str] = None) -> list:
-        """`call` is the tile call with {keep} and {masked} left open: full tiles pass no mask.
-        `narrow_call`: the masked tile call with pointer loads, for narrow key columns' steps."""
-        return self.loops(p, "q", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "q")), one_loop, two_walks,
-                          narrow_call)
-
-    def key_loops(self, p: Pass, mask_name: str, call: str, one_loop: bool = False, two_walks: bool = False) -> list:
-        return self.loops(p, "k", mask_name, call.format(keep="0", masked="False"),
-                          call.format(keep="keep", masked="True"), bool(heavy_spans(p, "k")), one_loop, two_walks)
-
-    def loops(self, p: Pass, major: str, mask_name: str, full_call: str, masked_call: str,
+    # ---- loops over tiles --------------------------------------------------------------------
+    def loops(self, p: Pass, major: str, mask_call: str, full_call: list, masked_call: list,
               window: bool = False, one_loop: bool = False, two_walks: bool = False,
-              narrow_call: Optional[str] = None) -> list:
+              narrow_call: Optional[list] = None) -> list:
         """Visit every needed tile once.  Interval terms are walked as segments of full tiles
         (no mask, branch-free inner loop) and partial tiles (masked); random terms follow.
         `window`: the walk is clipped to tiles [w_lo, w_hi) (split heavy tiles).
         `one_loop`: where a walk would put two tile loops inside one enclosing loop (the union
         of several terms, a random term's full and partial tiles), it gets one loop whose mask
         is opened for full runs (`_open_mask`).  Triton gives every pipelined loop in a loop
-        body its own shared buffers: two such loops double a kernel's shared memory (sm_90,
-        D = 128: dq 164 -> 262 KiB, over an SM's 228; dk/dv 99 -> 198 KiB, one program per SM
-        instead of two).
+        body its own shared buffers: two such loops double a kernel's shared memory.
         `two_walks`: a union is walked twice instead, its full runs with the mask-free body, then
         its partial tiles: one loop per walk, and walks one after the other share their buffers.
         `narrow_call` (query-major): terms that need a few fixed key columns (`narrow_columns`)
         take a step of their own of as many keys, where no other term's tiles reach them."""
-        c, space = self.code, p.space
+        space = p.space
         q = major == "q"
-        T, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
+        TS, idx, what = ("BN", "kt", "key") if q else ("BM", "at", "query")
         out: list = []
         spans: list = []  # (term index, TileRanges) of the interval terms
         never_full: set = set()  # terms whose tiles are never certified full: one masked loop
         randoms: list = []
         for ti, t in enumerate(p.terms):
-            tr = query_major(t, space, c) if q else key_major(t, space, c)
-            out.append(f"# term {ti}: {printer.formula(t.expr())}")
-            out.append(f"lo{ti} = {tr.lo}  # first {what} index that can meet this tile")
-            out.append(f"hi{ti} = {tr.hi}  # last {what} index")
+            tr = query_major(t, space, self.arg) if q else key_major(t, space, self.arg)
+            lo, hi = S.name(f"lo{ti}"), S.name(f"hi{ti}")
+            out.append(f"# term {ti}: {formula(t.expr())}")
+            out.append(f"lo{ti} = {T(tr.lo)}  # first {what} index that can meet this tile")
+            out.append(f"hi{ti} = {T(tr.hi)}  # last {what} index")
             if tr.random is not None:
                 randoms.append((ti, t, tr))
                 continue
-            out.append(f"v_lo{ti} = lo{ti} // {T}")
-            out.append(f"v_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // {T} + 1, v_lo{ti})")
-            fs = full_span(t, space, c, major) if p.first else None
+            out.append(f"v_lo{ti} = lo{ti} // {TS}")
+            out.append(f"v_hi{ti} = tl.where({T(S.all_of([tr.applies, S.le(lo, hi)]))}, hi{ti} // {TS} + 1, "
+                       f"v_lo{ti})")
+            fs = full_span(t, space, self.arg, major) if p.first else None
             if fs is None:
                 out.append(f"f_lo{ti} = v_lo{ti}  # never certified full: always masked")
                 out.append(f"f_hi{ti} = v_lo{ti}")
                 never_full.add(ti)
             else:
-                out.append(f"f_lo{ti} = tl.minimum(tl.maximum({fs.lo}, v_lo{ti}), v_hi{ti})  # full tiles: no mask")
-                out.append(f"f_hi{ti} = tl.where({fs.cond}, tl.minimum(tl.maximum({fs.hi}, f_lo{ti}), v_hi{ti}), "
-                           f"f_lo{ti})")
+                for name, bound, floor in (("f_lo", fs.lo, "v_lo"), ("f_hi", fs.hi, "f_lo")):
+                    line = f"{name}{ti} = tl.minimum(tl.maximum({T(bound)}, {floor}{ti}), v_hi{ti})"
+                    if len(line) > WIDTH - 8:  # the bound on a line of its own
+                        out += [f"{name}{ti} = {T(bound)}",
+                                f"{name}{ti} = tl.minimum(tl.maximum({name}{ti}, {floor}{ti}), v_hi{ti})"]
+                    else:
+                        out.append(line)
+
+                if fs.cond != S.TRUE:
+                    out.append(f"f_hi{ti} = tl.where({T(fs.cond)}, f_hi{ti}, f_lo{ti})  # full only where this holds")
             spans.append((ti, tr))
         if window and spans:
             out.append("# clip every range to this program's window of tiles")
             for ti, _ in spans:
-                out += [f"{x}{ti} = tl.minimum(tl.maximum({x}{ti}, w_lo), w_hi)" for x in ("v_lo", "v_hi", "f_lo", "f_hi")]
+                out += [f"{a}{ti}, {b}{ti} = clip({a}{ti}, w_lo, w_hi), clip({b}{ti}, w_lo, w_hi)"
+                        for a, b in (("v_lo", "v_hi"), ("f_lo", "f_hi"))]
         if q and narrow_call is not None and NARROW and len(spans) > 1 and not randoms:
-            out += self._narrow_steps(p, spans, mask_name, narrow_call)
-        keep = (f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]" if q else
-                f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]")
-        pos = (["b0 = kt * BN", "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")] if q else
-               ["a0 = at * BM", "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")])
-        full_body = pos + [full_call]
-        masked_body = pos + [keep, masked_call]
+            out += self._narrow_steps(p, spans, mask_call, narrow_call)
+        if q:
+            keep = f"keep = {mask_call.format(i='i[:, None]', j='j[None, :]')} & (j < n)[None, :]"
+            pos = ["b0 = kt * BN", "j = " + T(key_position(space, self.arg, S.add(S.name("b0"), S.name("tl.arange(0, BN)"))))]
+        else:
+            keep = f"keep = {mask_call.format(i='i[None, :]', j='j[:, None]')} & (i < n)[None, :]"
+            pos = ["a0 = at * BM", "i = " + T(query_position(space, self.arg, S.add(S.name("a0"), S.name("tl.arange(0, BM)"))))]
+        full_body = pos + full_call
+        masked_body = pos + [keep] + masked_call
         if len(spans) == 1 and spans[0][0] in never_full:
             # one masked loop: the full and leading loops would be empty (less code to compile)
             (ti, _), = spans
@@ -164,7 +214,7 @@ class _Emitter:
         elif len(spans) == 1:
             (ti, _), = spans
             # the partial tiles on both sides of the full run share one loop: one copy of the
-            # masked body fewer for Triton to compile (sm_90: forward -17%, dk/dv -29%)
+            # masked body fewer for Triton to compile
             out += [f"before{ti} = f_lo{ti} - v_lo{ti}  # partial tiles before the full run",
                     f"for e_it in range(0, before{ti} + (v_hi{ti} - f_hi{ti})):  # partial tiles, both sides",
                     f"    {idx} = tl.where(e_it < before{ti}, v_lo{ti} + e_it, f_hi{ti} + (e_it - before{ti}))"]
@@ -172,205 +222,185 @@ class _Emitter:
             out += [f"for {idx} in range(f_lo{ti}, f_hi{ti}):  # full tiles"]
             out += _indent(full_body, 4)
         elif spans:
-            ids = [ti for ti, _ in spans]
-            big = "2147483647"
-            out.append("# walk the union of the terms' tile ranges as segments, each tile once")
-            start = _nest("tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {big})" for k in ids])
-            if two_walks and not all(k in never_full for k in ids):
-                out.append(f"start = {start}")
-                start = "start"
-            out.append(f"cur = {start}")
-            out.append("end = " + _nest("tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids]))
-            out.append("while cur < end:")
-            inside = " | ".join(f"((v_lo{k} <= cur) & (cur < v_hi{k}))" for k in ids)
-            full_terms = [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids]
-            in_full = " | ".join(f"({x})" for x in full_terms)
-            seg_full = _nest("tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
-                                            for k in ids])
-            vis = _nest("tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
-            nxt_full = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
-                                            for k in ids])
-            nxt = _nest("tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids])
-            if all(k in never_full for k in ids):  # no full tiles anywhere: masked segments only
-                body = [f"if {inside}:",
-                        f"    seg = {vis}",
-                        f"    for {idx} in range(cur, seg):  # partial tiles"]
-                body += _indent(masked_body, 8)
-            elif two_walks:
-                # two walks, one pipelined loop each: the union's full runs (no mask), then its
-                # partial tiles (masked).  Sequential loops share their shared buffers, two loops
-                # inside one walk do not; and full tiles skip the mask's select and registers.
-                nxt_fstart = _nest("tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
-                                                  for k in ids])
-                body = [f"if {in_full}:",
-                        f"    seg = {seg_full}",
-                        f"    for {idx} in range(cur, seg):  # full tiles"]
-                body += _indent(full_body, 8)
-                body += ["    cur = seg", "else:", f"    cur = {nxt_fstart}  # the next full run"]
-                out += _indent(body, 4)
-                out.append("cur = start  # then the partial tiles")
-                out.append("while cur < end:")
-                body = [f"if {inside}:",
-                        f"    if {in_full}:",
-                        f"        cur = {seg_full}  # walked above",
-                        "    else:",
-                        f"        vis = {vis}",
-                        f"        seg = {nxt_full}",
-                        f"        for {idx} in range(cur, seg):  # partial tiles"]
-                body += _indent(masked_body, 12)
-                body += ["        cur = seg"]
-            elif one_loop:
-                body = [f"if {inside}:",
-                        "    # one loop for a run of full tiles or of partial ones (one set of buffers)",
-                        f"    full = {full_terms[0]}"]
-                body += [f"    full = full | ({x})" for x in full_terms[1:]]
-                body += [f"    vis = {vis}",
-                         f"    seg = tl.where(full, {seg_full}, {nxt_full})",
-                         f"    for {idx} in range(cur, seg):"]
-                body += _indent(pos + _open_mask(keep, q) + [masked_call], 8)
-            else:
-                body = [f"if {inside}:",
-                        f"    if {in_full}:",
-                        f"        seg = {seg_full}",
-                        f"        for {idx} in range(cur, seg):  # full tiles"]
-                body += _indent(full_body, 12)
-                body += ["    else:",
-                         f"        vis = {vis}",
-                         f"        seg = {nxt_full}",
-                         f"        for {idx} in range(cur, seg):  # partial tiles"]
-                body += _indent(masked_body, 12)
-            if not two_walks or all(k in never_full for k in ids):
-                body += ["    cur = seg"]
-            body += ["else:", f"    cur = {nxt}  # jump the gap to the next range"]
-            out += _indent(body, 4)
+            out += self._union_walk([ti for ti, _ in spans], never_full, idx, full_body, masked_body, keep, pos,
+                                    masked_call, q, one_loop, two_walks)
         for ti, t, tr in randoms:
             prev = [(k, tr2) for k, tr2 in spans] + [(k, tr2) for k, _, tr2 in randoms if k < ti]
-            body = self._tile_body(p, ti, t, tr, prev, mask_name, full_call, masked_call, query_major_loop=q,
+            body = self._tile_body(p, ti, t, tr, prev, mask_call, full_call, masked_call, query_major_loop=q,
                                    one_loop=one_loop)
-            rb, rr = c.arg(tr.random.b), c.arg(tr.random.r)
-            if q:
-                out += [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
-                        f"nkb{ti} = (n + {rb} - 1) // {rb}",
-                        f"picks{ti} = tl.minimum({rr}, nkb{ti})",
-                        f"for t in range(0, picks{ti}):",
-                        f"    kb = _random_block(qb{ti}, t, nkb{ti}, picks{ti}, {_seed_key(tr.random.seed)})",
-                        f"    klo = tl.maximum(kb * {rb}, lo{ti})",
-                        f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
-                        "    kt_lo = klo // BN",
-                        f"    kt_hi = tl.where(({tr.applies}) & (khi >= klo), khi // BN + 1, kt_lo)"]
-                if window:
-                    out += ["    kt_lo = tl.minimum(tl.maximum(kt_lo, w_lo), w_hi)",
-                            "    kt_hi = tl.minimum(tl.maximum(kt_hi, w_lo), w_hi)"]
-                out += ["    for kt in range(kt_lo, kt_hi):"]
-                out += _indent(body, 8)
-            else:
-                out += [f"at_lo{ti} = lo{ti} // BM",
-                        f"at_hi{ti} = tl.where(({tr.applies}) & (hi{ti} >= lo{ti}), hi{ti} // BM + 1, at_lo{ti})"]
-                if window:
-                    out += [f"at_lo{ti} = tl.minimum(tl.maximum(at_lo{ti}, w_lo), w_hi)",
-                            f"at_hi{ti} = tl.minimum(tl.maximum(at_hi{ti}, w_lo), w_hi)"]
-                key = _seed_key(tr.random.seed)
-                out += [
-                        f"nkb{ti} = (n + {rb} - 1) // {rb}",
-                        f"picks{ti} = tl.minimum({rr}, nkb{ti})",
-                        f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
-                        "# which query blocks picked this key block?  Ask 128 query blocks at once, then",
-                        "# visit the few that did (about `picks`), instead of asking every query tile in turn",
-                        f"qb_lo{ti} = (at_lo{ti} * BM) // {rb}",
-                        f"qb_hi{ti} = (at_hi{ti} * BM + {rb} - 1) // {rb}",
-                        f"for qs in range(qb_lo{ti}, qb_hi{ti}, 128):",
-                        "    cand = qs + tl.arange(0, 128)",
-                        f"    hit = _random_picked(cand, kb{ti}, nkb{ti}, picks{ti}, {key}) & (cand < qb_hi{ti})",
-                        "    while tl.max(hit.to(tl.int32), 0) > 0:",
-                        "        qb = tl.min(tl.where(hit, cand, 2147483647), 0)",
-                        "        hit = hit & (cand != qb)",
-                        f"        for at in range(tl.maximum(qb * ({rb} // BM), at_lo{ti}), "
-                        f"tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})):"]
-                out += _indent(body, 12)
+            out += self._random_loop(ti, tr, body, q, window)
         return out
 
-    def _narrow_steps(self, p: Pass, spans: list, mask_name: str, call: str) -> list:
+    def _union_walk(self, ids: list, never_full: set, idx: str, full_body: list, masked_body: list, keep: str,
+                    pos: list, masked_call: list, q: bool, one_loop: bool, two_walks: bool) -> list:
+        """Walk the union of several terms' tile ranges as segments, each tile once."""
+        out = ["# walk the union of the terms' tile ranges as segments, each tile once"]
+        out += _fold("start", "tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {BIG})" for k in ids])
+        out += _fold("end", "tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids])
+        out.append("cur = start")
+        inside = _either("inside", [f"(v_lo{k} <= cur) & (cur < v_hi{k})" for k in ids])
+        in_full = _either("in_full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
+        seg_full = _fold("seg", "tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
+                                               for k in ids])
+        vis = _fold("vis", "tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
+        nxt_full = _fold("seg", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
+                                               for k in ids])
+        gap = ["else:  # jump the gap to the next range"]
+        gap += _indent(_fold("nxt", "tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids]), 4)
+        gap += ["    cur = nxt"]
+        if all(k in never_full for k in ids):  # no full tiles anywhere: masked segments only
+            body = inside + ["if inside:"] + _indent(vis, 4) + [f"    for {idx} in range(cur, vis):  # partial tiles"]
+            body += _indent(masked_body, 8) + ["    cur = vis"] + gap
+            return out + ["while cur < end:"] + _indent(body, 4)
+        if two_walks:
+            # two walks, one pipelined loop each: the union's full runs (no mask), then its partial
+            # tiles (masked).  Sequential loops share their shared buffers, two loops inside one walk
+            # do not; and full tiles skip the mask's select and registers.
+            nxt_run = _fold("nxt", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
+                                                  for k in ids])
+            body = in_full + ["if in_full:"] + _indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
+            body += _indent(full_body, 8) + ["    cur = seg", "else:  # on to the next full run"]
+            body += _indent(nxt_run, 4) + ["    cur = nxt"]
+            out += ["while cur < end:"] + _indent(body, 4)
+            out.append("cur = start  # then the partial tiles")
+            inner = in_full + ["if in_full:  # walked above"] + _indent(seg_full, 4) + ["    cur = seg", "else:"]
+            inner += _indent(vis + nxt_full, 4) + [f"    for {idx} in range(cur, seg):  # partial tiles"]
+            inner += _indent(masked_body, 8) + ["    cur = seg"]
+            body = inside + ["if inside:"] + _indent(inner, 4) + gap
+            return out + ["while cur < end:"] + _indent(body, 4)
+        if one_loop:
+            inner = ["# one loop for a run of full tiles or of partial ones (one set of buffers)"]
+            inner += _either("full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
+            inner += _indent(vis, 0) + _fold("run_end", "tl.maximum", [
+                f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)" for k in ids])
+            inner += nxt_full + ["seg = tl.where(full, run_end, seg)", f"for {idx} in range(cur, seg):"]
+            inner += _indent(pos + _open_mask(keep, q) + masked_call, 4) + ["cur = seg"]
+            body = inside + ["if inside:"] + _indent(inner, 4) + gap
+            return out + ["while cur < end:"] + _indent(body, 4)
+        inner = in_full + ["if in_full:"] + _indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
+        inner += _indent(full_body, 8) + ["else:"] + _indent(vis + nxt_full, 4)
+        inner += [f"    for {idx} in range(cur, seg):  # partial tiles"] + _indent(masked_body, 8) + ["cur = seg"]
+        body = inside + ["if inside:"] + _indent(inner, 4) + gap
+        return out + ["while cur < end:"] + _indent(body, 4)
+
+    def _random_loop(self, ti: int, tr: TileRanges, body: list, q: bool, window: bool) -> list:
+        rb, rr = T(self.arg(tr.random.b)), T(self.arg(tr.random.r))
+        key = seed_key(tr.random.seed)
+        applies = S.all_of([tr.applies, S.le(S.name("klo"), S.name("khi"))])
+        if q:
+            out = [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
+                   f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                   f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+                   f"for t in range(0, picks{ti}):",
+                   f"    kb = random_block(qb{ti}, t, nkb{ti}, picks{ti}, {key})",
+                   f"    klo = tl.maximum(kb * {rb}, lo{ti})",
+                   f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
+                   "    kt_lo = klo // BN",
+                   f"    kt_hi = tl.where({T(applies)}, khi // BN + 1, kt_lo)"]
+            if window:
+                out += ["    kt_lo, kt_hi = clip(kt_lo, w_lo, w_hi), clip(kt_hi, w_lo, w_hi)"]
+            return out + ["    for kt in range(kt_lo, kt_hi):"] + _indent(body, 8)
+        at_applies = S.all_of([tr.applies, S.le(S.name(f"lo{ti}"), S.name(f"hi{ti}"))])
+        out = [f"at_lo{ti} = lo{ti} // BM",
+               f"at_hi{ti} = tl.where({T(at_applies)}, hi{ti} // BM + 1, at_lo{ti})"]
+        if window:
+            out += [f"at_lo{ti}, at_hi{ti} = clip(at_lo{ti}, w_lo, w_hi), clip(at_hi{ti}, w_lo, w_hi)"]
+        out += [f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+                f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
+                "# which query blocks picked this key block?  Ask 128 query blocks at once, then",
+                "# visit the few that did (about `picks`), instead of asking every query tile in turn",
+                f"qb_lo{ti} = (at_lo{ti} * BM) // {rb}",
+                f"qb_hi{ti} = (at_hi{ti} * BM + {rb} - 1) // {rb}",
+                f"for qs in range(qb_lo{ti}, qb_hi{ti}, 128):",
+                "    cand = qs + tl.arange(0, 128)",
+                f"    hit = random_picked(cand, kb{ti}, nkb{ti}, picks{ti}, {key}) & (cand < qb_hi{ti})",
+                "    while tl.max(hit.to(tl.int32), 0) > 0:",
+                f"        qb = tl.min(tl.where(hit, cand, {BIG}), 0)",
+                "        hit = hit & (cand != qb)",
+                f"        at_first = tl.maximum(qb * ({rb} // BM), at_lo{ti})",
+                f"        at_last = tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})",
+                "        for at in range(at_first, at_last):"]
+        return out + _indent(body, 12)
+
+    def _narrow_steps(self, p: Pass, spans: list, mask_call: str, call: list) -> list:
         """One NB-key step (pointer loads) for each term that needs at most NB fixed key columns,
         before the walk, when no other term's key tiles reach those columns (so each allowed
         pair is counted once; the union mask applies, cut to the term's columns); the walk then
         skips the term.  Otherwise (early query tiles, whose window reaches the columns) the
-        term stays in the walk, as without this."""
+        term stays in the walk."""
         out = []
         for ti, _ in spans:
             nb = narrow_columns(p.terms[ti], p.space)
             if nb is None:
                 continue
             others = [k for k, _ in spans if k != ti]
-            apart = " & ".join(f"((v_hi{k} <= v_lo{k}) | (v_lo{k} > hi{ti} // BN) | (v_hi{k} <= lo{ti} // BN))"
-                               for k in others)
-            out += [f"if {nb} < BN:  # term {ti} needs at most {nb} fixed key columns: a step of its own",
-                    f"    narrow{ti} = (v_hi{ti} > v_lo{ti}) & {apart}",
-                    f"    if narrow{ti}:",
+            apart = [f"narrow{ti} = v_hi{ti} > v_lo{ti}"]
+            apart += [f"narrow{ti} = narrow{ti} & ((v_hi{k} <= v_lo{k}) | (v_lo{k} > hi{ti} // BN) | "
+                      f"(v_hi{k} <= lo{ti} // BN))" for k in others]
+            mask = mask_call.format(i="i[:, None]", j="j[None, :]")
+            out += [f"if {nb} < BN:  # term {ti} needs at most {nb} fixed key columns: a step of its own"]
+            out += _indent(apart, 4)
+            out += [f"    if narrow{ti}:",
                     f"        b0 = lo{ti}",
                     f"        j = b0 + tl.arange(0, {nb})",
-                    f"        keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & "
-                    f"((j <= hi{ti}) & (j < n))[None, :]",
-                    f"        {call}",
-                    f"    v_hi{ti} = tl.where(narrow{ti}, v_lo{ti}, v_hi{ti})  # walked above",
+                    f"        keep = {mask} & ((j <= hi{ti}) & (j < n))[None, :]"]
+            out += _indent(call, 8)
+            out += [f"    v_hi{ti} = tl.where(narrow{ti}, v_lo{ti}, v_hi{ti})  # walked above",
                     f"    f_hi{ti} = tl.where(narrow{ti}, f_lo{ti}, f_hi{ti})"]
         return out
 
-    def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_name: str, full_call: str,
-                   masked_call: str, query_major_loop: bool, one_loop: bool = False) -> list:
-        c, space = self.code, p.space
-        lines = []
+    def _tile_body(self, p: Pass, ti: int, t, tr: TileRanges, prev: list, mask_call: str, full_call: list,
+                   masked_call: list, query_major_loop: bool, one_loop: bool = False) -> list:
+        space = p.space
         if query_major_loop:
-            lines += ["b0 = kt * BN", "b1 = b0 + BN - 1"]
-            idx = "kt"
+            lines, idx = ["b0 = kt * BN", "b1 = b0 + BN - 1"], "kt"
         else:
-            lines += ["a0 = at * BM", "a1 = a0 + BM - 1"]
-            idx = "at"
-        tile_lo, tile_hi = "v_lo", "v_hi"
+            lines, idx = ["a0 = at * BM", "a1 = a0 + BM - 1"], "at"
         seen = []
         for si, sr in prev:
             if sr.random is None:
-                seen.append(f"(({idx} >= {tile_lo}{si}) & ({idx} < {tile_hi}{si}))")
+                seen.append(f"(({idx} >= v_lo{si}) & ({idx} < v_hi{si}))")
             else:
-                rb = c.arg(sr.random.b)
+                rb = T(self.arg(sr.random.b))
                 nk = f"(n + {rb} - 1) // {rb}"
-                picks = f"tl.minimum({c.arg(sr.random.r)}, {nk})"
+                picks = f"tl.minimum({T(self.arg(sr.random.r))}, {nk})"
                 # term si visited this tile iff it applies here, picked its block, and the tile
                 # meets si's index range [lo, hi] (which need not start on a tile boundary)
                 x0, x1 = ("b0", "b1") if query_major_loop else ("a0", "a1")
-                seen.append(f"(_random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {_seed_key(sr.random.seed)}) "
-                            f"& ({sr.applies}) & ({x1} >= lo{si}) & ({x0} <= hi{si}))")
+                cond = S.all_of([sr.applies, S.le(S.name(f"lo{si}"), S.name(x1)), S.le(S.name(x0), S.name(f"hi{si}"))])
+                picked = S.name(f"random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {seed_key(sr.random.seed)})")
+                seen.append(T(S.all_of([picked, cond])))
         fulls = []
         if p.first:
             for other in p.terms:
                 if other.randoms:
                     continue
-                f = query_major(other, space, c).full
-                if f != "False":
-                    fulls.append(f"({f})" if f != "True" else "True")
-            own = query_major(t, space, c).full  # inside its own loop a random tile is a picked tile
-            if tr.random is not None and own != "False":
-                fulls.append(f"({own})" if own != "True" else "True")
+                f = query_major(other, space, self.arg).full
+                if f != S.FALSE:
+                    fulls.append(f)
+            own = query_major(t, space, self.arg).full  # inside its own loop a random tile is a picked tile
+            if tr.random is not None and own != S.FALSE:
+                fulls.append(own)
         if query_major_loop:
-            pos = "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))")
-            keep = f"keep = {mask_name}(i[:, None], j[None, :], n, r__ARGS__) & (j < n)[None, :]"
+            pos = "j = " + T(key_position(space, self.arg, S.add(S.name("b0"), S.name("tl.arange(0, BN)"))))
+            keep = f"keep = {mask_call.format(i='i[:, None]', j='j[None, :]')} & (j < n)[None, :]"
         else:
-            pos = "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))")
-            keep = f"keep = {mask_name}(i[None, :], j[:, None], n, r__ARGS__) & (i < n)[None, :]"
+            pos = "i = " + T(query_position(space, self.arg, S.add(S.name("a0"), S.name("tl.arange(0, BM)"))))
+            keep = f"keep = {mask_call.format(i='i[None, :]', j='j[:, None]')} & (i < n)[None, :]"
         work: list = [pos]
         if fulls:
-            inb = "(a1 < LQ) & (b1 < L)"
-            anyfull = "True" if "True" in fulls else " | ".join(fulls)
-            work.append(f"full = {inb} & ({anyfull})" if anyfull != "True" else f"full = {inb}")
+            cond = S.all_of([S.lt(S.name("a1"), S.name("LQ")), S.lt(S.name("b1"), S.name("L")), S.any_of(fulls)])
+            work.append(f"full = {T(cond)}")
             if one_loop:  # one tile call: its loads are not duplicated in two branches
-                work += _open_mask(keep, query_major_loop) + [masked_call]
+                work += _open_mask(keep, query_major_loop) + masked_call
             else:
-                work += ["if full:  # every pair allowed: no mask arithmetic", f"    {full_call}", "else:",
-                         f"    {keep}", f"    {masked_call}"]
+                work += ["if full:  # every pair allowed: no mask arithmetic"] + _indent(full_call, 4)
+                work += ["else:", f"    {keep}"] + _indent(masked_call, 4)
         else:
-            work += [keep, masked_call]
+            work += [keep] + masked_call
         if seen:
-            lines.append(f"seen = {' | '.join(seen)}  # an earlier term already visited this tile")
-            lines.append("if seen == 0:")
+            lines += _either("seen", seen) + ["if seen == 0:  # no earlier term visited this tile"]
             lines += _indent(work, 4)
         else:
             lines += work
@@ -380,10 +410,9 @@ class _Emitter:
     def space_prologue(self, space: Space, major: str, rev: bool = False) -> list:
         """Map the program id to a tile of the pass's index space; `rev`: the walks grow with the
         tile's index, and REV (a launch setting) runs the tiles last-first."""
-        c = self.code
         tile = "BM" if major == "q" else "BN"
         if space.kind == "diag":
-            m = c.arg(space.m)
+            m = T(self.arg(space.m))
             lines = [f"r = pid // PER  # residue class: positions r, r + {m}, r + 2*{m}, ...",
                      "t_idx = pid % PER"]
         else:
@@ -394,47 +423,36 @@ class _Emitter:
         lines += self.space_lengths(space)
         if major == "q":
             lines += [f"a0 = t_idx * {tile}", "a1 = a0 + BM - 1",
-                      "i = " + query_position(space, c, "(a0 + tl.arange(0, BM))"),
+                      "i = " + T(query_position(space, self.arg, S.add(S.name("a0"), S.name("tl.arange(0, BM)")))),
                       "row_ok = (a0 + tl.arange(0, BM)) < LQ"]
         else:
             lines += [f"b0 = t_idx * {tile}", "b1 = b0 + BN - 1",
-                      "j = " + key_position(space, c, "(b0 + tl.arange(0, BN))"),
+                      "j = " + T(key_position(space, self.arg, S.add(S.name("b0"), S.name("tl.arange(0, BN)")))),
                       "col_ok = (b0 + tl.arange(0, BN)) < L"]
         return lines
 
     def space_lengths(self, space: Space) -> list:
         """LQ and L: how many query and key positions the space has (in its own order)."""
-        c = self.code
+        lq, lk = space_lengths(space, self.arg)
         if space.kind == "diag":
-            m = c.arg(space.m)
-            return [f"LQ = (n - r + {m} - 1) // {m}  # length of this residue class", "L = LQ"]
+            return [f"LQ = {T(lq)}  # length of this residue class", "L = LQ"]
         if space.kind == "keys":
-            return ["LQ = n", f"L = {count_keys_below(space, c, 'n')}  # number of kept key columns"]
+            return ["LQ = n", f"L = {T(lk)}  # number of kept key columns"]
         return ["LQ = n", "L = n"]
 
     @staticmethod
-    def tma(p: Pass, side: str) -> str:
-        """Whether a tile call may load through the TMA descriptors: where the tile's positions are
-        contiguous (key side: tokens in order; query side: every space but residue classes), or a
-        residue class, whose rows are one box of a (B, H, n/m, m, D) view when m divides n (the
-        host then passes TMA=2).  Elsewhere (kept key columns) the literal False removes the
-        descriptor branch from the compiled kernel."""
-        ok = p.space.kind in ("identity", "diag") if side == "k" else True
-        return "TMA" if ok else "False"
+    def key_tma(p: Pass) -> bool:
+        """Whether a query-major kernel's key tiles may load through TMA descriptors: where their
+        positions are contiguous (tokens in order) or a residue class (one box of a
+        (B, H, n/m, m, D) view when m divides n; the host then passes TMA=2).  Kept key columns
+        load through pointers, and their kernels carry no descriptor branch."""
+        return p.space.kind in ("identity", "diag")
 
     @staticmethod
-    def qtma(p: Pass) -> str:
+    def row_tma(p: Pass) -> bool:
         """A query-major kernel's own tile (Q, dO) through TMA: where its query positions are
         contiguous (not residue classes) and the host passed descriptors (QTMA)."""
-        return "QTMA" if p.space.kind != "diag" else "False"
-
-    @staticmethod
-    def jit(p: Pass, major: str, extra: tuple = ()) -> str:
-        """Split-capable kernels must not be specialised on the values that differ between their
-        normal and split launches, so one compilation serves both (first-call time)."""
-        if not heavy_spans(p, major):
-            return "@triton.jit"
-        return f'@triton.jit(do_not_specialize={["NOUT", "PARTIAL", *extra]!r})'
+        return p.space.kind != "diag"
 
     def split_lines(self, p: Pass, major: str) -> tuple:
         """(lines after the program ids, window lines): only for passes with global rows/columns.
@@ -444,17 +462,16 @@ class _Emitter:
         scratch rows that the host merges.  Every other tile's window is unbounded."""
         if not heavy_spans(p, major):
             return [], []
-        # PARTIAL is a runtime 0/1 (not a constexpr): both launches share one compiled kernel.
         # Heavy tiles form up to two ranges [SPLIT0, SPLIT1) and [SPLIT2, SPLIT3); a split
         # launch's program r walks the r-th heavy tile.
-        ids = ["    r_idx = pid  # in a split launch: the rank of this program's heavy tile",
-               "    first = SPLIT1 - SPLIT0",
-               "    heavy_pid = tl.where(pid < first, SPLIT0 + pid, SPLIT2 + pid - first)",
-               "    pid = tl.where(PARTIAL != 0, heavy_pid, pid)"]
+        ids = ["r_idx = pid  # in a split launch: the rank of this program's heavy tile",
+               "first = SPLIT1 - SPLIT0",
+               "heavy_pid = tl.where(pid < first, SPLIT0 + pid, SPLIT2 + pid - first)",
+               "pid = tl.where(PARTIAL != 0, heavy_pid, pid)"]
         win = ["c_idx = tl.program_id(2) + PARTIAL  # chunk: 0 in the normal launch",
                "heavy = ((t_idx >= SPLIT0) & (t_idx < SPLIT1)) | ((t_idx >= SPLIT2) & (t_idx < SPLIT3))",
                "w_lo = tl.where(heavy, c_idx * CH, 0)",
-               "w_hi = tl.where(heavy, c_idx * CH + CH, 2147483647)"]
+               f"w_hi = tl.where(heavy, c_idx * CH + CH, {BIG})"]
         return ids, win
 
     @staticmethod
@@ -462,45 +479,47 @@ class _Emitter:
         """Rows of the output a program writes: a split launch writes chunk-major scratch rows."""
         if not heavy_spans(p, major):
             return [f"{pos}_out = {pos}"]
-        return [f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"
-                "  # split launch: scratch rows, chunk-major, heavy tiles by rank"]
+        return ["# a split launch writes scratch rows: chunk-major, heavy tiles by rank",
+                f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"]
 
-    def fwd_kernel(self, name: str, mask_name: str, p: Pass, more: tuple = (), rev: bool = False) -> list:
-        """The forward kernel of pass `p`; `more`: (mask name, pass) of later passes that walk the
-        same query tiles (fusable), continued in the same program after p's walk (one online
-        softmax, no float32 state between launches, Q loaded once); `rev`: see space_prologue."""
-        loops = self.fwd_loops(mask_name, p)
-        for mname, mp in more:
+    def mask_call(self, name: str, body_args: str) -> str:
+        return f"{name}({{i}}, {{j}}, n{body_args})"
+
+    def fwd_kernel(self, name: str, mask: tuple, p: Pass, more: tuple = (), rev: bool = False,
+                   seeded: bool = False) -> list:
+        """The forward kernel of pass `p`; `more`: (mask, pass) of later passes that walk the same
+        query tiles (fusable), continued in the same program after p's walk (one online softmax,
+        no float32 state between launches, Q loaded once); `rev`: see space_prologue; `seeded`:
+        a later pass, which continues the earlier passes' softmax state."""
+        loops = self.fwd_loops(mask, p)
+        for m2, mp in more:
             loops += [f"# ---- pass {mp.space.describe()}: same query tile, same running softmax"]
             loops += self.space_lengths(mp.space)
-            loops += self.fwd_loops(mname, mp)
+            loops += self.fwd_loops(m2, mp)
         ids, win = self.split_lines(p, "q")
-        head = [
-            self.jit(p, "q"),
-            f"def {name}(Q, K, V, O, OI, LSE, KD, VD, QD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,",
-            "        so0, so1, so2, so3, n, HTOT, HC, GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS,",
-            "        qk_scale__ARGS__, SEEDED: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr,",
-            "        BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        QTMA: tl.constexpr, REV: tl.constexpr):",
-            f'    """Forward, {" then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))}.'
-            '\n    SEEDED: continue from the previous pass\'s float32 state in OI (laid out like O;'
-            '\n    O may be OI, or the final output in the input dtype)."""',
-        ] + QUERY_MAJOR_IDS + ids
-        body = self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
+        spaces = " then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))
+        head = signature(name, "fwd", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), seeded, rev)
+        head += [f'    """Forward, {spaces}.'] + ([
+            "    SEEDED: continue from the earlier passes' float32 state in OI (laid out like O;",
+            '    O may be OI, or the final output in the input dtype)."""'] if seeded else ['    """'])
+        body = QUERY_MAJOR_IDS + ids + self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
             "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
-            f"q = _tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
-            "if SEEDED:  # continue the online softmax from the previous pass (m = lse, l = 1, acc = out)",
-            "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
-            "    m_i = lse_prev * 1.4426950408889634",
-            "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
-            "    oi_base = OI + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
-            "    acc = _load_rows(oi_base, i, row_ok, so2, so3, offs_d, D, False)",
-            "else:",
-            "    m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
-            "    l_i = tl.zeros([BM], dtype=tl.float32)",
-            "    acc = tl.zeros([BM, BD], dtype=tl.float32)",
+            f"q = tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
         ]
+        fresh = ["m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
+                 "l_i = tl.zeros([BM], dtype=tl.float32)",
+                 "acc = tl.zeros([BM, BD], dtype=tl.float32)"]
+        if seeded:
+            body += ["if SEEDED:  # continue the online softmax of the earlier passes (m = lse, l = 1, acc = out)",
+                     "    lse_prev = tl.load(lse_base + i, mask=row_ok, other=float('-inf'))",
+                     "    m_i = lse_prev * 1.4426950408889634",
+                     "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
+                     "    oi_base = OI + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
+                     "    acc = load_rows(oi_base, i, row_ok, so2, so3, offs_d, D, False)",
+                     "else:"] + _indent(fresh, 4)
+        else:
+            body += fresh
         tail = [
             "# epilogue: normalise; rows that saw no key give 0 and lse = -inf",
             "l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
@@ -513,40 +532,46 @@ class _Emitter:
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
-    def fwd_loops(self, mask_name: str, p: Pass) -> list:
-        call = ("acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, "
-                "j, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN, {tma})")
-        return self.query_loops(
-            p, mask_name, call.replace("{tma}", self.tma(p, "k")), one_loop=self.fwd_one_loop,
-            two_walks=self.two_walks["fwd"], narrow_call=call.format(keep="keep", masked="True", tma="False"))
+    def qtma(self, p: Pass) -> str:
+        return "QTMA" if self.row_tma(p) else "False"
 
-    def dq_kernel(self, name: str, mask_name: str, p: Pass, rev: bool = False) -> list:
-        call = ("dq = _dq_tile(dq, q, do, lse2, delta, KD, VD, z, hk, b0, r, k_base, v_base, sk2, sk3, sv2, sv3, j, "
-                "{keep}, n, qk_scale, offs_d, D, {masked}, PREC, WIDEN, {tma})")
-        loops = self.query_loops(
-            p, mask_name, call.replace("{tma}", self.tma(p, "k")), one_loop=True, two_walks=self.two_walks["dq"],
-            narrow_call=call.format(keep="keep", masked="True", tma="False"))
+    def ktma(self, p: Pass) -> str:
+        return "TMA" if self.key_tma(p) else "False"
+
+    def fwd_loops(self, mask: tuple, p: Pass) -> list:
+        args = ["acc", "m_i", "l_i", "q", "KD", "VD", "z", "hk", "b0", "r", "k_base", "v_base", "sk2", "sk3", "sv2",
+                "sv3", "j", "{keep}", "n", "qk_scale", "offs_d", "D", "{masked}", "PREC", "WIDEN", "{tma}"]
+
+        def call(keep, masked, tma):
+            return _call("fwd_tile", [a.format(keep=keep, masked=masked, tma=tma) for a in args], "acc, m_i, l_i = ")
+        return self.loops(p, "q", mask, call("0", "False", self.ktma(p)), call("keep", "True", self.ktma(p)),
+                          bool(heavy_spans(p, "q")), self.fwd_one_loop, self.two_walks["fwd"],
+                          narrow_call=call("keep", "True", "False"))
+
+    def dq_kernel(self, name: str, mask: str, p: Pass, rev: bool = False) -> list:
+        args = ["dq", "q", "do", "lse2", "delta", "KD", "VD", "z", "hk", "b0", "r", "k_base", "v_base", "sk2", "sk3",
+                "sv2", "sv3", "j", "{keep}", "n", "qk_scale", "offs_d", "D", "{masked}", "PREC", "WIDEN", "{tma}"]
+
+        def call(keep, masked, tma):
+            return _call("dq_tile", [a.format(keep=keep, masked=masked, tma=tma) for a in args], "dq = ")
+        loops = self.loops(p, "q", mask, call("0", "False", self.ktma(p)), call("keep", "True", self.ktma(p)),
+                           bool(heavy_spans(p, "q")), True, self.two_walks["dq"],
+                           narrow_call=call("keep", "True", "False"))
         ids, win = self.split_lines(p, "q")
-        head = [
-            self.jit(p, "q", ("PRO",)),
-            f"def {name}(Q, K, V, DO, DQ, LSE2, DELTA, O, LSE, KD, VD, QD, DOD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3,",
-            "        sv0, sv1, sv2, sv3, sdo0, sdo1, sdo2, sdo3, sdq0, sdq1, sdq2, sdq3, so0, so1, so2, so3, n, HTOT, HC,",
-            "        GROUP, HEAD0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__, sm_scale, PRO,",
-            "        ACCUM: tl.constexpr, PARTIAL,",
-            "        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,",
-            "        WIDEN: tl.constexpr, TMA: tl.constexpr, QTMA: tl.constexpr, REV: tl.constexpr):",
-            f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.'
-            '\n    PRO (the first pass\'s normal launch): first compute and store each row\'s delta = sum(O * dO)'
-            '\n    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
-        ] + QUERY_MAJOR_IDS + ids
-        body = self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
+        head = signature(name, "dq", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), rev=rev) + [
+            f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.',
+            "    PRO (the first pass's normal launch): first compute and store each row's delta = sum(O * dO)",
+            '    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
+        ]
+        body = QUERY_MAJOR_IDS + ids + self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
             "row_base = (z.to(tl.int64) * HTOT + h) * n",
-            f"q = _tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
-            f"do = _tile_rows(DOD, z, h, a0, r, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"q = tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
+            f"do = tile_rows(DOD, z, h, a0, r, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if PRO != 0:",
-            "    o_rows = _load_rows(O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1, i, row_ok, so2, so3, offs_d, D, False)",
+            "    o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
+            "    o_rows = load_rows(o_base, i, row_ok, so2, so3, offs_d, D, False)",
             "    delta = tl.where(row_ok, tl.sum(o_rows.to(tl.float32) * do.to(tl.float32), 1), 0.0)",
             "    lse_e = tl.load(LSE + row_base + i, mask=row_ok, other=0.0)",
             "    lse2 = tl.where(row_ok & (lse_e != float('-inf')), lse_e * 1.4426950408889634, float('inf'))",
@@ -567,35 +592,28 @@ class _Emitter:
         ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
-    def dkdv_kernel(self, name: str, mask_name: str, p: Pass) -> list:
-        loops = self.key_loops(
-            p, mask_name,
-            "dk, dv = _dkdv_tile(dk, dv, k, v, QD, DOD, z, h, a0, r, q_base, do_base, sq2, sq3, sdo2, sdo3, lse_base, "
-            "delta_base, dq_base, sdq2, sdq3, DQD, sm_scale, i, {keep}, n, qk_scale, offs_d, D, {masked}, PREC, "
-            f"WIDEN, {self.tma(p, 'q')}, FUSED, {'RED_TMA' if self.qtma(p) == 'QTMA' else 'False'})",
-            one_loop=True, two_walks=self.two_walks["dkdv"])
+    def dkdv_kernel(self, name: str, mask: str, p: Pass) -> list:
+        args = ["dk", "dv", "k", "v", "QD", "DOD", "z", "h", "a0", "r", "q_base", "do_base", "sq2", "sq3", "sdo2",
+                "sdo3", "lse_base", "delta_base", "dq_base", "sdq2", "sdq3", "DQD", "sm_scale", "i", "{keep}", "n",
+                "qk_scale", "offs_d", "D", "{masked}", "PREC", "WIDEN", "TMA", "FUSED",
+                "RED_TMA" if self.row_tma(p) else "False"]
+
+        def call(keep, masked):
+            return _call("dkdv_tile", [a.format(keep=keep, masked=masked) for a in args], "dk, dv = ")
+        loops = self.loops(p, "k", mask, call("0", "False"), call("keep", "True"), bool(heavy_spans(p, "k")), True,
+                           self.two_walks["dkdv"])
         ids, win = self.split_lines(p, "k")
-        head = [
-            self.jit(p, "k"),
-            f"def {name}(Q, K, V, DO, DK, DV, LSE2, DELTA, QD, DOD, DQ, DQD, sq0, sq1, sq2, sq3, sk0, sk1, sk2, sk3,",
-            "        sv0, sv1, sv2, sv3, sdo0, sdo1, sdo2, sdo3, sdk0, sdk1, sdk2, sdk3, sdq0, sdq1, sdq2, sdq3, n, HTOT,",
-            "        KC, GROUP, H0, H1, KV0, PER, NOUT, SPLIT0, SPLIT1, SPLIT2, SPLIT3, CH, RS, qk_scale__ARGS__,",
-            "        sm_scale, ACCUM: tl.constexpr, PARTIAL, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,",
-            "        D: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr, TMA: tl.constexpr,",
-            "        FUSED: tl.constexpr, RED_TMA: tl.constexpr):",
+        head = signature(name, "dkdv", bool(heavy_spans(p, "k")), tuple(self.table.names.values())) + [
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group.',
             '    FUSED: dq too, added atomically into DQ (float32), and no dq kernel runs."""',
-            "    pid = tl.program_id(0)",
-            "    zk = tl.program_id(1)",
-            "    z = zk // KC",
-            "    hk = KV0 + zk % KC",
-        ] + ids
-        body = self.space_prologue(p.space, "k") + win + [
+        ]
+        ids = ["pid = tl.program_id(0)", "zk = tl.program_id(1)", "z = zk // KC", "hk = KV0 + zk % KC"] + ids
+        body = ids + self.space_prologue(p.space, "k") + win + [
             "offs_d = tl.arange(0, BD)",
             "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
             "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
-            "k = _load_rows(k_base, j, col_ok, sk2, sk3, offs_d, D, WIDEN)",
-            "v = _load_rows(v_base, j, col_ok, sv2, sv3, offs_d, D, WIDEN)",
+            "k = load_rows(k_base, j, col_ok, sk2, sk3, offs_d, D, WIDEN)",
+            "v = load_rows(v_base, j, col_ok, sv2, sv3, offs_d, D, WIDEN)",
             "dk = tl.zeros([BN, BD], dtype=tl.float32)",
             "dv = tl.zeros([BN, BD], dtype=tl.float32)",
             "h_first = tl.maximum(hk * GROUP, H0)",
@@ -622,265 +640,161 @@ class _Emitter:
         ]
         return head + _indent(body, 4) + _indent(loops, 8) + _indent(tail, 4) + ["", ""]
 
-    # ---- host-side helpers -------------------------------------------------------------------
-    def torch_mask_fn(self, cases) -> list:
-        """`_mask_head(h, i, j, n)`: the same printed mask on torch tensors (CPU fallback, mask())."""
-        bodies = [printer.mask_expr(expr, "i", "j", self.args, hash_fn="_random_pick") for _, expr in cases]
-        lines = ["def _mask_head(h: int, i, j, n: int):",
-                 '    """Allowed (i, j) pairs for head h, from the same printed formula as the kernels."""',
-                 "    A = _length_args(n)"]
-        for name in self.args.names.values():  # every name exists now: the bodies were printed first
-            lines.append(f"    {name} = A[{name!r}]")
-        for ((h0, h1), _), body in zip(cases, bodies):
-            lines.append(f"    if {h0} <= h <= {h1}:" if len(cases) > 1 else "    if True:")
-            lines.append(f"        return ({body}) & (i >= 0) & (j >= 0)")
-        lines.append('    raise ValueError(f"head {h} is outside this pattern\'s heads")')
-        return lines
-
-    def space_lambdas(self, p: Pass, tma_fwd: Optional[bool] = None, rev: tuple = (False, False)) -> str:
-        d = {"space": repr(p.space.kind)}
-        d["rev"] = repr({"fwd": rev[0], "dq": rev[1]})  # kernels that run their tiles last-first with REV
-        # which kernels load through TMA descriptors (the host builds them only for those)
-        d["tma"] = repr({"fwd": self.tma(p, "k") == "TMA" if tma_fwd is None else tma_fwd,
-                         "dq": self.tma(p, "k") == "TMA", "dkdv": self.tma(p, "q") == "TMA",
-                         "rows": self.qtma(p) == "QTMA"})
-        for major in ("q", "k"):
-            spans = heavy_spans(p, major)
-            if spans:  # global rows (columns): tiles whose walks are split
-                d[f"heavy_{major}"] = "lambda n: [" + ", ".join(f"({to_python(a)}, {to_python(b)})"
-                                                                for a, b in spans) + "]"
-        if p.space.kind == "diag":
-            m = p.space.m
-            d["m"] = f"lambda A: {m.value}" if isinstance(m, Const) else f"lambda A: A[{self.args(m)!r}]"
-        if p.space.kind == "keys":
-            pc = Code("python", self.args)
-            expr = count_keys_below(p.space, pc, "n")
-            d["kept"] = f"lambda n, A: {expr}"
-        return ", ".join(f"{k!r}: {v}" for k, v in d.items())
-
-
-RANDOM_JIT = '''
-
-# ---- random(r, block=b, seed): the same stratified hash as the language's definition ----------
-
-@triton.jit
-def _hash32(key, qb, t):
-    """32-bit xorshift-multiply hash, computed in int64 exactly as the reference does."""
-    zero = tl.zeros([], dtype=tl.int64)  # promotes plain ints (interpreter loop indices) to int64 tensors
-    x = (key + (qb + zero) * {qb_mul} + (t + zero) * {t_mul}) & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = (x * {mul}) & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = (x * {mul}) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def _random_block(qb, t, nkb, picks, key):
-    """The key block that query block qb picks in segment t (segments split the key blocks evenly)."""
-    start = t * nkb // picks
-    length = (t + 1) * nkb // picks - start
-    return (start + (_hash32(key, qb, t) % length)).to(tl.int32)
-
-
-@triton.jit
-def _random_picked(qb, kb, nkb, picks, key):
-    """Did query block qb pick key block kb?  Closed form: kb's segment has one pick.
-    An n-dependent count can be 0 at some lengths: then nothing is picked."""
-    p1 = tl.maximum(picks, 1)
-    t = ((kb + 1) * p1 - 1) // nkb
-    return (picks > 0) & (_random_block(qb, t, nkb, p1, key) == kb)
-
-
-@triton.jit
-def _random_mask(i, j, r, b, seed, n):
-    nkb = (n + b - 1) // b
-    picks = tl.minimum(r, nkb)
-    return _random_picked(i // b, j // b, nkb, picks, (seed * {seed_mul} + 1) & 0xFFFFFFFF)
-'''
-
-
-def emit(pattern: Pattern) -> str:
-    """The module's source text (deterministic for a given pattern)."""
-    from patternc import __version__
-
-    e = _Emitter(pattern)
-    longest = longest_walks_first(pattern, tiles=e.fwd_tiles)
-    if isinstance(pattern.expr, ir.Heads):
-        cases = [((c.lo, c.hi), c.expr) for c in pattern.expr.cases]
-    else:
-        cases = [((0, None), pattern.expr)]
-    kernels: list = []
-    case_rows = []
-    random_block = None
-    fused_dq = False
-    for ci, ((h0, h1), expr) in enumerate(cases):
-        pl: Plan = plan(expr)
-        fused_dq |= atomic_dq(pl)  # dq by atomics where that measured faster (template: _FUSED_DQ)
-        if pl.random_block is not None:
-            import math
-            random_block = pl.random_block if random_block is None else math.gcd(random_block, pl.random_block)
-        descs = []
-        if not pl.passes:
-            kernels.append(f"# heads {h0}..{h1 if h1 is not None else 'H-1'}: the pattern is empty; "
-                           "every row gives 0 and lse = -inf\n")
-        fuse = fused_forward(pl)
-        # query tiles last-first where their walks grow (not for split global rows, whose
-        # launches map program ids to heavy tiles)
-        grow, grow_fused = longest[ci] if longest and len(longest[ci][0]) == len(pl.passes) \
-            else ([False] * len(pl.passes), False)
-        grow = [g and not heavy_spans(p, "q") for g, p in zip(grow, pl.passes)]
-        grow_fused = grow_fused and not any(heavy_spans(p, "q") for p in pl.passes)
-        tags = [f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}" for pi in range(len(pl.passes))]
-        for pi, p in enumerate(pl.passes):
-            tag = tags[pi]
-            kernels.append(f"# ---- pass {pi}"
-                           + (f" (heads {h0}..{h1})" if h1 is not None else "")
-                           + f": {p.space.describe()}\n"
-                           + f"# pairs: {_doc(printer.formula(p.mask))}\n")
-            kernels.append("\n".join(e.mask_fn(f"_mask_{tag}", p.mask)))
-            if pi == 0 and fuse:  # one forward kernel walks every pass's tiles
-                more = tuple((f"_mask_{t}", x) for t, x in zip(tags[1:], pl.passes[1:]))
-                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, more, grow_fused)))
-            elif not fuse:
-                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", f"_mask_{tag}", p, rev=grow[pi])))
-            kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", f"_mask_{tag}", p, grow[pi])))
-            kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", f"_mask_{tag}", p)))
-            fwd = f"_fwd_{tag}" if pi == 0 or not fuse else "None"
-            tma_fwd = any(e.tma(x, "k") == "TMA" for x in pl.passes) if fuse and pi == 0 else None
-            descs.append("{" + f"'fwd': {fwd}, 'dq': _dq_{tag}, 'dkdv': _dkdv_{tag}, "
-                         + e.space_lambdas(p, tma_fwd, (grow_fused if fuse else grow[pi], grow[pi])) + "}")
-        case_rows.append(f"    (({h0}, {h1}), [\n        " + ",\n        ".join(descs) + "]),")
-    torch_mask = "\n".join(e.torch_mask_fn(cases))  # may name more arguments: before the host function
-    names = list(e.args.names.values())
-    kernel_text = "\n".join(kernels).replace("__ARGS__", "".join(", " + a for a in names))
-    host = [printer.ISQRT_SOURCE, "", "", e.args.host_function(), "", "", printer.checks_function(pattern, e.args)]
-    if e.uses_random:
-        host += ["", "", _random_pick_with_key()]
-    host += ["", "", torch_mask, "", "", f"_ARG_NAMES = {names!r}"]
-    header = _header(pattern, __version__)
-    t = _template()
-    text = t.substitute(
-        header=header,
-        pattern_source=printer.py_string(pattern.source),
-        pattern_name=repr(pattern.name),
-        num_heads=repr(pattern.num_heads),
-        host_support="\n".join(host),
-        random_jit=RANDOM_JIT.format(seed_mul=hex(HASH_SEED), qb_mul=hex(HASH_QB), t_mul=hex(HASH_T), mul=hex(HASH_MUL))
-        if e.uses_random else "",
-        kernels=kernel_text,
-        cases="[\n" + "\n".join(case_rows) + "\n]",
-        random_block=repr(random_block),
-        fwd_tiles=repr(e.fwd_tiles),
-        bwd_tiles=_bwd_tiles(pattern),
-        fused_dq=int(fused_dq),
-        op_namespace=f"patternc_{pattern.hash}",
-    )
-    return _wrap_long_lines(_fix_arg_refs(text, names))
-
-
-def _bwd_tiles(pattern: Pattern) -> str:
-    """The module's backward settings per head-dim bucket (64, 128), as Python source."""
-    rows = []
-    for d in (64, 128):
-        cfg = {k: v for k, v in choose_bwd_settings(pattern, D=d).items() if v is not None}
-        rows.append(f"{d}: dict(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")")
-    return "{" + ", ".join(rows) + "}"
-
-
-def _wrap_long_lines(text: str, width: int = 100) -> str:
-    """Break generated code lines longer than `width` after commas inside brackets (Python joins
-    such lines implicitly), so a kernel engineer can read the module without scrolling.  Lines
-    with string literals, inside docstrings or with no comma inside brackets stay as they are."""
-    out, in_doc = [], False
-    for line in text.splitlines():
-        quotes = line.count('"""')
-        if in_doc or quotes or len(line) <= width or "'" in line or '"' in line:
-            in_doc ^= quotes % 2 == 1
-            out.append(line)
-            continue
-        code, comment = _split_comment(line)
-        if not code.strip():  # a comment-only line (aligned under code above): nothing to break
-            out.append(line)
-            continue
-        indent = " " * (len(code) - len(code.lstrip()) + 8)
-        pieces, start, depth, last = [], 0, 0, None
-        for k, ch in enumerate(code):
-            depth += ch in "([{"
-            depth -= ch in ")]}"
-            if ch == "," and depth > 0 and k + 1 < len(code) and code[k + 1] == " ":
-                if k - start + (len(indent) if pieces else 0) > width - 10 and last is not None:
-                    pieces.append(code[start:last + 1])
-                    start = last + 2
-                last = k
-        pieces.append(code[start:])
-        out.append("\n".join([pieces[0]] + [indent + x for x in pieces[1:]]) + comment)
-    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
-
-
-def _split_comment(line: str) -> tuple:
-    """(code, "  # comment" or ""): the comment starts at a '#' outside brackets."""
-    depth = 0
-    for k, ch in enumerate(line):
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "#" and depth == 0:
-            return line[:k].rstrip(), "  " + line[k:]
-    return line, ""
-
-
-def _fix_arg_refs(text: str, names: list) -> str:
-    import re
-
-    # space lambdas refer to arguments through the dict A; only the _CASES table is rewritten
-    head, marker, tail = text.partition("\n_CASES = [")
-    if not marker:
-        return text
-
-    def repl(m):
-        return _with_args_exact(m.group(0), names)
-    return head + marker + re.sub(r"'kept': lambda n, A: [^}]*", repl, tail)
-
-
-def _with_args_exact(expr: str, names: list) -> str:
-    import re
-
-    if not names:
-        return expr
-    pat = re.compile(r"\b(" + "|".join(re.escape(x) for x in names) + r")\b")
-    head, _, tail = expr.partition("lambda n, A: ")
-    return head + "lambda n, A: " + pat.sub(lambda m: f"A[{m.group(1)!r}]", tail)
-
-
-def _random_pick_with_key() -> str:
-    """The torch-side random mask takes the raw seed (like the language definition)."""
-    return printer.random_source()
-
-
-def _header(pattern: Pattern, version: str) -> str:
-    try:
-        from patternc.backends.common import module_header
-        return module_header(pattern, "triton")
-    except ImportError:
-        params = ", ".join(f"{k}={v}" for k, v in pattern.params) or "(none)"
-        return (f'"""Generated by patternc {version} -- do not edit.\n\n'
-                f"source:   {pattern.filename}\npattern:  {pattern.name}\nparams:   {params}\n"
-                f"ir:       {pattern.expr}\nir hash:  {pattern.hash}\nbackend:  triton\n\"\"\"")
-
 
 def _doc(s: str) -> str:
     s = s.replace("\\", "\\\\").replace('"""', "'''")
     return s if len(s) < 400 else s[:400] + " ..."
 
 
-def _seed_key(seed: int) -> str:
-    """The hash key of a random seed, folded at compile time."""
-    return str((seed * HASH_SEED + 1) & 0xFFFFFFFF)
+DESCRIPTION = """\
+Sparse attention with this pattern compiled into Triton kernels (forward and backward).
+
+    attention(q, k, v, scale=None, return_lse=False)   q: (B, Hq, n, D); k, v: (B, Hkv, n, D)
+    mask(n, device=None)                               the dense boolean mask
+    mask_rows(i, j, n, H=1)                            the mask at query rows i, key columns j
+
+On CUDA (and on the CPU under TRITON_INTERPRET=1) the kernels run; elsewhere, and for inputs
+the kernels do not take (float64, D > 256), an exact sparse PyTorch path that visits only the
+keys the pattern allows.  The host side is patternc's runtime library (patternc.runtime);
+`patternc compile --standalone` writes a module with the runtime included.
+"""
+TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
 
 
-def _nest(fn: str, xs: list) -> str:
-    """fn(x0, fn(x1, ...)) for Triton's two-argument minimum/maximum."""
-    out = xs[-1]
-    for x in reversed(xs[:-1]):
-        out = f"{fn}({x}, {out})"
-    return out
+def _walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
+    """`name(a0, a1, r, n, L, LQ, A)`: each term's key index range for query tile [a0, a1] of the
+    pass, from the same trees as the kernels' bounds (for the PyTorch path's walk)."""
+    rows = []
+    for t in p.terms:
+        tr = query_major(t, p.space, arg)
+        rnd = "None"
+        if tr.random is not None:
+            rnd = f"({S.python(arg(tr.random.r))}, {S.python(arg(tr.random.b))}, {tr.random.seed})"
+        rows.append(f"        # {formula(t.expr())}")
+        rows += _call("", [S.python(tr.lo), S.python(tr.hi), S.python(tr.applies), rnd], " " * 8)
+        rows[-1] += ","
+    text = "\n".join(rows)
+    return ([f"def {name}(a0: int, a1: int, r: int, n: int, L: int, LQ: int, A: dict) -> list:",
+             '    """Each term\'s key range [lo, hi] for query tile [a0, a1], whether it applies, and its random',
+             '    blocks (r, block, seed): the kernels\' bounds, for the PyTorch path."""']
+            + bind_args(text, host.table, "A") + ["    return ["] + rows + ["    ]"])
+
+
+def _pairs_fn(name: str, p: Pass, host: HostEmitter) -> list:
+    body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_pick")
+    return ([f"def {name}(i, j, n: int, A: dict):",
+             f'    """This pass\'s pairs: {describe_formula(p.mask)}"""']
+            + bind_args(body, host.table, "A") + [f"    return {body}"])
+
+
+def _space_fields(p: Pass, host: HostEmitter) -> str:
+    if p.space.kind == "diag":
+        return f", m={host.arg(p.space.m)}"
+    if p.space.kind == "keys":
+        return f", l={host.arg(p.space.l)}, c={host.arg(p.space.c)}"
+    return ""
+
+
+def _heavy(spans: list) -> str:
+    return "lambda n: [" + ", ".join(f"({to_python(a)}, {to_python(b)})" for a, b in spans) + "]"
+
+
+def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
+    """(kernels, walk functions, Case rows, random block, atomic dq) of the module."""
+    arg = e.arg
+    longest = longest_walks_first(pattern, tiles=e.fwd_tiles)
+    cases = head_cases(pattern)
+    kernels: list = []
+    walks: list = []
+    case_rows = []
+    random_block = None
+    fused_dq = False
+    for ci, (h0, h1, expr) in enumerate(cases):
+        pl: Plan = plan(expr)
+        fused_dq |= atomic_dq(pl)  # decisions.md: atomic-dq
+        if pl.random_block is not None:
+            random_block = pl.random_block if random_block is None else math.gcd(random_block, pl.random_block)
+        if not pl.passes:
+            kernels.append(f"# heads {h0}..{h1 if h1 is not None else 'H-1'}: the pattern is empty; "
+                           "every row gives 0 and lse = -inf\n")
+        fuse = fused_forward(pl)
+        # query tiles last-first where their walks grow (not for split global rows, whose launches
+        # map program ids to heavy tiles)
+        grow, grow_fused = longest[ci] if longest and len(longest[ci][0]) == len(pl.passes) \
+            else ([False] * len(pl.passes), False)
+        grow = [g and not heavy_spans(p, "q") for g, p in zip(grow, pl.passes)]
+        grow_fused = grow_fused and not any(heavy_spans(p, "q") for p in pl.passes)
+        tags = [f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}" for pi in range(len(pl.passes))]
+        masks = []
+        for pi, p in enumerate(pl.passes):
+            body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_mask")
+            masks.append(e.mask_call(f"_mask_{tags[pi]}", e.mask_args(body)))
+        passes = []
+        for pi, p in enumerate(pl.passes):
+            tag = tags[pi]
+            kernels.append(f"# ---- pass {pi}" + (f" (heads {h0}..{h1})" if h1 is not None else "")
+                           + f": {p.space.describe()}\n# pairs: {_doc(formula(p.mask))}\n")
+            kernels.append("\n".join(e.mask_fn(f"_mask_{tag}", p.mask)))
+            if pi == 0 and fuse:  # one forward kernel walks every pass's tiles
+                more = tuple(zip(masks[1:], pl.passes[1:]))
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", masks[0], p, more, grow_fused)))
+            elif not fuse:
+                kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", masks[pi], p, rev=grow[pi], seeded=pi > 0)))
+            kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", masks[pi], p, grow[pi])))
+            kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", masks[pi], p)))
+            walks.append("\n".join(_walk_fn(f"_walk_{tag}", p, host, arg)))
+            walks.append("\n".join(_pairs_fn(f"_pairs_{tag}", p, host)))
+            fields = [f'"{p.space.kind}"{_space_fields(p, host)}', f"walk=_walk_{tag}", f"mask=_pairs_{tag}"]
+            fields.append(f"fwd=_fwd_{tag}" if pi == 0 or not fuse else "fwd=None")
+            fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}"]
+            if heavy_spans(p, "q"):
+                fields.append(f"heavy_q={_heavy(heavy_spans(p, 'q'))}")
+            if heavy_spans(p, "k"):
+                fields.append(f"heavy_k={_heavy(heavy_spans(p, 'k'))}")
+            if grow_fused if fuse else grow[pi]:
+                fields.append("rev_fwd=True")
+            if grow[pi]:
+                fields.append("rev_dq=True")
+            # which kernels load through TMA descriptors (the host builds them only for those)
+            tma_fwd = any(e.key_tma(x) for x in pl.passes) if fuse and pi == 0 else e.key_tma(p)
+            if not tma_fwd:
+                fields.append("tma_fwd=False")
+            if not e.key_tma(p):
+                fields.append("tma_dq=False")
+            if not e.row_tma(p):
+                fields.append("tma_rows=False")
+            passes.append(_call("Pass", fields, " " * 12))
+        last = "None" if h1 is None else str(h1)
+        case_rows.append(f"        Case({h0}, {last}, (\n" + "\n".join("\n".join(x) + "," for x in passes) + "\n        )),")
+    return kernels, walks, case_rows, random_block, fused_dq
+
+
+def emit(pattern: Pattern) -> str:
+    """The module's source text (deterministic for a given pattern)."""
+    host = HostEmitter(pattern)
+    e = _Emitter(pattern, host.table)
+    _parts(pattern, host, e)  # names every length-dependent argument first: each signature lists them all
+    kernels, walks, case_rows, random_block, fused_dq = _parts(pattern, host, e)
+    host_text = host.functions(walks)
+    kernel_text = "\n".join(kernels)
+    bwd = {d: {k: v for k, v in choose_bwd_settings(pattern, D=d).items() if v is not None} for d in (64, 128)}
+    schedule = (f"Schedule(fwd_tiles={e.fwd_tiles!r}, fused_dq={fused_dq!r}"
+                + (f", random_block={random_block!r}" if random_block is not None else "")
+                + ",\n                      bwd_tiles={" + ",\n                                 ".join(
+                    f"{d}: dict({', '.join(f'{k}={v}' for k, v in cfg.items())})" for d, cfg in bwd.items()) + "})")
+    spec = host.spec("triton", "(\n" + "\n".join(case_rows) + "\n    )", schedule)
+    runtime_names = ["Case", "Pass", "Schedule", "Spec", "bind"]
+    parts = [module_header(pattern, "triton", DESCRIPTION),
+             imports(pattern, host_text, runtime_names, kernels=True)]
+    rnd = random_imports(kernel_text + host_text)
+    if rnd:
+        parts[-1] += "\n" + rnd
+    used = [x for x in TILE_BODIES if uses_name(kernel_text, x)]
+    if used:
+        parts[-1] += f"\nfrom patternc.runtime.tile_bodies import {', '.join(used)}"
+    parts += [host.constants(), host_text,
+              "# The pattern, compiled: a forward, a dq and a dk/dv kernel per pass.",
+              kernel_text.rstrip(),
+              "# Bound to the runtime library (patternc.runtime): launches, autograd, the PyTorch path.\n" + spec,
+              bind_lines("triton")]
+    return "\n\n\n".join(parts).rstrip() + "\n"

@@ -18,7 +18,7 @@ warps).
 
 With --launchers, each kernel's CUDA launcher source (the C file Triton builds at a kernel's first
 launch) is made twice: from the compiled kernel's metadata, and from what the module guesses
-before compiling (`_launcher_guess`, used by PATTERNC_PARALLEL_COMPILE=2 to build launchers while
+before compiling (`runtime.launch.launcher_guess`, used on first calls to build launchers while
 the kernels compile).  A mismatch means the prebuilt launcher would miss Triton's cache.
 """
 from __future__ import annotations
@@ -42,15 +42,16 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patternc  # noqa: E402
+from patternc.runtime import config, launch, tma  # noqa: E402
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
           torch.int64: "i64"}
 
 
 def gpu_settings(mod, D: int, dtype, n: int, arch: int) -> dict:
-    """The settings the module's own _tiles picks on a CUDA GPU of this compute capability."""
-    mod._HOPPER[0] = arch >= 90
-    return mod._tiles(D, dtype, torch.device("cuda", 0), n)
+    """The settings the module's runtime picks on a CUDA GPU of this compute capability."""
+    tma._HOPPER[0] = arch >= 90
+    return mod._bound.triton.tiles(D, dtype, torch.device("cuda", 0), n)
 
 
 def _sig(value) -> tuple:
@@ -150,53 +151,59 @@ def compile_launch(fn, args: tuple, kw: dict, target: GPUTarget, regs: bool = Fa
     return seconds, compiled.metadata.shared, usage
 
 
+def _label(mod, fn) -> str:
+    """"fwd case 0 pass 1" for a pattern's kernel, else the runtime kernel's name ("merge", "bwd prologue")."""
+    for ci, case in enumerate(mod.SPEC.cases):
+        for pi, x in enumerate(case.passes):
+            for kind in ("fwd", "dq", "dkdv"):
+                kernel = getattr(x, kind)
+                if kernel is not None and kernel.fn is fn:
+                    return f"{kind} case {ci} pass {pi}"
+    return {"bwd_prologue": "bwd prologue", "merge_kernel": "merge", "add_kernel": "add"}.get(fn.__name__, fn.__name__)
+
+
 def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False,
           launchers: bool = False) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
     user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
     cfg = gpu_settings(mod, D, dtype, n, target.arch)
-    os.environ["PATTERNC_CONFIG"] = ",".join([f"{k}={v}" for k, v in cfg.items() if k in mod._TILE_KEYS] +
+    os.environ["PATTERNC_CONFIG"] = ",".join([f"{k}={v}" for k, v in cfg.items() if k in config.TILE_KEYS] +
                                              [item for item in user.split(",") if item.strip()])
     results = []
     seen: set = set()
+    runner = mod._bound.triton
 
-    class Grab:
-        """Stands in for a kernel: compiles each new launch for the target instead of running it."""
-        def __init__(self, real, label: str):
-            self.real, self.label = real, label
+    def grab(kernel, grid, site=None):
+        """Stands in for the module's launcher: compiles each new launch for the target instead of running it."""
+        fn = getattr(kernel, "fn", kernel)
+        label = _label(mod, fn)
 
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                key = (self.label, kw.get("SEEDED"), kw.get("FUSED"))
-                if key not in seen:
-                    seen.add(key)
-                    try:
-                        label = self.label + (" (atomic dq)" if kw.get("FUSED") else "")
-                        results.append((label, *compile_launch(self.real, args, dict(kw), target, regs,
-                                                                  mod._launcher_guess if launchers else None), None))
-                    except Exception as e:  # report and go on: the point is the list
-                        results.append((self.label, None, None, None, f"{type(e).__name__}: "
-                                        + str(e).strip().splitlines()[-1][:300]))
-            return launch
+        def compile_instead(*args, **kw):
+            key = (label, kw.get("SEEDED"), kw.get("FUSED"))
+            if key in seen:
+                return
+            seen.add(key)
+            name = label + (" (atomic dq)" if kw.get("FUSED") else "")
+            try:
+                results.append((name, *compile_launch(kernel, args, dict(kw), target, regs,
+                                                      launch.launcher_guess if launchers else None), None))
+            except Exception as e:  # report and go on: the point is the list
+                results.append((name, None, None, None, f"{type(e).__name__}: "
+                                + str(e).strip().splitlines()[-1][:300]))
+        return compile_instead
 
-    for ci, (_, passes) in enumerate(mod._CASES):
-        for pi, desc in enumerate(passes):
-            for kind in ("fwd", "dq", "dkdv") if backward else ("fwd",):
-                if desc[kind] is not None:  # None: walked by an earlier pass's kernel (fused forward)
-                    desc[kind] = Grab(desc[kind], f"{kind} case {ci} pass {pi}")
-    for name in ("_bwd_prologue", "_merge_kernel", "_add_kernel"):
-        setattr(mod, name, Grab(getattr(mod, name), name.strip("_").replace("_", " ")))
+    runner.launch = grab
     B, H = 1, 2
     q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for _ in range(3))
-    mod._launch_forward(q, k, v, D ** -0.5)  # outputs are garbage: no kernel runs
+    runner.forward_launches(q, k, v, D ** -0.5)  # outputs are garbage: no kernel runs
     if backward:
         o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
-        mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
-        if mod._FUSED_DQ:  # atomic dq by default: the deterministic mode's dq kernels too
+        runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
+        if mod.SPEC.schedule.fused_dq:  # atomic dq by default: the deterministic mode's dq kernels too
             os.environ["PATTERNC_DETERMINISTIC"] = "1"
             try:
-                mod._launch_backward(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
+                runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
             finally:
                 os.environ.pop("PATTERNC_DETERMINISTIC")
     os.environ["PATTERNC_CONFIG"] = user

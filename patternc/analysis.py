@@ -263,14 +263,15 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
     fwd, bwd = cost.flops(nnz, head_dim)
     # What the generated Triton forward kernel computes: its own visited tiles, at its own tile shape.
     from . import lower
-    kbm, kbn = lower.choose_forward_tiles(pattern)
-    kcomputed = sum((hi - lo + 1) * lower.computed_pairs(e, n, kbm, kbn) for (lo, hi), e in cases)
+    from .backends import schedule, walks
+    kbm, kbn = schedule.choose_forward_tiles(pattern)
+    kcomputed = sum((hi - lo + 1) * walks.computed_pairs(e, n, kbm, kbn) for (lo, hi), e in cases)
     kernel_eff = nnz / kcomputed if kcomputed else 1.0
     kplan = [(f"heads {lo}..{hi}: " if multi else "") + line for (lo, hi), e in cases
-             for line in lower.describe_plan(e, n)]
+             for line in schedule.describe_plan(e, n)]
     return Analysis(
         kernel_tile_efficiency=kernel_eff, kernel_tile=(kbm, kbn), kernel_plan=tuple(kplan),
-        atomic_dq=any(lower.atomic_dq(lower.plan(e)) for _, e in cases),
+        atomic_dq=any(schedule.atomic_dq(lower.plan(e)) for _, e in cases),
         pattern=pattern.name, params=dict(pattern.params), ir_hash=pattern.hash, n=n, heads=H, tile=(bm, bn),
         head_dim=head_dim, nnz=nnz, density=nnz / (H * n * n), nnz_formula=formula,
         order=cost.asymptotic_order(pattern), flops_fwd=fwd, flops_bwd=bwd, tiles=tcount,

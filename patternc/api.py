@@ -60,8 +60,10 @@ def analyze(pattern: Union[Pattern, str], n: int, heads: Optional[int] = None, t
     return _analyze(pattern, n, heads=heads, tile=tile, **kw)
 
 
-def compile(pattern: Union[Pattern, str], backend: str = "triton") -> str:  # noqa: A001 - public name
-    """The generated module's source text (deterministic)."""
+def compile(pattern: Union[Pattern, str], backend: str = "triton", standalone: bool = False) -> str:  # noqa: A001
+    """The generated module's source text (deterministic).  The module imports patternc's runtime
+    library; with `standalone`, the runtime is copied into it instead (it then imports only torch,
+    triton and the standard library)."""
     if not isinstance(pattern, Pattern):
         pattern = parse(pattern)
     if backend not in BACKENDS:
@@ -74,7 +76,11 @@ def compile(pattern: Union[Pattern, str], backend: str = "triton") -> str:  # no
         from .backends import flex as gen
     else:
         from .backends import triton as gen
-    return gen.emit(pattern)
+    text = gen.emit(pattern)
+    if standalone:
+        from .backends.standalone import standalone as bundle
+        text = bundle(text)
+    return text
 
 
 def load(path_or_source: Union[str, os.PathLike, Pattern], pattern: Optional[str] = None,

@@ -291,13 +291,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, BACKENDS)}; "
                     f"choose one of: {', '.join(BACKENDS)}")
     pattern = _load(args)
-    text = compile_pattern(pattern, args.backend)
+    text = compile_pattern(pattern, args.backend, standalone=args.standalone)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
     atomic_write(args.output, text.encode("utf-8"))
     shown = args.output if args.output.isprintable() else repr(args.output)  # no raw control characters
-    print(f"{shown}: {args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
+    what = "standalone " if args.standalone else ""
+    print(f"{shown}: {what}{args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
     return 0
 
 
@@ -356,6 +357,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", "-b", default="triton", metavar="{triton,reference,flex}",
                     help="code generator (default triton)")
     sp.add_argument("-o", "--output", required=True, help="output .py file (written atomically), or - for stdout")
+    sp.add_argument("--standalone", action="store_true",
+                    help="copy the runtime library into the module, so it runs where patternc is not installed")
     sp.set_defaults(func=cmd_compile)
     return p
 

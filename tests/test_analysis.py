@@ -177,4 +177,4 @@ def test_analysis_says_whether_gradients_are_bit_exact():
         assert a.atomic_dq is atomic, src
         assert a.to_dict()["bit_exact_gradients"] == ("only with PATTERNC_DETERMINISTIC=1" if atomic else "yes")
         assert ("added atomically" in a.format_table()) is atomic
-        assert patternc.load(p, backend="triton")._FUSED_DQ == int(atomic), src
+        assert patternc.load(p, backend="triton").SPEC.schedule.fused_dq == atomic, src

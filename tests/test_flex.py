@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import patternc
+from patternc.runtime import flex_path
 from patternc import semantics
 
 from conftest import resolve_source
@@ -55,15 +56,12 @@ def test_random_hash_does_not_overflow_int32():
     np.testing.assert_array_equal(got, want)
 
 
-def test_text_is_deterministic_and_standalone():
+def test_text_is_deterministic_and_binds_the_runtime():
     a = patternc.compile(resolve_source(PATTERNS["heads"]), "flex")
     assert a == patternc.compile(resolve_source(PATTERNS["heads"]), "flex")
     imports = sorted(x.strip() for x in a.splitlines() if x.lstrip().startswith(("import ", "from ")))
-    assert imports == ["from __future__ import annotations",
-                       "from torch.nn.attention.flex_attention import create_block_mask, flex_attention",
-                       "import functools", "import math", "import torch"]
-    assert "where(h <= 0, m0, where(h <= 2, m1, m2))" in a
-    assert "Fully masked rows" in a  # documented in the module docstring
+    assert imports == ["from __future__ import annotations", "from patternc.runtime import Spec, bind", "import torch"]
+    assert "torch.where(h <= 0, m0, torch.where(h <= 2, m1, m2))" in a
 
 
 def _flex_works() -> str:
@@ -128,9 +126,9 @@ def test_fully_masked_rows_are_repaired(monkeypatch):
         lse[:, :, 0] = float("nan")
         return out, lse
 
-    monkeypatch.setattr(mod, "flex_attention", garbage_flex)
-    monkeypatch.setattr(mod, "block_mask", lambda n, device, BLOCK_SIZE=128: None)
-    monkeypatch.setattr(mod, "COMPILE", False)
+    monkeypatch.setattr(flex_path, "flex_call", lambda q, k, v, bm, scale, gqa: garbage_flex(q, k, v))
+    monkeypatch.setattr(mod._bound.flex, "block_mask", lambda n, device, block_size=128: None)
+    monkeypatch.setattr(mod._bound.flex, "compile", False)
     q = torch.randn(1, 2, 30, 4)
     out, lse = mod.attention(q, q, q, return_lse=True)
     empty = [0] + list(range(20, 26))
@@ -139,11 +137,10 @@ def test_fully_masked_rows_are_repaired(monkeypatch):
 
 
 def test_import_without_flex_attention(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.nn.attention.flex_attention", None)  # makes the import fail
+    monkeypatch.setattr(flex_path, "_flex", None)  # as on a torch without FlexAttention
     text = patternc.compile(resolve_source(PATTERNS["strided"]), "flex")
     ns: dict = {"__name__": "flexless"}
     exec(compile(text, "<flex>", "exec"), ns)
-    assert ns["flex_attention"] is None
     assert ns["mask"](10).shape == (10, 10)  # the mask does not need FlexAttention
     q = torch.randn(1, 1, 10, 4)
     with pytest.raises(RuntimeError, match="has no FlexAttention"):

@@ -200,20 +200,21 @@ def test_validation_specific_to_the_pattern():
         late.mask(0)
     with pytest.raises(TypeError, match="n must be an int"):
         late.mask(12.0)
-    with pytest.raises(TypeError, match="scale must be a float"):
+    with pytest.raises(TypeError, match="scale must be a real number"):
         load("causal").attention(*inputs(1, 1, 1, 4, 4), scale="big")
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="scale must be finite"):
             load("causal").attention(*inputs(1, 1, 1, 4, 4), scale=bad)
 
 
-def test_generated_text_is_deterministic_and_standalone():
-    p = resolve_source("pattern p(w = 8) = causal & (local(w) | stride(n // 4)) | random(1, block=4)")
+def test_generated_text_is_deterministic_and_binds_the_runtime():
+    p = resolve_source("pattern p(w = 8) = causal & (local(w) | stride(isqrt(n)) | random(1, block=4))")
     a, b = patternc.compile(p, "reference"), patternc.compile(resolve_source(
-        "pattern p(w = 8) = causal & (local(w) | stride(n // 4)) | random(1, block=4)"), "reference")
+        "pattern p(w = 8) = causal & (local(w) | stride(isqrt(n)) | random(1, block=4))"), "reference")
     assert a == b
     imports = sorted(line for line in a.splitlines() if line.startswith(("import ", "from ")))
-    assert imports == ["from __future__ import annotations", "import math", "import torch"]
+    assert imports == ["from __future__ import annotations", "from patternc.runtime import Spec, bind",
+                       "from patternc.runtime.random_blocks import random_pick", "import math"]
     assert p.hash in a and "params:   w=8" in a and "pattern:  p" in a
     ns: dict = {}
     exec(compile(a, "<generated>", "exec"), ns)  # runs without patternc's help

@@ -1,0 +1,115 @@
+"""The kernels' parameters, described once.
+
+The Triton backend prints each kernel's signature from these tables, and the runtime
+launches each kernel by keyword with the same names, so the two cannot drift apart.
+A parameter group is present only where the kernel uses it: the split group (chunks of
+a global row's walk) only in passes that have global rows or columns, and the pattern's
+length-dependent arguments (`_a0`, ...) only in patterns that have them.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    constexpr: bool = False  # a compile-time constant of the kernel (tl.constexpr)
+    specialize: bool = True  # False: one compilation serves every value (do_not_specialize)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Parameters that belong together, printed on one line with a comment."""
+
+    note: str
+    params: tuple
+
+    @property
+    def names(self) -> tuple:
+        return tuple(p.name for p in self.params)
+
+
+def _ints(*names: str) -> tuple:
+    return tuple(Param(x) for x in names)
+
+
+def _consts(*names: str) -> tuple:
+    return tuple(Param(x, constexpr=True) for x in names)
+
+
+def _stride_params(*tensors: str) -> tuple:
+    return tuple(Param(f"s{t}{d}") for t in tensors for d in range(4))
+
+
+# The chunks of a global row's (column's) walk: the normal launch does chunk 0, a PARTIAL launch
+# the others into scratch rows.  PARTIAL and NOUT differ between the two launches and must not
+# specialise them, so one compilation serves both.
+SPLIT = Group("split walks of global rows",
+              _ints("SPLIT0", "SPLIT1", "SPLIT2", "SPLIT3", "CH", "RS") + (Param("PARTIAL", specialize=False),))
+
+FWD = (
+    Group("tensors", _ints("Q", "K", "V", "O", "LSE")),
+    Group("TMA descriptors (None: pointer loads)", _ints("KD", "VD", "QD")),
+    Group("strides", _stride_params("q", "k", "v", "o")),
+    Group("shape", _ints("n", "HTOT", "HC", "GROUP", "HEAD0", "PER") + (Param("NOUT", specialize=False),)),
+    Group("softmax scale in log2 units", _ints("qk_scale")),
+)
+FWD_CONSTS = Group("compile-time settings", _consts("BM", "BN", "BD", "D", "PREC", "WIDEN", "TMA", "QTMA"))
+# A later pass's forward continues the softmax state of the passes before it (in OI), except in
+# its split launches, which start afresh into scratch rows.
+SEEDED = Group("the earlier passes' state: float32 out and lse", _ints("OI") + _consts("SEEDED"))
+# A pass whose later query tiles walk more keys runs them last-first where REV is set.
+REV = Group("launch the query tiles last-first", _consts("REV"))
+
+DQ = (
+    Group("tensors", _ints("Q", "K", "V", "DO", "DQ", "LSE2", "DELTA", "O", "LSE")),
+    Group("TMA descriptors (None: pointer loads)", _ints("KD", "VD", "QD", "DOD")),
+    Group("strides", _stride_params("q", "k", "v", "do", "dq", "o")),
+    Group("shape", _ints("n", "HTOT", "HC", "GROUP", "HEAD0", "PER") + (Param("NOUT", specialize=False),)),
+    Group("scales; PRO: compute delta and lse2 first", _ints("qk_scale", "sm_scale") + (Param("PRO", specialize=False),)),
+)
+DQ_CONSTS = Group("compile-time settings", _consts("ACCUM", "BM", "BN", "BD", "D", "PREC", "WIDEN", "TMA", "QTMA"))
+
+DKDV = (
+    Group("tensors (DQ: float32, where FUSED adds dq)", _ints("Q", "K", "V", "DO", "DK", "DV", "LSE2", "DELTA", "DQ")),
+    Group("TMA descriptors (None: pointer loads)", _ints("QD", "DOD", "DQD")),
+    Group("strides", _stride_params("q", "k", "v", "do", "dk", "dq")),
+    Group("shape", _ints("n", "HTOT", "KC", "GROUP", "H0", "H1", "KV0", "PER") + (Param("NOUT", specialize=False),)),
+    Group("scales", _ints("qk_scale", "sm_scale")),
+)
+DKDV_CONSTS = Group("compile-time settings", _consts("ACCUM", "BM", "BN", "BD", "D", "PREC", "WIDEN", "TMA", "FUSED",
+                                                     "RED_TMA"))
+
+KERNELS = {"fwd": (FWD, FWD_CONSTS), "dq": (DQ, DQ_CONSTS), "dkdv": (DKDV, DKDV_CONSTS)}
+
+
+def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
+    """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv"), in signature order; `seeded`:
+    a forward that continues earlier passes' state; `rev`: a kernel that may run its tiles last-first."""
+    runtime, consts = KERNELS[kind]
+    out = list(runtime)
+    if seeded:
+        out.append(SEEDED)
+    if rev:
+        out.append(REV)
+    if split:
+        out.append(SPLIT)
+    if args:
+        out.append(Group("the pattern's length-dependent arguments", _ints(*args)))
+    out.append(consts)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def param_names(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
+    """Every parameter name of such a kernel, in order."""
+    return tuple(x for g in param_groups(kind, split, args, seeded, rev) for x in g.names)
+
+
+def unspecialized(kind: str, split: bool) -> tuple:
+    """Names the kernel must not specialise on: only split kernels have launches that differ in them."""
+    if not split:
+        return ()
+    return tuple(p.name for g in param_groups(kind, split) for p in g.params if not p.specialize)

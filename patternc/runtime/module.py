@@ -1,0 +1,175 @@
+"""`bind`: a generated module's pattern, made into its public functions.
+
+Every backend's module ends with one call, `bind(SPEC, backend)`, and exports what it returns:
+`attention`, `mask`, `mask_rows` and the constants.  The backends differ only in how
+`attention` computes:
+
+- "triton": the pattern's Triton kernels on CUDA (and on the CPU under TRITON_INTERPRET=1);
+  elsewhere, and for inputs the kernels do not take (float64, D > 256), the exact sparse
+  PyTorch walk (runtime.walk), which costs what the pattern costs;
+- "reference": dense masked attention (runtime.dense), the executable specification;
+- "flex": torch's FlexAttention with the pattern as its mask_mod (runtime.flex_path).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+
+from .dense import dense_attention, head_masks
+from .flex_path import FlexPath, device_key
+from .triton_path import TritonPath
+from .jit import HAVE_TRITON
+from .spec import Spec
+from .validate import check_length, check_qkv, check_scale
+from .walk import walk_backward, walk_forward
+
+BACKENDS = ("triton", "reference", "flex")
+MAX_KERNEL_D = 256  # head dims the kernels take (padded to a power of two >= 16 inside them)
+
+
+def _kernels_run_on(q: torch.Tensor) -> bool:
+    """Whether the Triton kernels take these inputs: CUDA (or the CPU interpreter), Triton installed,
+    a dtype and head dim they support."""
+    if not HAVE_TRITON or q.dtype == torch.float64 or q.shape[-1] > MAX_KERNEL_D:
+        return False
+    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class Compiled:
+    """One compiled pattern, bound to one backend: what a generated module exports."""
+
+    def __init__(self, spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        self.spec = spec
+        self.backend = backend
+        self.triton = None
+        if backend == "triton" and spec.schedule is not None and HAVE_TRITON:
+            self.triton = TritonPath(spec)
+        self.flex = FlexPath(make_mask_mod, spec.num_heads) if backend == "flex" else None
+        self._op = _register_ops(self) if backend == "triton" else None
+
+    # ---- masks -------------------------------------------------------------------------------
+
+    def mask_rows(self, i, j, n: int, H: int = 1) -> torch.Tensor:
+        """Boolean (H, len(i), len(j)) mask for query positions i (a column) and key positions j (a row)."""
+        n = check_length(n, self.spec.check_length)
+        i, j = torch.as_tensor(i), torch.as_tensor(j)
+        return torch.stack([torch.broadcast_to(self.spec.mask_head(h, i, j, n), (i.shape[0], j.shape[-1]))
+                            for h in range(H)])
+
+    def mask(self, n: int, device=None) -> torch.Tensor:
+        """The dense boolean mask, True where query i may attend key j: (n, n), or (NUM_HEADS, n, n)
+        for a per-head pattern."""
+        n = check_length(n, self.spec.check_length)
+        m = head_masks(self.spec, n, self.spec.num_heads or 1, device)
+        return m[0] if self.spec.num_heads is None else m
+
+    def block_mask(self, n: int, device, BLOCK_SIZE: int = 128):
+        """(flex backend) The BlockMask for length n on `device`, built once per (n, device, block size)."""
+        if self.flex is None:
+            raise AttributeError(f"block_mask belongs to the flex backend, not {self.backend!r}")
+        n = check_length(n, self.spec.check_length)
+        return self.flex.block_mask(n, device_key(device), int(BLOCK_SIZE))
+
+    # ---- attention ---------------------------------------------------------------------------
+
+    def forward(self, q, k, v, scale: float):
+        """(out, lse) without autograd: the backend's computation."""
+        if self.backend == "reference":
+            return dense_attention(self.spec, q, k, v, scale)
+        if self.backend == "flex":
+            self.spec.check_length(q.shape[2])
+            return self.flex.attention(q, k, v, scale)
+        if self.triton is not None and _kernels_run_on(q):
+            return self.triton.forward(q, k, v, scale)
+        return walk_forward(self.spec, q, k, v, scale)
+
+    def gradients(self, do, q, k, v, o, lse, scale: float):
+        if self.triton is not None and _kernels_run_on(q):
+            return self.triton.backward(do, q, k, v, o, lse, scale)
+        return walk_backward(self.spec, do, q, k, v, o, lse, scale)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+                  return_lse: bool = False):
+        check_qkv(q, k, v, self.spec.num_heads, self.spec.name)
+        scale = check_scale(scale, q.shape[-1])
+        if self.backend != "triton":  # dense and FlexAttention: differentiable as they are
+            out, lse = self.forward(q, k, v, scale)
+        elif torch.compiler.is_compiling():
+            out, lse = self._op(q, k, v, scale)
+        elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            out, lse = _EagerAttention.apply(self, q, k, v, scale)
+        else:  # inference: no autograd bookkeeping at all
+            out, lse = self.forward(q, k, v, scale)
+        return (out, lse) if return_lse else out
+
+
+class _EagerAttention(torch.autograd.Function):
+    """Forward and backward without the custom op's dispatch layers, which cost ~50-90 us of host
+    time per call: as much as a whole short kernel.  Used outside torch.compile; under it, the
+    custom op keeps the graph whole."""
+
+    @staticmethod
+    def forward(ctx, compiled, q, k, v, scale):
+        o, lse = compiled.forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.compiled, ctx.scale = compiled, scale
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.compiled.gradients(do, q, k, v, o, lse, ctx.scale)
+        return None, dq, dk, dv, None
+
+
+def _register_ops(compiled: Compiled):
+    """The pattern's forward and backward as torch custom ops (named by the pattern's namespace), so
+    torch.compile sees one opaque, differentiable call.  Their fake kernels give contiguous outputs,
+    like the real ones."""
+    ns = compiled.spec.namespace
+
+    def fwd(q, k, v, scale):
+        return compiled.forward(q, k, v, scale)
+
+    def bwd(do, q, k, v, o, lse, scale):
+        return compiled.gradients(do, q, k, v, o, lse, scale)
+
+    fwd_op = torch.library.custom_op(f"{ns}::attention_fwd", fwd, mutates_args=(),
+                                     schema="(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)")
+    bwd_op = torch.library.custom_op(f"{ns}::attention_bwd", bwd, mutates_args=(),
+                                     schema="(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, "
+                                            "float scale) -> (Tensor, Tensor, Tensor)")
+
+    @fwd_op.register_fake
+    def _(q, k, v, scale):
+        B, H, n, D = q.shape
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_empty((B, H, n, D)), q.new_empty((B, H, n), dtype=lse_dtype)
+
+    @bwd_op.register_fake
+    def _(do, q, k, v, o, lse, scale):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale = inputs
+        o, lse = output
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = bwd_op(do, q, k, v, o, lse, ctx.scale)
+        return dq, dk, dv, None
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return fwd_op
+
+
+def bind(spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None) -> Compiled:
+    """The public functions of a generated module (see Compiled)."""
+    return Compiled(spec, backend, make_mask_mod)
