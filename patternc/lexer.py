@@ -3,10 +3,12 @@
 Registered as the Pygments plugin `attn` (see pyproject's `pygments.lexers` entry point), so
 `pygmentize -l attn`, Sphinx and MkDocs highlight ```attn code fences.
 
-The word lists are written out here rather than read from the front end: Pygments imports
-every plugin lexer while it looks up a name or a file type, and the front end would bring
-lark's grammar with it.  tests/test_editor.py checks them against grammar/attn.lark and
-`patternc.frontend.PRIMITIVES`, so they cannot drift apart.
+The word lists are written out here rather than read from the language: Pygments imports
+every plugin lexer whenever it looks a lexer up by file name (and by any name it does not
+ship), so this module should cost little to import (about 1 ms).  Reading the keywords from
+grammar/attn.lark would add lark and a parser build (about 130 ms), and the primitives from
+the front end would tie the lexer to it.  tests/test_editor.py checks the lists against
+grammar/attn.lark and `patternc.frontend.PRIMITIVES`, so they cannot drift apart.
 """
 from __future__ import annotations
 

@@ -96,13 +96,15 @@ def test_pygmentize_finds_the_lexer_through_the_entry_point(tmp_path):
     """`pygmentize -l attn` works once the package is installed (the entry point, not an import)."""
     src = tmp_path / "p.attn"
     src.write_text("pattern p = local(4) # c\n")
-    cmd = [sys.executable, "-m", "pygments", "-l", "attn", "-f", "raw", str(src)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    script = Path(sys.executable).parent / "pygmentize"
+    pygmentize = [str(script)] if script.exists() else [sys.executable, "-m", "pygments"]
+    out = subprocess.run(pygmentize + ["-l", "attn", "-f", "raw", str(src)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Token.Name.Builtin\t'local'" in out.stdout
     assert "Token.Comment.Single\t'# c'" in out.stdout
     # and by file name, with no -l
-    out = subprocess.run([sys.executable, "-m", "pygments", "-N", str(src)],
+    out = subprocess.run(pygmentize + ["-N", str(src)],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.stdout.strip() == "attn"
 
