@@ -1,23 +1,28 @@
 """patternc: compile one-line sparse attention patterns into analysed, specialised kernels.
 
-Public API:
+Public API (imported on first use, so that `import patternc.runtime` -- what generated modules do --
+and the Pygments lexer stay cheap):
     parse(path_or_source, pattern=None, **params) -> Pattern
     analyze(pattern, n, heads=None, tile=128)     -> Analysis
     compile(pattern, backend="triton")            -> module source text
     load(path_or_source, pattern=None, backend="triton", **params) -> module
+    PatternError                                  -> the one exception for mistakes in patterns
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
+__all__ = ["PatternError", "analyze", "compile", "load", "parse"]
 
-from .api import analyze, compile, load, parse  # noqa: E402,F401
-from .errors import PatternError  # noqa: E402,F401
 
-# In a source checkout, backends/ and grammar/ sit beside this package rather than inside it
-# (the installed package maps them to patternc.backends and patternc.grammar).
-import os as _os  # noqa: E402
+def __getattr__(name: str):
+    if name in ("analyze", "compile", "load", "parse"):
+        from . import api
+        return getattr(api, name)
+    if name == "PatternError":
+        from .errors import PatternError
+        return PatternError
+    raise AttributeError(f"module 'patternc' has no attribute {name!r}")
 
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "backends")) \
-        and _os.path.isfile(_os.path.join(_root, "backends", "triton.py")):
-    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)

@@ -1,8 +1,8 @@
 """The same kernel contract on a real GPU (compiled kernels, not the interpreter).
 
 Run on a CUDA machine with:  pytest -m gpu tests/test_gpu.py
-CI has no GPU, so these are skipped there; the interpreter suite (test_triton.py)
-covers every pattern at small sizes, and this file covers the large, bf16 matrix.
+CI has no GPU, so these are skipped there; the interpreter suite (test_kernels.py and the
+runtime's tests) covers every pattern at small sizes, and this file covers the large, bf16 matrix.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import patternc
+from patternc.runtime import launch
 
 from kernel_check import TOL, check_module
 
@@ -93,12 +94,28 @@ def test_atomic_dq_matches_the_dq_kernel_on_gpu(name, monkeypatch):
 
 
 def test_torch_compile_on_gpu():
+    """Under torch.compile (fullgraph) the custom ops give eager's output and gradients."""
     p, mod = module("longformer")
     q, k, v = (torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
-    f = torch.compile(lambda q, k, v: mod.attention(q, k, v).float().sum(), fullgraph=True)
-    f(q, k, v).backward()
-    assert torch.isfinite(q.grad).all()
+    f = torch.compile(lambda q, k, v: mod.attention(q, k, v).float().pow(2).sum(), fullgraph=True)
+    loss = f(q, k, v)
+    loss.backward()
+    compiled = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    eager = mod.attention(q, k, v).float().pow(2).sum()
+    eager.backward()
+    assert abs(loss.item() - eager.item()) <= 1e-4 * abs(eager.item())
+    for a, t in zip(compiled, (q, k, v)):  # (the compiled graph may round its upstream gradient differently)
+        assert (a.float() - t.grad.float()).abs().max() <= 1e-2 * t.grad.float().abs().max()
+
+
+def test_float64_takes_the_exact_pytorch_path_on_gpu():
+    """float64 inputs on CUDA: the kernels do not take them, the sparse PyTorch walk does, exactly."""
+    p, mod = module("bigbird")
+    res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.float64, device="cuda")
+    assert res.lse_ok and res.out < 1e-12 and res.worst() < 1e-6, res
 
 
 @pytest.mark.parametrize("name", ["longformer", "bigbird", "streaming"])
@@ -130,7 +147,7 @@ def test_settings_too_large_for_shared_memory_are_reduced(monkeypatch):
     monkeypatch.setenv("PATTERNC_CONFIG", "BM=128,BN=256,num_stages=4,DKV_BN=256,dkv_stages=4")
     res = check_module(mod, p, 1000, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
-    assert mod._SHRUNK, "expected at least one reduction"
+    assert mod._bound.triton.shrunk, "expected at least one reduction"
 
 
 def test_autotune_on_gpu(monkeypatch, tmp_path):
@@ -140,7 +157,7 @@ def test_autotune_on_gpu(monkeypatch, tmp_path):
     mod = patternc.load(p, backend="triton")
     res = check_module(mod, p, 4099, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
-    assert len(mod._TUNED) == 2 and list(tmp_path.glob("tuned-*.json"))
+    assert len(mod._bound.triton.tuner.tuned) == 2 and list(tmp_path.glob("tuned-*.json"))
 
 
 @pytest.mark.parametrize("name", ["local", "longformer", "bigbird"])
@@ -184,7 +201,7 @@ def test_first_call_compiles_every_kernel_at_once(monkeypatch, tmp_path):
     mod = patternc.load(p, backend="triton")
     res = check_module(mod, p, 3001, D=64, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
     assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
-    assert {pl["key"][0] for pl in mod._PLANS.values() if pl.get("warmed")} == {"fwd", "bwd"}
+    assert {pl["key"][0] for pl in mod._bound.triton.plans.values() if pl.get("warmed")} == {"fwd", "bwd"}
     ours = [(name, main) for name, main in threads if name.startswith(("_fwd", "_dq", "_dkdv"))]
     assert len(ours) >= 4 and not any(main for _, main in ours), threads
     assert len(launchers) >= 2 and not any(launchers), launchers  # all in the pool, none at launch
@@ -196,7 +213,7 @@ def test_repeated_calls_launch_compiled_kernels_directly(name, mode, monkeypatch
     """Direct launches (the default): from the second call on, each launch site calls its compiled
     kernel directly (host time); results must equal the first call's bit for bit, for the
     forward and every gradient, and a launch hook (a profiler) must still see launches (the JIT's
-    path is taken then).  The whole GPU suite also passed with them on (benchmarks/NOTES.md, v5)."""
+    path is taken then)."""
     monkeypatch.setenv("PATTERNC_DIRECT_LAUNCH", mode)
     p, mod = module(name)
     g = torch.Generator(device="cpu").manual_seed(3)
@@ -207,12 +224,12 @@ def test_repeated_calls_launch_compiled_kernels_directly(name, mode, monkeypatch
         out = mod.attention(qq, kk, vv)
         out.backward(do)
         runs.append([out] + [t.grad for t in (qq, kk, vv)])
-    assert mod._DIRECT[0], "a direct call raised: launches fell back to the JIT"
-    assert mod._COMPILED, "no launch site kept its compiled kernel"
+    assert launch._DIRECT[0], "a direct call raised: launches fell back to the JIT"
+    assert mod._bound.triton.launch.compiled, "no launch site kept its compiled kernel"
     if mode == "2":
-        assert mod._DESC_ARGS, "no descriptor was encoded by the direct path"
+        assert launch._DESC_ARGS, "no descriptor was encoded by the direct path"
     # atomic dq (strided's default) may differ in the last bits between runs; the rest may not
-    for i in (0, 1, 2, 3) if not mod._FUSED_DQ else (0, 2, 3):
+    for i in (0, 1, 2, 3) if not mod.SPEC.schedule.fused_dq else (0, 2, 3):
         assert torch.equal(runs[0][i], runs[2][i]), i
     import triton
     seen = []
