@@ -176,7 +176,7 @@ def _decisive_length(expr) -> int:
     for x in ir.walk(expr):
         if not isinstance(x, ir.ATOMS):
             continue
-        vals = [abs(e.value) for e in ir.int_args(x)]
+        vals = [abs(ix.evaluate(e, 1)) for e in ir.int_args(x)]  # constants: any n gives the value
         if isinstance(x, ir.Rows):
             R = max(R, *vals)
         elif isinstance(x, ir.Cols):
