@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import types
 from typing import Optional, Union
 
@@ -35,20 +36,82 @@ def read_source(path: str) -> str:
     return text.lstrip("\ufeff")
 
 
+_SOURCE_START = re.compile(r"\s*pattern\s")  # every program starts with the keyword (after blanks)
+_EXTENSION = re.compile(r"\.[A-Za-z0-9_]{1,16}$")
+
+
 def _looks_like_path(s: str) -> bool:
-    return "\n" not in s and "=" not in s and (s.endswith(".attn") or os.path.exists(s))
+    """A one-line string that ends in a file extension or contains a path separator, and does
+    not start like pattern source (`pattern NAME ...`)."""
+    return "\n" not in s and not _SOURCE_START.match(s) \
+        and (bool(_EXTENSION.search(s)) or "/" in s or "\\" in s or os.sep in s)
 
 
-def parse(path_or_source: Union[str, os.PathLike], pattern: Optional[str] = None, **params: int) -> Pattern:
-    """Parse a file or a source string and resolve one pattern (default: the last defined).
-
-    `params` override the pattern's parameters, like `-D name=value` on the CLI."""
-    s = os.fspath(path_or_source)
+def _source_and_name(path_or_source, path) -> tuple[str, str]:
+    """(source text, file name for errors) from parse()'s two ways of naming the input."""
+    if path is not None:
+        if path_or_source is not None:
+            raise TypeError("give pattern source text or path=, not both")
+        path_or_source = path
+        if isinstance(path, str):
+            return read_source(path), path
+    if isinstance(path_or_source, os.PathLike):
+        name = os.fsdecode(os.fspath(path_or_source))
+        return read_source(name), name
+    if not isinstance(path_or_source, str):
+        raise TypeError(f"expected pattern source text (str) or a path (str or os.PathLike), "
+                        f"got {type(path_or_source).__name__}")
+    s = path_or_source
+    if "\n" not in s and os.path.exists(s):
+        return read_source(s), s
     if _looks_like_path(s):
-        source, filename = read_source(s), s
-    else:
-        source, filename = s, "<string>"
+        raise PatternError("no such file (a one-line string ending in a file extension or containing a path "
+                           "separator is read as a file name; source text starts with 'pattern')", None, "", s)
+    return s, "<string>"
+
+
+def parse(path_or_source: Union[str, os.PathLike, None] = None, pattern: Optional[str] = None, *,
+          path: Union[str, os.PathLike, None] = None, **params: int) -> Pattern:
+    """Parse a .attn file or source text and resolve one of its patterns.
+
+    Arguments:
+        path_or_source: the pattern source text, or a path to a .attn file.  A `pathlib.Path`
+            (any os.PathLike) is always a path.  A str is read as a path when it has no
+            newline and names an existing file, or when it looks like a file name: it ends
+            in a file extension (`natten.atn`) or contains a path separator, and does not
+            start with the keyword `pattern` (every pattern source does, after blanks).  A
+            missing file then gives "no such file" instead of a syntax error about the file
+            name.  Anything else is source text, e.g. "pattern p = local(n // 8)".
+        pattern: which definition to resolve (default: the last one defined).
+        path: a path to read, whatever it looks like (instead of `path_or_source`).
+        **params: integer values for the pattern's parameters (`w=64`), like `-D w=64` on the
+            command line.  int or an integer type such as numpy.int64; bool, float and str
+            are refused.  (A parameter named `path` or `pattern` cannot be set this way.)
+
+    Returns the resolved Pattern: its IR (`.expr`), `.name`, `.params`, `.filename`, `.hash`;
+    `.at(n)` gives the IR at length n.
+
+    Raises PatternError (message, file name, line, column and a caret in `str(error)`) for a
+    missing or unreadable file, a syntax or semantic error, an unknown pattern or parameter
+    name, and a parameter value that is not an integer or is too large.  TypeError when the
+    input is neither text nor a path, or when both `path_or_source` and `path` are given.
+
+    Example:
+        >>> import patternc
+        >>> p = patternc.parse("pattern longformer(w = 256, g = 16) = local(w) | global(g)", w=64)
+        >>> dict(p.params)
+        {'w': '64', 'g': '16'}
+        >>> patternc.parse(pathlib.Path("examples/longformer.attn"), "longformer_causal")  # doctest: +SKIP
+    """
+    source, filename = _source_and_name(path_or_source, path)
     return resolve(parse_program(source, filename), pattern, params)
+
+
+def _in_file(e: PatternError, p: Pattern) -> PatternError:
+    """An error about using pattern p (a length, a backend) names p's file, not "<string>"."""
+    if e.filename == "<string>" and not e.source and p.filename != "<string>":
+        return e.located(p.filename, p.source)
+    return e
 
 
 def analyze(pattern: Union[Pattern, str], n: int, heads: Optional[int] = None, tile: int = 128, **kw):
@@ -57,36 +120,90 @@ def analyze(pattern: Union[Pattern, str], n: int, heads: Optional[int] = None, t
 
     if not isinstance(pattern, Pattern):
         pattern = parse(pattern)
-    return _analyze(pattern, n, heads=heads, tile=tile, **kw)
+    try:
+        return _analyze(pattern, n, heads=heads, tile=tile, **kw)
+    except PatternError as e:
+        raise _in_file(e, pattern) from None
 
 
-def compile(pattern: Union[Pattern, str], backend: str = "triton", standalone: bool = False) -> str:  # noqa: A001
-    """The generated module's source text (deterministic).  The module imports patternc's runtime
-    library; with `standalone`, the runtime is copied into it instead (it then imports only torch,
-    triton and the standard library)."""
+def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton",  # noqa: A001 - public name
+            standalone: bool = False) -> str:
+    """The source text of a Python module that computes the pattern's attention.
+
+    Arguments:
+        pattern: a Pattern from `parse`, or anything `parse` accepts (source text or a path;
+            its last pattern, with default parameters).
+        backend: "triton" (fused Triton kernels, forward and backward, with an exact sparse
+            PyTorch path where they do not run), "reference" (dense PyTorch, for checking) or
+            "flex" (PyTorch's FlexAttention).
+        standalone: copy patternc's runtime library into the module, so that it imports only
+            torch, triton and the standard library (for deployment without patternc).
+
+    Returns the module's text; the same pattern and backend always give the same text.  The
+    module defines `attention(q, k, v)`, `mask(n)`, `mask_rows(i, j, n)` and `PATTERN`, and binds
+    them to patternc.runtime (or to its own copy of it, with `standalone`).
+
+    Raises PatternError for what `parse` refuses and for an unknown backend, naming the
+    pattern's file.
+
+    Example:
+        >>> import patternc
+        >>> text = patternc.compile("pattern p = causal & local(128)", backend="reference")
+        >>> "attention = _bound.attention" in text
+        True
+    """
     if not isinstance(pattern, Pattern):
         pattern = parse(pattern)
     if backend not in BACKENDS:
         from .errors import did_you_mean
         raise PatternError(f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; "
-                           f"choose one of: {', '.join(BACKENDS)}")
+                           f"choose one of: {', '.join(BACKENDS)}", None, "", pattern.filename)
     if backend == "reference":
         from .backends import reference as gen
     elif backend == "flex":
         from .backends import flex as gen
     else:
         from .backends import triton as gen
-    text = gen.emit(pattern)
+    try:
+        text = gen.emit(pattern)
+    except PatternError as e:
+        raise _in_file(e, pattern) from None
     if standalone:
         from .backends.standalone import standalone as bundle
         text = bundle(text)
     return text
 
 
-def load(path_or_source: Union[str, os.PathLike, Pattern], pattern: Optional[str] = None,
-         backend: str = "triton", **params: int) -> types.ModuleType:
-    """Compile and import the generated module in memory."""
-    p = path_or_source if isinstance(path_or_source, Pattern) else parse(path_or_source, pattern, **params)
+def load(path_or_source: Union[str, os.PathLike, Pattern, None] = None, pattern: Optional[str] = None,
+         backend: str = "triton", *, path: Union[str, os.PathLike, None] = None,
+         **params: int) -> types.ModuleType:
+    """Compile a pattern and import the generated module, without writing it anywhere you see.
+
+    Arguments:
+        path_or_source, pattern, path, **params: as for `parse` (or a Pattern from `parse`,
+            with no `pattern` or params).
+        backend: as for `compile`.
+
+    Returns the imported module: `attention(q, k, v)` for (B, H, n, D) tensors (k and v may
+    have fewer heads), `mask(n)` and `PATTERN`.  The Triton backend's text goes to a file in
+    the temporary folder, because Triton reads kernel source from files.
+
+    Raises PatternError as `parse` and `compile` do; ImportError when the module's own
+    imports (torch, triton) are missing.
+
+    Example:
+        >>> import patternc, torch
+        >>> attn = patternc.load("examples/longformer.attn", w=128, backend="reference")  # doctest: +SKIP
+        >>> q = k = v = torch.randn(1, 4, 1024, 64)
+        >>> attn.attention(q, k, v).shape  # doctest: +SKIP
+        torch.Size([1, 4, 1024, 64])
+    """
+    if isinstance(path_or_source, Pattern):
+        if pattern is not None or params or path is not None:
+            raise TypeError("load(Pattern) takes no pattern name, path or parameters: parse() the file with them")
+        p = path_or_source
+    else:
+        p = parse(path_or_source, pattern, path=path, **params)
     text = compile(p, backend)
     name = f"patternc_generated_{p.name}_{backend}_{p.hash}"
     mod = types.ModuleType(name)
@@ -100,15 +217,15 @@ def load(path_or_source: Union[str, os.PathLike, Pattern], pattern: Optional[str
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "patternc-modules")
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{p.name}_{digest}.py")
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.tmp"
+        module_path = os.path.join(folder, f"{p.name}_{digest}.py")
+        if not os.path.exists(module_path):
+            tmp = f"{module_path}.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
                 f.write(text)
-            os.replace(tmp, path)
+            os.replace(tmp, module_path)
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(name, module_path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)

@@ -46,7 +46,7 @@ def _positive(what: str) -> Callable[[str], int]:
 
 
 def _defines(items: Optional[list], filename: str) -> dict:
-    """-D name=value pairs; the front end checks names and integer values."""
+    """-D name=value pairs as integers; the front end checks the names and ranges."""
     out: dict = {}
     for item in items or []:
         name, eq, value = item.partition("=")
@@ -55,7 +55,11 @@ def _defines(items: Optional[list], filename: str) -> dict:
             raise _fail(f"-D {item}: expected NAME=VALUE, e.g. -D w=64", filename)
         if name in out:
             raise _fail(f"-D {name} is given twice", filename)
-        out[name] = value.strip()
+        try:
+            out[name] = int(value.strip(), 10)
+        except ValueError:
+            shown = value.strip() if len(value.strip()) <= 40 else value.strip()[:37] + "..."
+            raise _fail(f"-D {name}={shown}: value must be an integer", filename) from None
     return out
 
 
@@ -66,7 +70,7 @@ def _load(args: argparse.Namespace):
 
     source = read_source(args.file)
     prog = parse_program(source, args.file)
-    return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file))
+    return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file), "-D")
 
 
 def _concrete(pattern, n: int):
@@ -132,13 +136,41 @@ def atomic_write(path: str, data: bytes, write: Optional[Callable[[str], None]] 
 
 # ---------------------------------------------------------------- commands
 
+EMPTY_ROWS_POLICIES = ("warn", "error", "ignore")
+
+
+def _empty_rows_policy(args: argparse.Namespace) -> str:
+    return "ignore" if getattr(args, "allow_empty_rows", False) else args.empty_rows
+
+
+def _warn(message: str, where: str) -> None:
+    print(PatternError(f"warning: {message}", None, "", where).format(), file=sys.stderr)
+
+
+def _check_all_lengths(pattern, policy: str) -> None:
+    """Warn about (or refuse) a pattern that leaves query rows with no allowed key at some
+    length (emptyrows.find: exact for constant arguments, sampled lengths otherwise)."""
+    if policy == "ignore":
+        return
+    from . import emptyrows
+
+    found = emptyrows.find(pattern)
+    if found is None:
+        return
+    message = found.message(pattern)
+    if policy == "error":
+        raise _fail(message, pattern.filename)
+    _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .api import read_source
     from .frontend import check_program, parse_program
 
     source = read_source(args.file)
     prog = parse_program(source, args.file)
-    check_program(prog)
+    for pattern in check_program(prog):
+        _check_all_lengths(pattern, _empty_rows_policy(args))
     names = []
     for name, d in prog.definitions.items():
         required = [p.name for p in d.params if p.default is None]
@@ -169,11 +201,12 @@ def _empty_rows_info(value) -> tuple[Optional[int], Optional[list]]:
 SCAN_PAIRS = 1 << 26  # how much of the mask the CLI evaluates itself to name empty rows
 
 
-def _check_empty_rows(pattern, n: int, reported) -> None:
-    """Fail when some query rows have no allowed key.  The analysis gives the count; the
-    first few rows are found here by scanning the mask, within a budget at long lengths."""
+def _check_empty_rows(pattern, n: int, reported, policy: str = "error") -> None:
+    """Warn about (or refuse) query rows with no allowed key at length n.  The analysis gives
+    the count; the first few rows are found here by scanning the mask, within a budget at long
+    lengths."""
     count, first = _empty_rows_info(reported)
-    if count == 0:
+    if count == 0 or policy == "ignore":
         return
     from . import show
 
@@ -201,8 +234,11 @@ def _check_empty_rows(pattern, n: int, reported) -> None:
     else:
         listed = ", ".join(str(r) for _, r in where[:5])
     shown = f" (first: {listed}{', ...' if count > len(where[:5]) else ''})" if where else ""
-    raise _fail(f"{rows_word} of {n} {'have' if count != 1 else 'has'} no allowed key{shown}; "
-                f"their attention output is 0. Pass --allow-empty-rows to analyze anyway", pattern.filename)
+    message = f"{rows_word} of {n} {'have' if count != 1 else 'has'} no allowed key{shown}; " \
+              "their attention output is 0"
+    if policy == "error":
+        raise _fail(message, pattern.filename)
+    _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -216,8 +252,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise _fail("analysis is not available in this installation (patternc.analysis is missing)") from None
         raise
     data = result.to_dict()
-    if not args.allow_empty_rows:
-        _check_empty_rows(pattern, args.n, data.get("empty_rows"))
+    _check_empty_rows(pattern, args.n, data.get("empty_rows"), _empty_rows_policy(args))
     if args.json:
         import json
 
@@ -265,6 +300,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if n > show.MAX_N:
         raise _fail(f"--n {n} is too large to draw (the limit is {show.MAX_N}); "
                     f"use `patternc analyze` for long sequences", pattern.filename)
+    if args.output:
+        try:
+            fmt = show.picture_format(args.output)
+        except ValueError as e:
+            raise _fail(str(e), args.output) from None
     if -(-n // args.tile) > show.MAX_BLOCKS:
         raise _fail(f"--tile {args.tile} is too small to draw n={n}: at most {show.MAX_BLOCKS} tiles per side "
                     f"(use --tile {-(-n // show.MAX_BLOCKS)} or more)", pattern.filename)
@@ -276,8 +316,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if pattern.num_heads is not None:
         title += f", head {head} of {pattern.num_heads}"
     if args.output:
-        atomic_write(args.output, b"", write=lambda tmp: show.save_png(expr, n, tmp, args.tile, head, title))
-        print(f"{args.output}: picture of pattern '{pattern.name}' at n={n}, tile={args.tile}")
+        atomic_write(args.output, b"", write=lambda tmp: show.save_picture(expr, n, tmp, args.tile, head, title, fmt))
+        print(f"{args.output}: {fmt.upper()} picture of pattern '{pattern.name}' at n={n}, tile={args.tile}")
     else:
         sys.stdout.write(show.ascii_picture(expr, n, args.tile, head, width=min(args.width, 512), title=title))
     return 0
@@ -291,6 +331,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, BACKENDS)}; "
                     f"choose one of: {', '.join(BACKENDS)}")
     pattern = _load(args)
+    _check_all_lengths(pattern, _empty_rows_policy(args))
     text = compile_pattern(pattern, args.backend, standalone=args.standalone)
     if args.output == "-":
         sys.stdout.write(text)
@@ -320,8 +361,14 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("-D", dest="define", action="append", metavar="NAME=VALUE",
                             help="set an integer parameter of the pattern (repeatable)")
 
+    def empty_rows(sp, at: str):
+        sp.add_argument("--empty-rows", choices=EMPTY_ROWS_POLICIES, default="warn",
+                        help=f"query rows with no allowed key {at}: warn on stderr (default), "
+                             "error (exit 1) or ignore")
+
     sp = sub.add_parser("check", help="report syntax and semantic errors")
     common(sp, pattern=False, defines=False)
+    empty_rows(sp, "at any length, in any pattern of the file whose parameters all have defaults")
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n")
@@ -331,8 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=_positive("--tile"), default=128, help="kernel tile size (default 128)")
     sp.add_argument("--head-dim", type=_positive("--head-dim"), default=128, help="head dimension (default 128)")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    sp.add_argument("--allow-empty-rows", action="store_true",
-                    help="do not fail when some query rows have no allowed key")
+    empty_rows(sp, "at length n")
+    sp.add_argument("--allow-empty-rows", action="store_true", help="the same as --empty-rows=ignore")
     sp.set_defaults(func=cmd_analyze)
 
     sp = sub.add_parser("mask", help="write the dense boolean mask as .npy")
@@ -343,10 +390,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="head of a per-head pattern (default: all heads, shape (H, n, n))")
     sp.set_defaults(func=cmd_mask)
 
-    sp = sub.add_parser("show", help="draw the mask and its tiles (ASCII, or PNG with -o)")
+    sp = sub.add_parser("show", help="draw the mask and its tiles (ASCII, or a picture file with -o)")
     common(sp)
     sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
-    sp.add_argument("-o", "--output", help="write a PNG here instead of printing ASCII")
+    sp.add_argument("-o", "--output", help="write a picture here instead of printing ASCII; its extension picks "
+                                           "the format: .png, .svg, .pdf, .jpg, .eps, ...")
     sp.add_argument("--tile", type=_positive("--tile"), default=128, help="tile size (default 128)")
     sp.add_argument("--head", type=_int_at_least("--head", 0), help="head of a per-head pattern (default 0)")
     sp.add_argument("--width", type=_positive("--width"), default=64, help="ASCII columns (default 64, at most 512)")
@@ -359,6 +407,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="output .py file (written atomically), or - for stdout")
     sp.add_argument("--standalone", action="store_true",
                     help="copy the runtime library into the module, so it runs where patternc is not installed")
+    empty_rows(sp, "at any length")
     sp.set_defaults(func=cmd_compile)
     return p
 

@@ -8,6 +8,7 @@ the length is known.  Every error carries a source span.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable, Optional
@@ -670,12 +671,44 @@ class _Resolver:
             self.stack.pop()
 
 
-def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict] = None) -> Pattern:
-    """Resolve one definition (default: the last one) with -D style overrides."""
-    return _resolve(prog, name, overrides, None)
+def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict] = None,
+            option: str = "") -> Pattern:
+    """Resolve one definition (default: the last one), its parameters overridden by `overrides`
+    (name -> int; bool, float and str values are refused: the CLI parses -D text itself).
+
+    `option` is how the caller's user spelled the overrides, for error messages: "-D" on the
+    command line ("-D x: pattern 'p' has no parameter 'x'"), "" in Python ("parameter w must
+    be an integer, got 64.7 (float)")."""
+    return _resolve(prog, name, overrides, None, option)
 
 
-def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shared: Optional[dict]) -> Pattern:
+def _shown(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _override(prog: Program, key: str, value, option: str) -> ix.Const:
+    """One checked override value."""
+    def fail(api_message: str, cli_message: str):
+        message = f"{option} {key}={_shown(value) if not isinstance(value, int) else value}: {cli_message}" \
+            if option else api_message
+        return PatternError(message, None, prog.source, prog.filename)
+
+    try:
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            raise TypeError
+        value = operator.index(value)  # int, and numpy's (and other libraries') integer types
+    except TypeError:
+        raise fail(f"parameter {key} must be an integer, got {_shown(value)} ({type(value).__name__})",
+                   "value must be an integer") from None
+    if abs(value) > ix.MAX_ABS:
+        raise fail(f"parameter {key} = {_shown(value, 24)} is too large (at most 2**62 in absolute value)",
+                   "value is too large")
+    return ix.Const(value)
+
+
+def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shared: Optional[dict],
+             option: str = "") -> Pattern:
     if name is None:
         name = list(prog.definitions)[-1]
     if name not in prog.definitions:
@@ -689,17 +722,10 @@ def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shar
     for key, value in overrides.items():
         if key not in names:
             what = f"its parameters are: {', '.join(names)}" if names else "it has no parameters"
-            raise PatternError(f"-D {key}: pattern '{name}' has no parameter '{key}'{did_you_mean(key, names)}; "
+            prefix = f"{option} {key}: " if option else ""
+            raise PatternError(f"{prefix}pattern '{name}' has no parameter '{key}'{did_you_mean(key, names)}; "
                                f"{what}", None, prog.source, prog.filename)
-        if isinstance(value, bool) or not isinstance(value, int):
-            try:
-                value = int(str(value), 10)
-            except ValueError:
-                raise PatternError(f"-D {key}={value}: value must be an integer", None, prog.source,
-                                   prog.filename) from None
-        if abs(value) > ix.MAX_ABS:
-            raise PatternError(f"-D {key}={value}: value is too large", None, prog.source, prog.filename)
-        given[key] = ix.Const(value)
+        given[key] = _override(prog, key, value, option)
     r = _Resolver(prog, shared)
     try:
         expr, env = r.instantiate(d, given, d.body)

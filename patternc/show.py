@@ -1,4 +1,4 @@
-"""Pictures of a pattern: an ASCII map for the terminal and a PNG with the tile grid.
+"""Pictures of a pattern: an ASCII map for the terminal and a PNG (SVG, PDF, ...) with the tile grid.
 
 A kernel pays per tile, not per pair, so both pictures show which tiles are
 full (no mask arithmetic needed), partial (masked) or empty (skipped).  Counts
@@ -175,10 +175,45 @@ def ascii_picture(expr, n: int, tile: int = 128, head: int = 0, width: int = 64,
     return "\n".join(out) + "\n"
 
 
-def save_png(expr, n: int, path: str, tile: int = 128, head: int = 0, title: str = "") -> None:
-    """A PNG of the mask (density per pixel) with the tile grid; full and partial tiles shaded.
+# File extensions `save_picture` writes, and their matplotlib format names.  Those in
+# NEEDS_PILLOW are written through pillow (a matplotlib dependency, but checked anyway).
+PICTURE_FORMATS = {"png": "png", "svg": "svg", "svgz": "svgz", "pdf": "pdf", "eps": "eps", "ps": "ps",
+                   "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff", "webp": "webp"}
+NEEDS_PILLOW = ("jpeg", "tiff", "webp")
 
-    Writes to `path` as given (the CLI passes a temporary file and renames it)."""
+
+def picture_format(path: str) -> str:
+    """The format named by the extension of `path`, or ValueError with one clear message."""
+    import os
+
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext not in PICTURE_FORMATS:
+        accepted = ", ".join("." + e for e in PICTURE_FORMATS)
+        what = f"unknown picture format '.{ext}'" if ext else "no file extension to pick the picture format"
+        raise ValueError(f"{what}; use one of: {accepted}")
+    fmt = PICTURE_FORMATS[ext]
+    if fmt in NEEDS_PILLOW:
+        import importlib.util
+
+        if importlib.util.find_spec("PIL") is None:
+            raise ValueError(f"writing .{ext} needs pillow (pip install pillow); .png, .svg and .pdf do not")
+    return fmt
+
+
+def _blend(colour: str, under, alpha: float):
+    """`colour` laid over the RGB values `under` with opacity alpha."""
+    import matplotlib.colors
+    import numpy as np
+
+    return alpha * np.array(matplotlib.colors.to_rgb(colour)) + (1 - alpha) * np.asarray(under)
+
+
+def save_picture(expr, n: int, path: str, tile: int = 128, head: int = 0, title: str = "", fmt: str = "png") -> None:
+    """A picture of the mask (density per pixel) with the tile grid; full and partial tiles
+    shaded.  PNG unless `fmt` names another format (see PICTURE_FORMATS).
+
+    Writes to `path` as given, whatever its extension (the CLI passes a temporary file and
+    renames it), so the format is explicit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,29 +225,32 @@ def save_png(expr, n: int, path: str, tile: int = 128, head: int = 0, title: str
     cells = block_counts(expr, n, cell, head)
     tiles = block_counts(expr, n, tile, head)
     density = cells.counts / cells.areas
+    st = tiles.states
+    nb = st.shape[0]
+    # One opaque image, the tile shading blended in here: PostScript has no transparency.
+    rgb = matplotlib.colormaps["Greys"](np.clip(density / 1.6, 0, 1))[..., :3]
+    centre = np.minimum(np.arange(density.shape[0]) * cell + cell // 2, n - 1) // tile  # tile of each cell
+    cell_states = st[np.ix_(centre, centre)]
+    for state, colour in ((FULL, "tab:green"), (PARTIAL, "tab:orange")):
+        rgb[cell_states == state] = _blend(colour, rgb[cell_states == state], 0.3)
     fig, ax = plt.subplots(figsize=(7.5, 8), dpi=100)
     try:
-        ax.imshow(density, cmap="Greys", vmin=0, vmax=1.6, extent=(0, n, n, 0), interpolation="nearest")
-        st = tiles.states
-        nb = st.shape[0]
-        shade = np.zeros((nb, nb, 4))
-        shade[st == FULL] = matplotlib.colors.to_rgba("tab:green", 0.3)
-        shade[st == PARTIAL] = matplotlib.colors.to_rgba("tab:orange", 0.3)
-        ax.imshow(shade, extent=(0, nb * tile, nb * tile, 0), interpolation="nearest")
+        ax.imshow(rgb, extent=(0, n, n, 0), interpolation="nearest")
         if nb <= 128:
+            grid = _blend("tab:blue", np.ones(3), 0.6)
             for t in range(tile, n, tile):
-                ax.axhline(t, color="tab:blue", lw=0.5, alpha=0.6)
-                ax.axvline(t, color="tab:blue", lw=0.5, alpha=0.6)
+                ax.axhline(t, color=grid, lw=0.5)
+                ax.axvline(t, color=grid, lw=0.5)
         ax.set_xlim(0, n)
         ax.set_ylim(n, 0)
         ax.set_xlabel("key j")
         ax.set_ylabel("query i")
         ax.set_title((title + "\n" if title else "") + summary_line(tiles, n), fontsize=8)
-        ax.legend(handles=[Patch(facecolor="tab:green", alpha=0.4, label="full tile"),
-                           Patch(facecolor="tab:orange", alpha=0.4, label="partial tile"),
+        ax.legend(handles=[Patch(facecolor=_blend("tab:green", np.ones(3), 0.4), label="full tile"),
+                           Patch(facecolor=_blend("tab:orange", np.ones(3), 0.4), label="partial tile"),
                            Patch(facecolor="white", edgecolor="grey", label="empty tile")],
-                  loc="upper right", fontsize=7)
+                  loc="upper right", fontsize=7, framealpha=1)
         fig.tight_layout()
-        fig.savefig(path, format="png")
+        fig.savefig(path, format=fmt)
     finally:
         plt.close(fig)

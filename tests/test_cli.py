@@ -371,26 +371,35 @@ class _StubAnalysis:
         return "stub table"
 
 
-def test_analyze_rejects_empty_rows(monkeypatch, capsys, tmp_path):
-    """In-process with a stub analysis: the empty-row policy belongs to the CLI."""
+def test_analyze_empty_rows_policy(monkeypatch, capsys, tmp_path):
+    """In-process with a stub analysis: the empty-row policy belongs to the CLI.  Like check and
+    compile, analyze warns by default, refuses with --empty-rows=error, is quiet with =ignore."""
     import patternc.api
     from patternc import cli as cli_mod
 
     f = tmp_path / "holes.attn"
     f.write_text("pattern a = causal - local(0) - queries(5, 8)\n")  # rows 0 and 5..7 are empty
     monkeypatch.setattr(patternc.api, "analyze", lambda *a, **k: _StubAnalysis(4))
-    assert cli_mod.main(["analyze", str(f), "--n", "20"]) == 1
-    err = capsys.readouterr().err
-    assert "4 query rows of 20 have no allowed key (first: 0, 5, 6, 7)" in err and "--allow-empty-rows" in err
-    assert cli_mod.main(["analyze", str(f), "--n", "20", "--allow-empty-rows"]) == 0
-    assert capsys.readouterr().out.strip() == "stub table"
-    assert cli_mod.main(["analyze", str(f), "--n", "20", "--allow-empty-rows", "--json"]) == 0
+    assert cli_mod.main(["analyze", str(f), "--n", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "stub table"
+    assert "warning: 4 query rows of 20 have no allowed key (first: 0, 5, 6, 7)" in err and "--empty-rows" in err
+    assert cli_mod.main(["analyze", str(f), "--n", "20", "--empty-rows=error"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "4 query rows of 20 have no allowed key (first: 0, 5, 6, 7)" in err
+    assert "warning" not in err
+    for quiet in ("--empty-rows=ignore", "--allow-empty-rows"):
+        assert cli_mod.main(["analyze", str(f), "--n", "20", quiet]) == 0
+        out, err = capsys.readouterr()
+        assert out.strip() == "stub table" and err == ""
+    assert cli_mod.main(["analyze", str(f), "--n", "20", "--empty-rows=ignore", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["empty_rows"] == 4
     # at a length whose mask is far too big to scan, the rows are still named, quickly
-    assert cli_mod.main(["analyze", str(f), "--n", str(10 ** 6)]) == 1
+    assert cli_mod.main(["analyze", str(f), "--n", str(10 ** 6), "--empty-rows=error"]) == 1
     assert f"4 query rows of {10 ** 6} have no allowed key (first: 0, 5, 6, 7)" in capsys.readouterr().err
     monkeypatch.setattr(patternc.api, "analyze", lambda *a, **k: _StubAnalysis(0))
-    assert cli_mod.main(["analyze", str(f), "--n", "20", "--json"]) == 0
+    assert cli_mod.main(["analyze", str(f), "--n", "20", "--json", "--empty-rows=error"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.skipif(not HAS_ANALYSIS, reason="patternc.analysis is not written yet")
@@ -412,10 +421,12 @@ def test_analyze_table_and_json(cli, program):
 def test_analyze_empty_rows_for_real(cli, tmp_path):
     f = tmp_path / "holes.attn"
     f.write_text("pattern a = causal - local(0)\n")  # row 0 sees nothing
-    r = cli("analyze", f, "--n", 64)
+    r = cli("analyze", f, "--n", 64, "--empty-rows", "error")
     assert r.returncode == 1 and "1 query row of 64 has no allowed key (first: 0)" in r.stderr
+    r = cli("analyze", f, "--n", 64)
+    assert r.returncode == 0 and "warning: 1 query row of 64 has no allowed key (first: 0)" in r.stderr
     r = cli("analyze", f, "--n", 64, "--json", "--allow-empty-rows")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stderr == ""
     json.loads(r.stdout)
 
 

@@ -195,7 +195,7 @@ def test_defaults_refer_to_earlier_params_and_n():
         s = math.isqrt(n)
         np.testing.assert_array_equal(semantics.dense_mask_numpy(p.at(n), n),
                                       brute(lambda i, j, n: j <= i and (i - j <= 4 or (i - j) % s == 0), n))
-    q = resolve(prog, "win", {"w": "8"})  # -D values arrive as strings; g follows w
+    q = resolve(prog, "win", {"w": 8})  # g follows w
     assert dict(q.params) == {"w": "8", "g": "4"}
     r = resolve(prog, "strided", {"s": 5})
     assert dict(r.params) == {"w": "4", "s": "5"}
@@ -210,8 +210,9 @@ def test_default_is_the_last_pattern_and_all_are_checked():
 
 @pytest.mark.parametrize("overrides,message", [
     ({"x": 1}, "has no parameter 'x'"),
-    ({"k": "two"}, "value must be an integer"),
-    ({"k": "1.5"}, "value must be an integer"),
+    ({"k": "two"}, "parameter k must be an integer, got 'two' (str)"),  # the CLI parses -D text itself
+    ({"k": 1.5}, "parameter k must be an integer, got 1.5 (float)"),
+    ({"k": True}, "parameter k must be an integer, got True (bool)"),
     ({"k": 1 << 70}, "too large"),
     ({"k": -1}, "must be >= 0"),  # win(k * 2) is a negative window
 ])
