@@ -1,6 +1,6 @@
 """Does Triton's automatic warp specialization pay for a band forward on Hopper?
 
-A question to answer before changing the emitter (benchmarks/NOTES.md, v6).  Compiling for
+A question to answer before changing the emitter (docs/decisions.md, no-warp-specialization).  Compiling for
 sm_90 on a machine without a GPU showed that Triton 3.6 specializes warps (a producer warp
 group feeding two consumer groups, 12 warps in all) only for a kernel with ONE loop over tensor
 descriptors made on the device, 4 warps, and no `if` inside the loop body; our generated
@@ -14,9 +14,9 @@ streaming and prefix-LM -- timed with and without warp specialization, beside th
 module's forward for the same pattern, in one run.  The union of the two tile ranges is walked
 as one flat loop (the tile index jumps from the leading range to the band).
 
-    python benchmarks/ws_probe.py --compile-only            # any machine: what sm_90 gets
-    TRITON_INTERPRET=1 python benchmarks/ws_probe.py --check  # CPU: the probe kernel is right
-    python benchmarks/ws_probe.py --n 16384 65536           # on the GPU box
+    python benchmarks/experiments/ws_probe.py --compile-only            # any machine: what sm_90 gets
+    TRITON_INTERPRET=1 python benchmarks/experiments/ws_probe.py --check  # CPU: the probe kernel is right
+    python benchmarks/experiments/ws_probe.py --n 16384 65536           # on the GPU box
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import patternc  # noqa: E402
 from patterns import PATTERNS  # noqa: E402
 
@@ -96,7 +96,7 @@ def _band_fwd(Q, K, V, O, n, left, right, sink, prefix, qk_scale, BM: tl.constex
 
 
 CONFIGS = [  # (BM, BN, num_warps, num_stages, warp_specialize); the specialised ones last: on the
-    # H200 with Triton 3.6 each of them hung (benchmarks/NOTES.md, v10), hiding what came after
+    # H200 with Triton 3.6 each of them hung (docs/decisions.md, no-warp-specialization), hiding what came after
     (128, 64, 8, 3, False), (128, 64, 4, 3, False), (128, 128, 8, 2, False),
     (128, 64, 4, 2, True), (128, 64, 4, 3, True), (128, 128, 4, 2, True),
 ]

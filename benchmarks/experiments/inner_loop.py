@@ -3,10 +3,11 @@ move it.  A hand-written band kernel (|i - j| <= W) with switches for how K/V ar
 (pointers, a host TMA descriptor, a per-program TMA descriptor), warp specialisation of the
 full-tile loop, and the softmax arithmetic; timed with the same do_bench median as bench.py.
 
-    python benchmarks/inner_loop.py                 # on the GPU box, ~3 minutes
-    python benchmarks/inner_loop.py --check-only    # correctness of every variant, small n
+    python benchmarks/experiments/inner_loop.py                 # on the GPU box, ~3 minutes
+    python benchmarks/experiments/inner_loop.py --check-only    # correctness of every variant, small n
 
-It is not part of the product: it decides what the template should do (benchmarks/NOTES.md).
+It is not part of the product: it decided the template's TMA loads and one program per tile
+(docs/decisions.md: tma-loads, no-persistent-programs).
 """
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def reference(q, k, v, W):
 
 
 # First run (2026-11-29, third session) compared pointer loads, unmasked loads, FMA softmax,
-# host and per-program TMA descriptors and warp specialisation (benchmarks/NOTES.md, v3);
+# host and per-program TMA descriptors and warp specialisation (docs/decisions.md, tma-loads);
 # this set keeps the baseline and the winner, and adds persistent programs.
 VARIANTS = [  # (desc, ws, fma, maskload), or ("persistent", programs per SM, flatten)
     (0, False, False, True),    # today's template

@@ -8,13 +8,13 @@ causal forward (128x64 tiles, host TMA descriptors, as the generated kernels at 
 is written three ways: PIPE=0 as the template does it; PIPE=1 with S_{j+1} = Q K_{j+1}^T
 issued before the softmax of S_j (Triton still waits for it at once); PIPE=2 with P_{j-1} V_{j-1}
 first, whose wait covers S_j, then S_{j+1}, left in flight through softmax_j (the sm_90a PTX
-shows it).  Measured on an H100 (NOTES.md, v14): PIPE=2 is ~20% slower than PIPE=0.
+shows it).  Measured on an H100 (docs/decisions.md, no-in-warpgroup-overlap): PIPE=2 is ~20% slower than PIPE=0.
 
-    python benchmarks/overlap_probe.py                   # GPU box: timings against cuDNN causal
-    python benchmarks/overlap_probe.py --check-only      # correctness, small n (CPU interpreter too)
-    python benchmarks/overlap_probe.py --ptx             # CPU: compile for sm_90a, count wgmma waits
+    python benchmarks/experiments/overlap_probe.py                   # GPU box: timings against cuDNN causal
+    python benchmarks/experiments/overlap_probe.py --check-only      # correctness, small n (CPU interpreter too)
+    python benchmarks/experiments/overlap_probe.py --ptx             # CPU: compile for sm_90a, count wgmma waits
 
-It is not part of the product: it decides what the template should do (benchmarks/NOTES.md).
+It is not part of the product: it decided what the template does not do (docs/decisions.md).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench import bench  # noqa: E402  (bench.py's median over at least 7 timed calls)
 
 DEV = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
