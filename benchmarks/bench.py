@@ -9,7 +9,8 @@ For each pattern it times, with triton.testing.do_bench (median, after warm-up):
     (the mask_mod is printed from the same IR); BlockMask build time is reported apart;
   - SDPA dense and causal on the cuDNN and flash backends (the ceiling).
 Useful TFLOP/s = 4 * nnz * D * H * B / time (forward), 2.5x that for forward + backward.
-It writes a markdown table and JSON to benchmarks/results/ with GPU, versions, date and command.
+It writes a markdown table and JSON, with GPU, versions, date and command, to benchmarks/results/<gpu>/
+(results_dir.py: a slug of the device name, e.g. h200), as bench[-TAG].md and .json.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from patternc import printer  # noqa: E402
 from patternc.lower import choose_forward_tiles, kernel_tile_efficiency  # noqa: E402
 
 from patterns import PATTERNS  # noqa: E402
+from results_dir import results_dir  # noqa: E402
 
 
 def nnz_of(pattern, n: int) -> int:
@@ -67,8 +69,9 @@ MIN_SAMPLES = 7  # do_bench times rep // (estimated ms) calls: at 80 ms a call, 
 
 
 def bench(fn, warmup=25, rep=100) -> float:
-    """do_bench's median, over at least MIN_SAMPLES timed calls.  v13 found one-sample medians
-    of an 80 ms forward+backward spread over 79-98 ms between runs of the same kernels."""
+    """do_bench's median, over at least MIN_SAMPLES timed calls: one-sample medians of an 80 ms
+    forward+backward spread over 79-98 ms between runs of the same kernels (docs/decisions.md,
+    bench-min-samples)."""
     est = triton.testing.do_bench(fn, warmup=1, rep=1, return_mode="median")
     rep = max(rep, MIN_SAMPLES * est)
     return triton.testing.do_bench(fn, warmup=max(warmup, 2 * est), rep=rep, return_mode="median")
@@ -139,7 +142,7 @@ def run(args, save=lambda rows: None) -> dict:
                 del out
                 torch.cuda.empty_cache()
             # ---- SDPA ceilings, after the patterns: a dense kernel at full power for seconds slows
-            # whatever runs next (local(256) right after it measured 0.874 ms, 0.788 ms alone)
+            # whatever runs next (docs/decisions.md, bench-ceilings-last)
             for backend, bname in ((SDPBackend.CUDNN_ATTENTION, "sdpa_cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash")):
                 for causal in (False, True):
                     try:
@@ -246,7 +249,7 @@ def main():
     ap.add_argument("--d", type=int, nargs="+", default=[128, 64])
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--patterns", default="")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--out", default=None, help="folder for the results (default: benchmarks/results/<gpu>/)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--warm-cache", action="store_true",
                     help="keep Triton's and Inductor's on-disk compile caches (default: fresh ones, cold first calls)")
@@ -266,6 +269,7 @@ def main():
                         [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("PATTERNC_")]
                         + ["python benchmarks/" + os.path.basename(sys.argv[0])] + sys.argv[1:]), heads=args.heads,
                 compile_caches="as found (--warm-cache)" if args.warm_cache else "fresh (cold first calls)")
+    args.out = args.out or results_dir()
     os.makedirs(args.out, exist_ok=True)
     stem = "bench" + (f"-{args.tag}" if args.tag else "")
 

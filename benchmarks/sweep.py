@@ -8,7 +8,8 @@ Each config is a PATTERNC_CONFIG string (see docs/triton.md).  The forward is ti
 the backward is timed alone too (autograd.grad on a saved graph), so the two can be tuned
 apart.  Every config's output and gradients are compared with the first config's: a config
 that computes something else is reported, not timed.  One JSON line per measurement is
-appended to --out as it is made, so a run cut short keeps what it measured.
+appended to --out (default benchmarks/results/<gpu>/sweep.jsonl) as it is made, so a run cut
+short keeps what it measured.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import patternc  # noqa: E402
 
 from bench import bench  # noqa: E402
 from patterns import PATTERNS  # noqa: E402
+from results_dir import results_dir  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -60,11 +62,14 @@ def main() -> None:
     ap.add_argument("--patterns", default="local,longformer")
     ap.add_argument("--fwd", nargs="*", default=[])
     ap.add_argument("--bwd", nargs="*", default=[])
-    ap.add_argument("--out", default="sweep.jsonl")
+    ap.add_argument("--out", default=None, help="JSON lines file (default: benchmarks/results/<gpu>/sweep.jsonl)")
     args = ap.parse_args()
     n, D, H = args.n, args.d, args.heads
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, do = (torch.randn(1, H, n, D, generator=g).to("cuda", torch.bfloat16) for _ in range(4))
+    if args.out is None:
+        os.makedirs(results_dir(), exist_ok=True)
+        args.out = os.path.join(results_dir(), "sweep.jsonl")
     out = open(args.out, "a")
 
     def record(**row):

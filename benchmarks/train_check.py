@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import patternc  # noqa: E402
-from bench import PATTERNS  # noqa: E402
+from patterns import PATTERNS  # noqa: E402
 
 
 class Block(nn.Module):
