@@ -18,7 +18,7 @@ from .walks import tile_walks, visited_tiles
 
 def atomic_dq(pl: Plan) -> bool:
     """Whether the Triton backward adds dq atomically from its dk/dv kernel instead of running a
-    dq kernel.  Measured on an H200 (benchmarks/NOTES.md, v4), that is faster only where the dq
+    dq kernel.  Measured on an H200 (docs/decisions.md: atomic-dq), that is faster only where the dq
     kernel's own walk is the costly part: random blocks, and a residue-class pass beside another
     pass (Sparse Transformer strided); windows, causal and a lone residue-class pass are slower."""
     return any(any(t.randoms for t in p.terms) for p in pl.passes) or \
@@ -55,7 +55,7 @@ def describe_plan(expr, n: int) -> list:
 # Forward tile shapes the GPU kernels may use (D <= 128, 16-bit inputs), largest first.  A bigger
 # tile does more work per load, so it must keep most of the smaller tile's efficiency to win.
 TILE_CHOICES = ((128, 64), (64, 64))
-LONG_WALK = 16  # key tiles per 128-row query tile from which 128-row tiles pay (measured, NOTES.md)
+LONG_WALK = 16  # key tiles per 128-row query tile from which 128-row tiles pay (docs/decisions.md: fwd-tiles-long-walk)
 MAX_EXTRA_WORK = 1.3  # ... unless they compute this much more than 64-row tiles
 REFERENCE_LENGTH = 16384
 
@@ -73,7 +73,7 @@ def _head_exprs(pattern, n: int) -> Optional[list]:
 def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     """(BM, BN) for the forward kernel, decided once, at compile time, by the cost model.
 
-    Measured on an H200 (benchmarks/NOTES.md): a program has a fixed cost (prologue, epilogue,
+    Measured on an H200 (docs/decisions.md: fwd-tiles-long-walk): a program has a fixed cost (prologue, epilogue,
     pipeline fill) of about 3.6 tiles' work for 64x64 tiles (4 warps) and 6.8 for 128x64
     (8 warps), while a 128x64 tile step costs 0.9x two 64x64 steps.  So 128-row tiles win
     once a query tile walks many key tiles (causal, wide windows) and lose on short walks
@@ -95,7 +95,7 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
 
     64-key tiles on 4 warps (2 programs per SM at D = 128: 97 KiB of shared memory) for plans of
     one pass over tokens in order, and for plans with block-diagonal or random terms. Measured on
-    an H200 (D = 128, benchmarks/NOTES.md, v4, v5, v8): local -14%, causal window -15% at 65,536,
+    an H200 (D = 128, docs/decisions.md: dkdv-tiles, dkdv-32-queries-random): local -14%, causal window -15% at 65,536,
     causal -7%, Sparse Transformer fixed -9 to -12%; unions with sinks, global rows or a prefix
     block, once their walk had one tile loop (v7), -5 to -16% against 128 keys on 8 warps.
     Residue classes and several passes keep 128 keys on 8 warps: strided +30%, dilated +4%
@@ -125,7 +125,7 @@ def choose_union_walks(pattern, n: int = REFERENCE_LENGTH, fwd_tiles: Optional[t
     """Per kernel ("fwd", "dq", "dkdv"): whether a union of interval terms is walked twice, its
     full runs with the mask-free tile body and then its partial tiles, rather than once with
     the mask opened on full runs (or, for 128-row forwards, a full and a partial loop inside
-    one walk).  Measured on an H200 at n = 65,536, D = 128 (benchmarks/NOTES.md, v9), kernel
+    one walk).  Measured on an H200 at n = 65,536, D = 128 (docs/decisions.md: union-two-walks), kernel
     times two walks / one walk: dq 0.83-0.87 (prefix-LM, StreamingLLM, Longformer); dk/dv 0.91
     on prefix-LM's long walks, 1.03-1.05 on the short ones (StreamingLLM, Longformer, BigBird);
     forward 0.92 (Longformer, 64-row tiles) but 1.04 (prefix-LM, StreamingLLM, 128-row)."""
@@ -181,7 +181,7 @@ def choose_bwd_settings(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> dic
     """The backward's tiles, warps and the dk/dv kernel's pipeline stages on the GPU for head
     dim `D`, decided at compile time: the dk/dv tiles of `choose_dkdv_tiles`, 128x64 dq tiles
     on 8 warps.  At D = 64, long key walks take 128x128 dq tiles and 3 dk/dv stages: measured
-    on an H200 at n = 65,536 (benchmarks/NOTES.md, v11), causal's backward 68.8 -> 61.6 ms,
+    on an H200 at n = 65,536 (docs/decisions.md: d64-long-key-walk-bwd), causal's backward 68.8 -> 61.6 ms,
     prefix-LM's 68.1 -> 61.7, while the short walks lost 1-8% with them (StreamingLLM,
     Longformer, the causal window; local even).  At D = 128 three dk/dv stages cost one program
     per SM: causal +14% (v9).  None for the dk/dv stages: the module's own default."""

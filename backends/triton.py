@@ -119,7 +119,7 @@ QUERY_MAJOR_BASES = [
 class _Emitter:
     def __init__(self, pattern: Pattern, args: ArgTable):
         self.pattern = pattern
-        # decisions.md: fwd-one-loop (the forward walks a union with one tile loop where its tiles
+        # decisions.md: union-one-loop-per-walk (the forward walks a union with one tile loop where its tiles
         # are 64 rows: two loops' buffers held it to one program per SM)
         self.fwd_tiles = choose_forward_tiles(pattern)
         self.fwd_one_loop = self.fwd_tiles[0] == 64

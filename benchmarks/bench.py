@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import patternc  # noqa: E402
 from patternc import printer  # noqa: E402
-from patternc.lower import choose_forward_tiles, kernel_tile_efficiency  # noqa: E402
+from patternc.backends.schedule import choose_forward_tiles  # noqa: E402
+from patternc.backends.walks import kernel_tile_efficiency  # noqa: E402
 
 from patterns import PATTERNS  # noqa: E402
 from results_dir import results_dir  # noqa: E402

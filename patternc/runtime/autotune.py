@@ -18,7 +18,7 @@ from .config import TILE_KEYS
 CANDIDATES = {
     "fwd": [dict(BM=64, BN=64, num_warps=4, num_stages=3), dict(BM=128, BN=64, num_warps=8, num_stages=3),
             dict(BM=128, BN=128, num_warps=8, num_stages=2), dict(BM=64, BN=64, num_warps=4, num_stages=2)],
-    # decisions.md: dq-stages-3, dkdv-tiles (64-key tiles on 4 warps for the local family)
+    # decisions.md: dq-stages, dkdv-tiles (64-key tiles on 4 warps for the local family)
     "bwd": [dict(DQ_BM=128, DQ_BN=64, dq_warps=8, dq_stages=3, DKV_BM=64, DKV_BN=64, dkv_warps=4, dkv_stages=2),
             dict(DQ_BM=128, DQ_BN=64, dq_warps=8, dq_stages=3, DKV_BM=64, DKV_BN=128, dkv_warps=8, dkv_stages=2),
             dict(DQ_BM=128, DQ_BN=64, dq_warps=8, dq_stages=2, DKV_BM=64, DKV_BN=128, dkv_warps=8, dkv_stages=2),

@@ -62,8 +62,8 @@ def tiles(schedule: Schedule, D: int, dtype: torch.dtype, device: torch.device, 
     elif D > 128 or dtype == torch.float32:
         cfg = dict(WIDE_TILES)
     else:
-        # decisions.md: fwd-warps-by-tile (128x64 tiles want 8 warps, 64x64 4), dq-stages-3 (the dq
-        # kernel's 3 TMA stages fit and beat 2), dkdv-stages-tma (128-key dk/dv tiles leave room for
+        # decisions.md: fwd-warps (128x64 tiles want 8 warps, 64x64 4), dq-stages (the dq
+        # kernel's 3 TMA stages fit and beat 2), dkdv-stages (128-key dk/dv tiles leave room for
         # 2 TMA stages; pointer loads take 3 for 128-row forwards)
         bm, bn = schedule.fwd_tiles
         stages = 3 if bm == 128 and not tma_on(device) else 2

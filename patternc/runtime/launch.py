@@ -8,7 +8,7 @@ Two host costs matter for short kernels (a window at n = 16,384 runs in ~0.1-0.2
 - A first call launches several kernels, which Triton would compile one after the other.
   The first call of a plan runs its launch code once in warm-up mode, which submits every
   kernel's compilation to a thread pool and builds each launcher there too
-  (decisions.md: parallel-first-call).
+  (decisions.md: parallel-compile).
 """
 from __future__ import annotations
 

@@ -109,8 +109,8 @@ class Compiled:
 
 class _EagerAttention(torch.autograd.Function):
     """Forward and backward without the custom op's dispatch layers, which cost ~50-90 us of host
-    time per call: as much as a whole short kernel.  Used outside torch.compile; under it, the
-    custom op keeps the graph whole."""
+    time per call: as much as a whole short kernel (docs/decisions.md: eager-autograd-path).  Used
+    outside torch.compile; under it, the custom op keeps the graph whole."""
 
     @staticmethod
     def forward(ctx, compiled, q, k, v, scale):

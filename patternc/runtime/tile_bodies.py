@@ -28,7 +28,7 @@ def tile_rows(desc, z, h, row0, r, base, pos, ok, stride_row, stride_d, offs_d, 
     """Rows `pos` of head (z, h).  TMA (set by the host when the pass's positions are contiguous,
     pos = row0 + 0..R-1, and the tensor's layout is 16-byte aligned): one bulk copy by the
     tensor-memory accelerator, rows past n and columns past D read as zeros; it measured 7-10%
-    faster than pointer loads on an H200 (benchmarks/NOTES.md).  TMA == 2: the positions are
+    faster than pointer loads on an H200 (docs/decisions.md: tma-loads).  TMA == 2: the positions are
     residue class r of a modulus m that divides n, pos = r + m * (row0 + 0..R-1), and the
     descriptor views the tensor as (B, H, n / m, m, D): the class's rows are again one box.
     Else pointer loads."""

@@ -2,7 +2,7 @@
 
 A call's plan (tiles, grids, splits, which kernels run) depends only on shapes, dtype,
 device and settings, so it is worked out once and memoised: a short kernel runs in about
-the time Python takes to work it out (decisions.md: memoised-plans).  Kernels are launched
+the time Python takes to work it out (decisions.md: memoised-launch-plans).  Kernels are launched
 by keyword with the parameter names of `abi`, the same table their signatures were printed
 from.
 """
