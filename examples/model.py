@@ -26,7 +26,7 @@ Two ways to get the attention module:
 A per-head pattern fixes the number of heads; the model then uses the
 pattern's head count (module.NUM_HEADS) instead of --heads.  The flex backend
 trains only on CUDA (FlexAttention has no backward pass on CPU).  On CPU the
-triton backend's module runs an exact chunked PyTorch path (or its kernels in
+triton backend's module runs its exact sparse PyTorch path (or its kernels in
 Triton's interpreter with TRITON_INTERPRET=1).
 
 With the defaults, a pattern that allows most pairs at this length (e.g.
