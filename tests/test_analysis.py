@@ -149,6 +149,10 @@ def test_every_example_at_a_million():
 
 
 def test_kernel_plan_names_passes_and_split_global_rows():
+    """Lowering's part of the report comes from the API, which composes it (the analysis itself
+    never asks the code generator)."""
+    analyze = patternc.analyze
+    assert patternc.analysis.analyze(resolve_source("causal"), 64).kernel_plan == ()
     lf = analyze(resolve_source("pattern p = local(256) | global(16)"), 65536)
     assert lf.kernel_plan == ("pass 0: tokens in order, 3 terms; global rows 0..15 split into chunks; "
                               "global key columns 0..15 split into chunks",)
@@ -167,7 +171,7 @@ def test_kernel_plan_names_passes_and_split_global_rows():
 
 def test_analysis_says_whether_gradients_are_bit_exact():
     """The report names the backward's dq strategy, the same rule the Triton module uses."""
-    import patternc
+    analyze = patternc.analyze
     for src, atomic in (("local(256) | global(16)", False), ("causal", False), ("local(64, dilation=4)", False),
                         ("causal & (local(127) | stride(128))", True),
                         ("local(127) | global(128) | random(3, block=64)", True),
