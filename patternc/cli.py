@@ -15,6 +15,7 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
+from . import limits
 from .errors import PatternError
 
 MAX_MASK_N = 32768  # a dense bool mask takes n*n bytes: 1 GiB at this size
@@ -205,7 +206,18 @@ def _check_empty_rows(pattern, n: int, reported) -> None:
                 f"their attention output is 0. Pass --allow-empty-rows to analyze anyway", pattern.filename)
 
 
+def _check_analyze_limits(args: argparse.Namespace) -> None:
+    """The documented limits of `analyze` (patternc.limits), checked before any work."""
+    for option, value, limit in (("--n", args.n, limits.MAX_N), ("--heads", args.heads, limits.MAX_HEADS),
+                                 ("--tile", args.tile, limits.MAX_TILE), ("--head-dim", args.head_dim,
+                                                                          limits.MAX_HEAD_DIM)):
+        if value is not None and value > limit:
+            extra = " (2^30; the closed form in nnz(n) holds for every n)" if option == "--n" else ""
+            raise _fail(f"{option} {value} is too large: analyze accepts {option} <= {limit:,}{extra}", args.file)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    _check_analyze_limits(args)
     pattern = _load(args)
     _concrete(pattern, args.n)  # located errors for n-dependent checks come first
     try:

@@ -211,8 +211,9 @@ def _shape(x) -> Optional[tuple]:
     """(degree bound, period bound) of x as a quasi-polynomial in n, or None (isqrt, division by
     an expression of n, a min/max whose choice does not repeat).  floor(q / c) of an integer-
     valued quasi-polynomial q of degree d and period P repeats with period P * c * d!
-    (binomial coefficients mod c); a min/max whose arguments differ by periodic amounts is
-    one of them plus a periodic correction."""
+    (binomial coefficients mod c), for d = 1 with P times c / gcd(c, q(n + P) - q(n)); a
+    min/max whose arguments differ by periodic amounts is one of them plus a periodic
+    correction."""
     if isinstance(x, Const):
         return (0, 1)
     if isinstance(x, NVar):
@@ -226,10 +227,16 @@ def _shape(x) -> Optional[tuple]:
         s = (a[0][0] + a[1][0], math.lcm(a[0][1], a[1][1]))
     elif x.op in ("//", "%", "cdiv") and isinstance(x.args[1], Const) and x.args[1].value > 0:
         d, P = a[0]
-        if x.op == "//" and x.args[1].value == 2 and is_consecutive_product(x.args[0]):
+        c = x.args[1].value
+        if x.op == "//" and c == 2 and is_consecutive_product(x.args[0]):
             s = (d, P)  # an exact halving
+        elif d == 0:
+            s = (0, P)
+        elif d == 1:  # q(n + P) = q(n) + drift: floor(q / c) repeats once c divides the drift
+            drift = eval_int(x.args[0], 1 + P) - eval_int(x.args[0], 1)
+            s = (1, P * (c // math.gcd(c, drift)))
         else:
-            s = (d, P * x.args[1].value * math.factorial(max(d, 1)))
+            s = (d, P * c * math.factorial(d))
     elif x.op in ("min", "max"):
         periods = [t[1] for t in a]
         for y in x.args[1:]:
@@ -285,31 +292,25 @@ def _newton(xs: list, ys: list) -> list:
 
 @dataclass(frozen=True)
 class QuasiPoly:
-    """sum of coef[k][j] * n^k * t^j with t = Mod(n + shift, period) (period 1: a polynomial)."""
+    """sum of c * n^k * Mod(n + shift, period)^j over terms (c, k, shift, period, j); a term
+    with j = 0 has no Mod factor (a polynomial when every term has j = 0)."""
 
-    coef: tuple  # coef[k] = (c_k0, c_k1, ...) as Fractions
-    shift: int
-    period: int
+    terms: tuple  # ((Fraction, k, shift, period, j), ...)
 
     @property
     def degree(self) -> int:
-        return len(self.coef) - 1
+        return max((t[1] for t in self.terms), default=0)
 
     def text(self) -> str:
-        t = f"Mod(n + {self.shift}, {self.period})" if self.shift else f"Mod(n, {self.period})"
-        terms = []
-        for k in range(len(self.coef) - 1, -1, -1):
-            for j in range(len(self.coef[k]) - 1, -1, -1):
-                c = self.coef[k][j]
-                if c == 0:
-                    continue
-                parts = ([] if k == 0 else ["n" if k == 1 else f"n**{k}"]) + \
-                        ([] if j == 0 else [t if j == 1 else f"{t}**{j}"])
-                terms.append((c, "*".join(parts)))
-        if not terms:
+        live = sorted((t for t in self.terms if t[0] != 0), key=lambda t: (-t[1], -t[3] * (t[4] > 0), -t[4], t[2]))
+        if not live:
             return "0"
         out = ""
-        for i, (c, mono) in enumerate(terms):
+        for i, (c, k, sh, P, j) in enumerate(live):
+            mod = f"Mod(n + {sh}, {P})" if sh else f"Mod(n, {P})"
+            parts = ([] if k == 0 else ["n" if k == 1 else f"n**{k}"]) + \
+                    ([] if j == 0 else [mod if j == 1 else f"{mod}**{j}"])
+            mono = "*".join(parts)
             p, q = abs(c.numerator), c.denominator
             if not mono:
                 body = f"{p}/{q}" if q != 1 else str(p)
@@ -319,58 +320,76 @@ class QuasiPoly:
         return out
 
 
-def _per_class(e, lo: int, P: int, d: int) -> Optional[list]:
-    """For each residue rho of n mod P: coefficients of the polynomial through d + 1 values of e
-    at n = first, first + P, ... (first >= lo, n = rho mod P)."""
-    first = [lo + (rho - lo) % P for rho in range(P)]
-    ns = np.array([f + P * k for f in first for k in range(d + 1)], np.int64)
+def _single(rows: list, shift: int, period: int) -> QuasiPoly:
+    """rows[k][j]: coefficient of n^k * Mod(n + shift, period)^j."""
+    return QuasiPoly(tuple((c, k, shift, period, j) for k, row in enumerate(rows) for j, c in enumerate(row)
+                           if c != 0))
+
+
+def _per_class(e, lo: int, P: int, d: int) -> Optional[tuple]:
+    """For each residue rho of n mod P, the polynomial of degree <= d through the values of e at
+    n = x0, x0 + P, ..., x0 + d*P (x0 >= lo, x0 = rho mod P): (seqs, den) with seqs[k][rho] / den
+    the coefficient of n^k.  Exact integers throughout (object arrays): the points are equally
+    spaced, so den * (divided differences) = (d! / k!) * P^(d - k) * (k-th differences)."""
+    x0 = np.array([lo + (rho - lo) % P for rho in range(P)], np.int64)
+    ns = (x0[:, None] + P * np.arange(d + 1)[None, :]).ravel()
     if int(ns.max()) > (1 << 20):
         return None
-    vals = eval_many(topo(e), ns)[id(e)].tolist()
-    out = []
-    for r in range(P):
-        xs = [first[r] + P * k for k in range(d + 1)]
-        out.append(_newton(xs, vals[r * (d + 1):(r + 1) * (d + 1)]))
-    return out
+    y = eval_many(topo(e), ns)[id(e)].reshape(P, d + 1).astype(object)
+    den = math.factorial(d) * P ** d
+    diffs = [y[:, 0]]
+    cur = y
+    for k in range(1, d + 1):
+        cur = cur[:, 1:] - cur[:, :-1]
+        diffs.append(cur[:, 0])
+    x = x0.astype(object)
+    coef = [np.zeros(P, dtype=object) for _ in range(d + 1)]  # Horner on the Newton basis
+    for k in range(d, -1, -1):
+        xk = x + k * P
+        nxt = [np.zeros(P, dtype=object) for _ in range(d + 1)]
+        for i in range(d, -1, -1):  # coef * (n - xk)
+            nxt[i] = (coef[i - 1] if i > 0 else 0) - xk * coef[i]
+        nxt[0] = nxt[0] + diffs[k] * (math.factorial(d) // math.factorial(k)) * P ** (d - k)
+        coef = nxt
+    return coef, den
 
 
-def _min_period(cls: list) -> int:
-    """The smallest period P' (dividing len(cls)) with which the class polynomials repeat."""
-    P = len(cls)
+def _min_period(seqs: list) -> int:
+    """The smallest period p (dividing the sequences' length P) with which they all repeat."""
+    P = len(seqs[0])
     for p in sorted(q for q in range(1, P + 1) if P % q == 0):
-        if all(cls[r] == cls[r % p] for r in range(P)):
+        if all((seq == np.tile(seq[:p], P // p)).all() for seq in seqs):
             return p
     return P
 
 
-def _cyclic_differences(seq: list, m: int) -> list:
+def _cyclic_differences(seq: np.ndarray, m: int) -> np.ndarray:
     """Order-m forward differences of a periodic sequence, at every start position."""
-    P = len(seq)
-    w = [(-1) ** (m - i) * math.comb(m, i) for i in range(m + 1)]
-    return [sum(w[i] * seq[(r + i) % P] for i in range(m + 1)) for r in range(P)]
+    out = np.zeros(len(seq), dtype=object)
+    for i in range(m + 1):
+        out = out + (-1) ** (m - i) * math.comb(m, i) * np.roll(seq, -i)
+    return out
 
 
-def _shifts(seq: list, m: int) -> Optional[set]:
+def _shifts(seq: np.ndarray, m: int) -> Optional[set]:
     """The shifts s for which t -> seq[(t - s) % P], t = 0..P-1, is a polynomial of degree < m
     (None: every shift).  Its differences of order m vanish except on the m windows that cross
     the wrap, so the nonzero cyclic differences must fit in those m positions."""
     P = len(seq)
-    bad = [r for r, v in enumerate(_cyclic_differences(seq, m)) if v != 0]
+    bad = [int(r) for r in np.nonzero(_cyclic_differences(seq, m) != 0)[0]]
     if not bad:
         return None
     out = set()
-    for w0 in {(z - u) % P for z in bad[:1] for u in range(m)}:  # window start w0 .. w0 + m - 1
+    for w0 in {(bad[0] - u) % P for u in range(m)}:  # window start w0 .. w0 + m - 1
         if all((z - w0) % P < m for z in bad):
             out.add((P - m - w0) % P)
     return out
 
 
-def _in_shift(cls: list, P: int) -> Optional[QuasiPoly]:
-    """Write class polynomials (index = n mod P) with t = Mod(n + s, P): for each power of n,
-    its coefficient as a polynomial in t of least degree (at most 2), with a shift s that makes
-    all of them polynomials at once; the simplest such form."""
-    deg = max(len(c) for c in cls) - 1
-    seqs = [[cls[r][k] if k < len(cls[r]) else Fraction(0) for r in range(P)] for k in range(deg + 1)]
+def _in_shift(seqs: list, den: int, P: int) -> Optional[QuasiPoly]:
+    """Write class polynomials (seqs[k][rho] / den: coefficient of n^k for n = rho mod P) with
+    t = Mod(n + s, P): each coefficient as a polynomial in t of least degree (at most 2), with a
+    shift s that makes all of them polynomials at once; the simplest such form."""
     for m in range(1, 4):  # degree m - 1 in t
         allowed: Optional[set] = None
         for seq in seqs:
@@ -383,13 +402,13 @@ def _in_shift(cls: list, P: int) -> Optional[QuasiPoly]:
         for sh in sorted(allowed if allowed is not None else {0}):
             rows = []
             for seq in seqs:
-                ys = [seq[(t - sh) % P] for t in range(min(m, P))]
+                ys = [Fraction(int(seq[(t - sh) % P]), den) for t in range(min(m, P))]
                 rows.append(tuple(_newton(list(range(len(ys))), ys)))
             while len(rows) > 1 and all(c == 0 for c in rows[-1]):
                 rows.pop()
             cost = (sum(1 for r in rows for c in r if c != 0), sh)
             if best is None or cost < best[0]:
-                best = (cost, QuasiPoly(tuple(rows), sh, P))
+                best = (cost, _single(rows, sh, P))
         return best[1]
     return None
 
@@ -418,36 +437,78 @@ def _fit(e, lo: int, hi: Optional[int]) -> Optional[QuasiPoly]:
 
     # a polynomial first: a short range often is one even where the formula's period is long
     k = d if hi is None else min(d, hi - lo)
-    poly = QuasiPoly(tuple((c,) for c in _newton(list(range(lo, lo + k + 1)), want[:k + 1].tolist())), 0, 1)
+    poly = _single([(c,) for c in _newton(list(range(lo, lo + k + 1)), want[:k + 1].tolist())], 0, 1)
     if checked(poly) is not None or P == 1:
         return checked(poly)
-    cls = _per_class(e, lo, P, d)
-    if cls is None:
+    got = _per_class(e, lo, P, d)
+    if got is None:
         return None
-    p = _min_period(cls)
-    return checked(_in_shift(cls[:p], p)) if p > 1 else None
+    seqs, den = got
+    p = _min_period(seqs)
+    if p == 1:
+        return None
+    return checked(_in_shift([seq[:p] for seq in seqs], den, p)) or checked(_several_moduli(e, ns, want, d, p))
 
 
-def _eval_quasi_int(q: QuasiPoly, n: int) -> Fraction:
-    t = (n + q.shift) % q.period
-    return sum(c * n ** k * t ** j for k, row in enumerate(q.coef) for j, c in enumerate(row))
+def _several_moduli(e, ns: np.ndarray, want: np.ndarray, d: int, P: int) -> Optional[QuasiPoly]:
+    """A quasi-polynomial built from the moduli the formula divides by: sum over k <= d of n^k
+    times (a constant, and Mod(n, m) and Mod(n, m)^2 for each such m), solved exactly from a
+    sample of values (block(s) | block(2s) & stride(2) | ...: one modulus per segment length)."""
+    mods = sorted({x.args[1].value for x in topo(e) if isinstance(x, Op) and x.op in ("//", "%", "cdiv")
+                   and isinstance(x.args[1], Const) and 1 < x.args[1].value and P % x.args[1].value == 0})
+    basis = [(k, 1, 0) for k in range(d + 1)] + \
+            [(k, m, j) for k in range(d + 1) for m in mods for j in ((1,) if m == 2 else (1, 2))]
+    if not mods or len(basis) > 48:
+        return None
+    pick = sorted(set(np.linspace(0, len(ns) - 1, len(basis) + 8).astype(int).tolist()))
+    rows = []
+    for i in pick:
+        n = int(ns[i])
+        rows.append([Fraction(n ** k * (n % m) ** j) for k, m, j in basis] + [Fraction(int(want[i]))])
+    sol = _solve(rows, len(basis))
+    if sol is None:
+        return None
+    return QuasiPoly(tuple((c, k, 0, m, j) for c, (k, m, j) in zip(sol, basis) if c != 0))
+
+
+def _solve(rows: list, u: int) -> Optional[list]:
+    """A solution of the linear system (rows of u coefficients and a right side), exactly, with
+    free unknowns 0; None when inconsistent."""
+    rows = [r[:] for r in rows]
+    where, r0 = [], 0
+    for c in range(u):
+        piv = next((i for i in range(r0, len(rows)) if rows[i][c] != 0), None)
+        if piv is None:
+            continue
+        rows[r0], rows[piv] = rows[piv], rows[r0]
+        inv = 1 / rows[r0][c]
+        rows[r0] = [v * inv for v in rows[r0]]
+        for i in range(len(rows)):
+            if i != r0 and rows[i][c] != 0:
+                f = rows[i][c]
+                rows[i] = [a - f * b for a, b in zip(rows[i], rows[r0])]
+        where.append(c)
+        r0 += 1
+    if any(all(v == 0 for v in r[:u]) and r[u] != 0 for r in rows[r0:]):
+        return None
+    sol = [Fraction(0)] * u
+    for i, c in enumerate(where):
+        sol[c] = rows[i][u]
+    return sol
 
 
 def _eval_quasi(q: QuasiPoly, ns: np.ndarray) -> Optional[np.ndarray]:
     """Values at many n, exactly (integers over a common denominator: int64 where that cannot
     overflow, Python integers otherwise); None when some value is not an integer."""
-    den = math.lcm(*(c.denominator for row in q.coef for c in row))
-    nums = [[int(c * den) for c in row] for row in q.coef]
-    big = max((abs(c) for row in nums for c in row), default=0) * len(ns) * 8
+    den = math.lcm(*(t[0].denominator for t in q.terms))
+    nums = [(int(c * den), k, sh, P, j) for c, k, sh, P, j in q.terms]
     top = int(ns.max(initial=0)) + 1
-    safe = big * top ** q.degree * q.period ** max(len(row) - 1 for row in nums) < (1 << 62)
+    bound = sum(abs(c) * top ** k * P ** j for c, k, sh, P, j in nums)
+    safe = bound < (1 << 62)
     n = ns if safe else ns.astype(object)
-    t = (n + q.shift) % q.period
     acc = np.zeros(len(ns), dtype=np.int64 if safe else object)
-    for k, row in enumerate(nums):
-        for j, c in enumerate(row):
-            if c:
-                acc = acc + c * n ** k * t ** j
+    for c, k, sh, P, j in nums:
+        acc = acc + c * n ** k * ((n + sh) % P) ** j
     out = acc // den
     if not (out * den == acc).all():
         return None

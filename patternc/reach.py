@@ -35,7 +35,9 @@ Methods, tried in order; each is exact where it applies:
 When none applies the result is undecided: `layers_to_full_reach` raises
 ReachUndecided and `full_reach` reports decided=False (the analysis prints
 "unknown").  `full_reach(..., structural_only=True)` skips the methods whose cost
-grows with n^2 (the analysis uses it for n > EXACT_N).
+grows with n^2 (the analysis uses it for n > EXACT_N); above ARRAY_N the methods that need
+arrays of n positions (sumsets, twin classes) are skipped too, so that n = 2^30 costs what
+the pattern's row ranges cost.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from .semantics import allowed, dense_mask_numpy
 DENSE_N = 1024  # dense boolean matrix powers up to this n
 QUOTIENT_MAX = 2048  # largest twin quotient solved densely
 EXACT_N = 65536  # above this, the analysis only runs the structural methods
+ARRAY_N = 1 << 22  # above this, no method allocates arrays of n positions (sumsets, twin classes)
 
 
 class ReachUndecided(ValueError):
@@ -413,7 +416,7 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         if _count(ir.inter([e, ir.neg(ir.block(Const(b)))]), n) == 0:
             return done(None, f"every allowed pair stays inside a block of {b}")
     # causal patterns of i - j only: sumsets of the allowed differences
-    if causal and _d_only(e, n):
+    if causal and n <= ARRAY_N and _d_only(e, n):
         D = _differences(e, n)
         w = int(np.argmin(D)) - 1 if not D.all() else n - 1  # D starts with [0, w]
         if not D[w + 1:].any():
@@ -500,7 +503,7 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             ccnt is not None and _causal_two_hop(e, n, ccnt == n - np.arange(n)))
         if two:
             return done(2, "two hops through downward-full (summary/sink) columns")
-    tw = twin_classes(e, n)
+    tw = twin_classes(e, n) if n <= ARRAY_N else None
     if tw is not None and not causal:
         cls, rep = tw
         if len(rep) <= QUOTIENT_MAX:
@@ -514,6 +517,8 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         L = dense_layers(A, causal)
         return done(L, "boolean matrix powers" if L is not None else f"boolean matrix powers: {why_never(A, causal)}")
     why = "no structural rule applies" + (f" (n > {EXACT_N}: only structural rules run)" if structural_only else "")
+    if n > ARRAY_N:
+        why += f"; rules that need arrays of n positions are skipped above n = {ARRAY_N:,}"
     return Reach(None, False, why, causal)
 
 

@@ -32,6 +32,8 @@ CLOSED = [
     "causal - local(0)", "causal - local(2)", "local(5) - local(1)", "all - causal", "all - block(3)",
     "causal & (local(isqrt(n) - 1) | stride(isqrt(n)))", "local(n // 4)", "causal & fixed(isqrt(n) + 2, 2)",
     "sink(n // 3) | local(2)", "stride(isqrt(n) + 1)",
+    "local(3) | local(2, dilation=2) | local(2, dilation=3)",  # LongNet-style union of dilated windows
+    "block(4) | (block(8) & stride(2))",  # LongNet's segment form
 ]
 NO_FORM = ["random(2, block=3)", "local(2) | random(1, block=2, seed=3)", "stride(3) | summary(4, 1)",
            "stride(2) & summary(6, 2)"]
