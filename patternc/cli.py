@@ -10,13 +10,16 @@ matplotlib, torch) happen inside the commands that need them, so `check` and
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from . import limits
-from .errors import PatternError
+from . import __version__, api, limits, show
+from .errors import PatternError, did_you_mean
+from .frontend import check_program, parse_program, resolve
 
 MAX_MASK_N = 32768  # a dense bool mask takes n*n bytes: 1 GiB at this size
 MAX_MASK_BYTES = 1 << 30
@@ -62,10 +65,7 @@ def _defines(items: Optional[list], filename: str) -> dict:
 
 def _load(args: argparse.Namespace):
     """Read, parse and resolve the pattern the command works on."""
-    from .api import read_source
-    from .frontend import parse_program, resolve
-
-    source = read_source(args.file)
+    source = api.read_source(args.file)
     prog = parse_program(source, args.file)
     return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file))
 
@@ -134,10 +134,7 @@ def atomic_write(path: str, data: bytes, write: Optional[Callable[[str], None]] 
 # ---------------------------------------------------------------- commands
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .api import read_source
-    from .frontend import check_program, parse_program
-
-    source = read_source(args.file)
+    source = api.read_source(args.file)
     prog = parse_program(source, args.file)
     check_program(prog)
     names = []
@@ -176,8 +173,6 @@ def _check_empty_rows(pattern, n: int, reported) -> None:
     count, first = _empty_rows_info(reported)
     if count == 0:
         return
-    from . import show
-
     heads = list(range(pattern.num_heads)) if pattern.num_heads else [0]
     complete = n * n * len(heads) <= SCAN_PAIRS
     if count is None and not complete:
@@ -220,19 +215,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _check_analyze_limits(args)
     pattern = _load(args)
     _concrete(pattern, args.n)  # located errors for n-dependent checks come first
-    try:
-        from .api import analyze
-        result = analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("patternc"):
-            raise _fail("analysis is not available in this installation (patternc.analysis is missing)") from None
-        raise
+    result = api.analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
     data = result.to_dict()
     if not args.allow_empty_rows:
         _check_empty_rows(pattern, args.n, data.get("empty_rows"))
     if args.json:
-        import json
-
         print(json.dumps(data, indent=2, default=str))
     else:
         print(result.format_table())
@@ -253,11 +240,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if len(heads) * n * n > MAX_MASK_BYTES:
         raise _fail(f"a ({len(heads)}, {n}, {n}) mask takes {len(heads) * n * n / 2 ** 30:.1f} GiB; "
                     f"pick one head with --head", pattern.filename)
-    import io
-
-    import numpy as np
-
-    from . import show
+    import numpy as np  # lazy: only the commands that build arrays pay for numpy
 
     masks = [show.dense_mask(expr, n, head=h) for h in heads]
     m = masks[0] if len(masks) == 1 and (pattern.num_heads is None or args.head is not None) else np.stack(masks)
@@ -270,8 +253,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from . import show
-
     pattern = _load(args)
     n = args.n
     if n > show.MAX_N:
@@ -296,14 +277,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .api import BACKENDS, compile as compile_pattern
-    from .errors import did_you_mean
-
-    if args.backend not in BACKENDS:
-        raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, BACKENDS)}; "
-                    f"choose one of: {', '.join(BACKENDS)}")
+    if args.backend not in api.BACKENDS:
+        raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, api.BACKENDS)}; "
+                    f"choose one of: {', '.join(api.BACKENDS)}")
     pattern = _load(args)
-    text = compile_pattern(pattern, args.backend)
+    text = api.compile(pattern, args.backend)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -316,8 +294,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- argument parsing
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     p = argparse.ArgumentParser(prog="patternc", description="A compiler for sparse attention patterns (.attn files).")
     p.add_argument("--version", action="version", version=f"patternc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
