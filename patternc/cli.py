@@ -258,6 +258,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if n > show.MAX_N:
         raise _fail(f"--n {n} is too large to draw (the limit is {show.MAX_N}); "
                     f"use `patternc analyze` for long sequences", pattern.filename)
+    if args.tile > show.MAX_N:
+        raise _fail(f"--tile {args.tile} is too large: show accepts --tile <= {show.MAX_N}", pattern.filename)
     if -(-n // args.tile) > show.MAX_BLOCKS:
         raise _fail(f"--tile {args.tile} is too small to draw n={n}: at most {show.MAX_BLOCKS} tiles per side "
                     f"(use --tile {-(-n // show.MAX_BLOCKS)} or more)", pattern.filename)

@@ -527,22 +527,22 @@ class Piece:
 
 
 def formula_pieces(f, valid: Optional[Callable[[int], bool]] = None) -> list:
-    """The closed form f as [Piece]; a range whose values the previous range's formula also
-    gives joins it."""
-    out: list = []
-    prev: Optional[QuasiPoly] = None
+    """The closed form f as [Piece]; neighbouring ranges merge when one formula gives the values
+    of both (a short range fits many formulas: n <= 2 is both 3*n - 2 and n**2)."""
+    done: list = []  # (lo, hi, e of the first range, QuasiPoly or None, text)
     for lo, hi, e in regimes(f, valid):
-        if prev is not None and _same(prev, e, lo, hi):
-            out[-1] = Piece(out[-1].lo, hi, out[-1].text)
+        if done and done[-1][3] is not None and _same(done[-1][3], e, lo, hi):
+            plo, _, pe, pq, pt = done.pop()
+            done.append((plo, hi, pe, pq, pt))
             continue
         q = _fit(e, lo, hi)
         text = q.text() if q is not None else expr_text(e)
-        if out and out[-1].text == text:
-            out[-1] = Piece(out[-1].lo, hi, text)
-        else:
-            out.append(Piece(lo, hi, text))
-        prev = q
-    return out
+        while done and q is not None and done[-1][1] is not None and _same(q, done[-1][2], done[-1][0], done[-1][1]):
+            lo = done.pop()[0]  # the new formula also covers the previous range
+        if done and done[-1][4] == text:
+            lo = done.pop()[0]
+        done.append((lo, hi, e, q, text))
+    return [Piece(lo, hi, text) for lo, hi, _, _, text in done]
 
 
 def _same(q: QuasiPoly, e, lo: int, hi: Optional[int]) -> bool:

@@ -1,10 +1,11 @@
 """Asymptotic order of the pair count: its leading term in n, and which parameters scale it.
 
 Both come from closed forms (`closed_form.derive`), never from counting, so they cost a few
-exact evaluations.  The leading term c * n^a is read off the closed form at n = 2^56, 2^60
-and 2^64, where every min/max has settled and lower-order terms no longer matter: a is
-rounded to a multiple of 1/2 (n^1.5 for strides of isqrt(n)), and c is exact when it is a
-fraction with a small denominator (these n are powers of 4, so n^a is an integer).
+exact evaluations.  The leading term c * n^a is read off the closed form at n = 2^200, 2^220
+and 2^240 (exact integers), far beyond every constant of the pattern, where every min/max
+has settled and lower-order terms no longer matter: a is rounded to a multiple of 1/2
+(n^1.5 for strides of isqrt(n)), and c is exact when it is a fraction with a small
+denominator (these n are powers of 4, so n^a is an integer).
 
 Parameters are named in the order when they scale the leading coefficient: each integer
 parameter p is set to 2^12 and to 2^13 times the largest parameter (large, so that the effect
@@ -27,7 +28,7 @@ from typing import Callable, Optional, Union
 from .algebra import eval_int
 from .intexpr import EvalError
 
-PROBES = (1 << 56, 1 << 60, 1 << 64)  # far enough that lower-order terms vanish
+PROBES = (1 << 200, 1 << 220, 1 << 240)  # far beyond any constant (|c| <= 2^62, so c^2 < 2^124)
 LIFT = 12  # parameters are probed at 2^LIFT and 2^(LIFT+1) times the largest one
 TOLERANCE = 0.05  # how far a measured exponent may be from a multiple of 1/2
 
@@ -95,7 +96,7 @@ def leading_term(f) -> Optional[Leading]:
     c1 = Fraction(values[1], _power(PROBES[1], a))
     c2 = Fraction(values[2], _power(PROBES[2], a))
     r = c2.limit_denominator(1 << 16)
-    if abs(r - c2) <= abs(r) * 1e-9 and abs(r - c1) <= abs(r) * 1e-6:
+    if abs(r - c2) <= abs(r) * 1e-12 and abs(r - c1) <= abs(r) * 1e-9:
         return Leading(a, r)
     return Leading(a, float(c2))
 

@@ -301,3 +301,19 @@ def test_long_lengths_are_bounded():
     # no closed form: the exact count is bounded too, and said so
     big = patternc.analyze(resolve_source("local(64) | random(2, block=16)"), 1 << 30)
     assert big.nnz is None and any("allowed pairs: no closed form" in s for s in big.skipped)
+
+
+def test_the_analyses_never_load_the_lowering():
+    """grammar -> front end -> IR -> analyses -> lowering -> backends: analysing a pattern loads
+    neither the code generator nor sympy (the formula text is written without it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from patternc import analysis; from patternc.frontend import parse_program, resolve; "
+            "p = resolve(parse_program('pattern p(w = 8) = local(w) | global(2) | stride(5)', 'x'), None, {}); "
+            "a = analysis.analyze(p, 300); assert a.nnz_formula and a.order == 'O(n^2)', (a.nnz_formula, a.order); "
+            "print(sorted(m for m in sys.modules if m in ('patternc.lower', 'patternc.printer', 'sympy', "
+            "'patternc.cost', 'torch')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

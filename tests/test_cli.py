@@ -457,3 +457,10 @@ def test_analyze_at_the_limit_answers_quickly(cli):
     assert data["nnz"] == 545 * 2 ** 30 - 74256 and data["layers_to_full_reach"] == 2
     assert data["tiles"] is None and any(s.startswith("tiles: ") for s in data["skipped"])
     assert took < 30, took  # a few seconds of CPU; the margin is for a loaded test machine
+
+
+def test_show_tile_has_a_limit(cli):
+    """A huge --tile used to end in `internal error: TypeError`."""
+    r = cli("show", ROOT / "examples" / "longformer.attn", "--n", 100, "--tile", 10 ** 20, timeout=60)
+    assert r.returncode == 1 and "internal error" not in r.stderr
+    assert "--tile 100000000000000000000 is too large: show accepts --tile <= 16384" in r.stderr
