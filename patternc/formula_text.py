@@ -5,11 +5,15 @@ terms full of min, max and floor.  `regimes` cuts n >= 1 into ranges on which ev
 picks a fixed argument (found by exact evaluation up to a scan limit; for the last,
 unbounded range a choice is kept only where `_stays` proves it for all larger n).  On each
 range the formula is then a quasi-polynomial in n: a polynomial whose coefficients repeat
-with n mod P.  `_fit` recovers it exactly from values (degree and period are bounded from
-the formula's structure, and the fit is checked on the whole range, or on several periods
-and at very large n for the last range) and writes it as a polynomial in n and
-Mod(n + s, P): "1281*n - 755712" rather than five thousand characters of Min and Max.
-Ranges where that fails (isqrt(n), an unresolved min/max) keep the derived text.
+with n mod P (a min/max whose arguments differ by a periodic amount, like
+max(n % 128 - 120, 0), is part of one rather than a reason to cut the range).  `_fit`
+recovers it exactly from values, degree and period being bounded from the formula's
+structure: a polynomial in n, else coefficients that are polynomials in Mod(n + s, P), else
+a combination of the moduli the formula divides by.  Every result is checked against the
+formula on each n of a bounded range, or on degree + 1 values of every residue class of the
+period bound for the last range, which decides it.  "1281*n - 755712" rather than five
+thousand characters of Min and Max; ranges where no form is found (isqrt(n), a min/max
+that does not settle) keep the derived text.
 
 The output is sympy syntax (Piecewise((expr, n <= hi), ..., (expr, True))), but nothing
 here imports sympy: `patternc analyze` does not pay for it.  `nnz_formula` builds the sympy
@@ -31,7 +35,7 @@ from .intexpr import Const, NVar, Op, make
 
 MAX_PIECES = 8  # ranges of n shown; more, and the smallest ranges share the derived form
 MAX_PERIOD = 1 << 15  # largest period bound of a quasi-polynomial fitted
-MAX_DEGREE = 4
+MAX_DEGREE = 4  # highest power of n fitted
 
 
 # ---------------------------------------------------------------- ranges of n
