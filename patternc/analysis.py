@@ -38,7 +38,7 @@ from typing import Callable, Optional, Union
 from . import ir, limits, reach, tiles
 from .algebra import const, eval_int, mul
 from .closed_form import closed_form, derive, validity
-from .counting import count_nnz, engine
+from .counting import PERIOD_LIMIT, count_nnz, engine
 from .errors import PatternError
 from .formula_text import formula_pieces, piecewise_text
 from .frontend import Pattern, parse_program, resolve
@@ -393,7 +393,11 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
         k = hi - lo + 1
         E = engine(e, n)
         cheap = E.work <= limits.EXACT_WORK
-        why = f"about {E.work:,} row ranges to visit > {limits.EXACT_WORK:,} (limits.EXACT_WORK)"
+        why = f"about {E.work:,} {E.work_unit} to visit > {limits.EXACT_WORK:,} (limits.EXACT_WORK)"
+        dense_tiles = E.slow and n > limits.DENSE_FALLBACK_N
+        if dense_tiles and tiles_ok:
+            skip("tiles", f"strides/summaries with a combined period > {PERIOD_LIMIT:,} are counted pair by pair, "
+                          f"which is meant for n <= {limits.DENSE_FALLBACK_N:,}")
         c: Optional[int] = None
         if cheap:
             c = E.total()
@@ -404,7 +408,7 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
                 c = eval_int(fc, n)
             else:
                 skip("allowed pairs", f"no closed form, and the exact count needs {why}")
-        tm = tiles.tile_map(e, n, bm, bn) if tiles_ok else None
+        tm = tiles.tile_map(e, n, bm, bn) if tiles_ok and not dense_tiles else None
         if cheap:
             er, erf = reach.empty_rows(e, n)
             r = reach.full_reach(e, n, structural_only=structural) if multi else None

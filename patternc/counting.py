@@ -121,6 +121,11 @@ class Engine:
                 w += 2 * (n // v.args[0] + 1)
         return w + (self.P if self.pvs else 0)
 
+    @property
+    def work_unit(self) -> str:
+        """What `work` counts."""
+        return "pairs" if self.slow else "rows" if self.mixed else "row ranges"
+
     # ---------------------------------------------------------- ranges
     def _step_points(self, s0, s1):
         pidx, ppos = [], []

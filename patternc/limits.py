@@ -15,3 +15,4 @@ MAX_HEAD_DIM = 1 << 16
 # the report says what it skipped and why (Analysis.skipped).
 EXACT_WORK = 1 << 22  # ranges/rows the exact counter may visit (counting.Engine.work)
 TILE_ROWS = 1 << 17  # query tiles of the tile map and of the kernel simulation
+DENSE_FALLBACK_N = 16384  # tiles of patterns the counter can only count pair by pair

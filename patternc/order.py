@@ -95,7 +95,7 @@ def leading_term(f) -> Optional[Leading]:
         return Leading(Fraction(0), Fraction(0))
     c1 = Fraction(values[1], _power(PROBES[1], a))
     c2 = Fraction(values[2], _power(PROBES[2], a))
-    r = c2.limit_denominator(1 << 16)
+    r = c2.limit_denominator(1 << 40)
     if abs(r - c2) <= abs(r) * 1e-12 and abs(r - c1) <= abs(r) * 1e-9:
         return Leading(a, r)
     return Leading(a, float(c2))

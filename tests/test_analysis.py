@@ -317,3 +317,15 @@ def test_the_analyses_never_load_the_lowering():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_pair_by_pair_patterns_skip_their_tiles_at_long_lengths():
+    """Two strides whose combined period is beyond the counter's tables: the count comes from the
+    closed form, the tile map (pair by pair) is skipped past 16,384 and said so."""
+    p = resolve_source("stride(4099) | stride(4111)")
+    a = analyze(p, 20000)
+    assert a.tiles is None and any("counted pair by pair" in s for s in a.skipped)
+    assert a.leading_term == "8209*n**2/16850989" and a.order == "O(n^2)"
+    d = 4099 * 4111
+    assert a.nnz == sum((20000 - abs(k)) for k in range(-19999, 20000) if k % 4099 == 0 or k % 4111 == 0)
+    assert d > 4 << 20
