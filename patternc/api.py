@@ -4,10 +4,13 @@ from __future__ import annotations
 import os
 import re
 import types
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import PatternError
 from .frontend import Pattern, parse_program, resolve
+
+if TYPE_CHECKING:  # the real import is lazy (numpy)
+    from .analysis import Analysis
 
 BACKENDS = ("triton", "reference", "flex")
 
@@ -114,14 +117,50 @@ def _in_file(e: PatternError, p: Pattern) -> PatternError:
     return e
 
 
-def analyze(pattern: Union[Pattern, str], n: int, heads: Optional[int] = None, tile: int = 128, **kw):
-    """Cost, tiles and reachability of a pattern at length n (see patternc.analysis)."""
-    from .analysis import analyze as _analyze
+def analyze(pattern: Union[Pattern, str, os.PathLike], n: int, heads: Optional[int] = None,
+            tile: Union[int, tuple] = 128, head_dim: int = 128, kernel: bool = True) -> "Analysis":
+    """Cost, closed form, tiles, reachability and kernel plan of a pattern at sequence length n.
+
+    Arguments:
+        pattern: a `Pattern` from `parse`, or what `parse` accepts (a path to a .attn file or
+            source text; the last pattern defined is used).
+        n: the sequence length, 1 <= n <= 2**30 (patternc.limits.MAX_N).  The closed form in
+            `nnz_formula` holds for every n; parts whose cost grows with n are skipped at very
+            long lengths, and `skipped` lists them with the reason.
+        heads: number of heads (at most 65536).  A pattern with `heads { ... }` fixes its own
+            count (None, or that count); otherwise the same pattern runs on every head and
+            nnz, flops, tiles and the closed form are totals over the heads.  Default 1.
+        tile: tile size of the tile map, an int or a (rows, keys) pair (default 128).
+        head_dim: head dimension, used for the flop counts (default 128, at most 65536).
+        kernel: also ask the Triton lowering what its kernels do (tile shape, passes, the
+            pairs they compute, the backward's dq strategy); False skips it (faster).
+
+    Returns:
+        An `Analysis` (patternc.analysis): nnz, density, nnz_formula (sympy syntax),
+        order and leading_term, flops_fwd / flops_bwd, tiles and tile_efficiency,
+        kernel_tile_efficiency and kernel_plan, empty_rows, layers_to_full_reach, per_head
+        for multi-head patterns, skipped; `format_table()` is what `patternc analyze` prints,
+        `to_dict()` its `--json`.
+
+    Raises:
+        PatternError: the pattern does not parse or resolve, is invalid at length n (located,
+            like the compiler's errors), or an argument is out of range (the message names
+            the limit).
+
+    Example:
+        >>> import patternc
+        >>> a = patternc.analyze("pattern p(w = 256, g = 16) = local(w) | global(g)", 65536)
+        >>> a.nnz, a.nnz_formula, a.order
+        (35642864, 'Piecewise((n**2, n <= 272), (545*n - 74256, True))', 'O(n·(w + g))')
+    """
+    from .analysis import analyze as analyze_ir  # lazy: numpy is not needed to check or compile
+    from .backends.kernel_report import kernel_report
 
     if not isinstance(pattern, Pattern):
         pattern = parse(pattern)
     try:
-        return _analyze(pattern, n, heads=heads, tile=tile, **kw)
+        result = analyze_ir(pattern, n, heads=heads, tile=tile, head_dim=head_dim)
+        return result.with_kernel(kernel_report(pattern, result.n, result.heads)) if kernel else result
     except PatternError as e:
         raise _in_file(e, pattern) from None
 

@@ -10,12 +10,16 @@ matplotlib, torch) happen inside the commands that need them, so `check` and
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from .errors import PatternError
+from . import __version__, api, limits, show
+from .errors import PatternError, did_you_mean
+from .frontend import check_program, parse_program, resolve
 
 MAX_MASK_N = 32768  # a dense bool mask takes n*n bytes: 1 GiB at this size
 MAX_MASK_BYTES = 1 << 30
@@ -65,10 +69,7 @@ def _defines(items: Optional[list], filename: str) -> dict:
 
 def _load(args: argparse.Namespace):
     """Read, parse and resolve the pattern the command works on."""
-    from .api import read_source
-    from .frontend import parse_program, resolve
-
-    source = read_source(args.file)
+    source = api.read_source(args.file)
     prog = parse_program(source, args.file)
     return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file), "-D")
 
@@ -164,10 +165,7 @@ def _check_all_lengths(pattern, policy: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .api import read_source
-    from .frontend import check_program, parse_program
-
-    source = read_source(args.file)
+    source = api.read_source(args.file)
     prog = parse_program(source, args.file)
     for pattern in check_program(prog):
         _check_all_lengths(pattern, _empty_rows_policy(args))
@@ -208,8 +206,6 @@ def _check_empty_rows(pattern, n: int, reported, policy: str = "error") -> None:
     count, first = _empty_rows_info(reported)
     if count == 0 or policy == "ignore":
         return
-    from . import show
-
     heads = list(range(pattern.num_heads)) if pattern.num_heads else [0]
     complete = n * n * len(heads) <= SCAN_PAIRS
     if count is None and not complete:
@@ -241,21 +237,24 @@ def _check_empty_rows(pattern, n: int, reported, policy: str = "error") -> None:
     _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
 
 
+def _check_analyze_limits(args: argparse.Namespace) -> None:
+    """The documented limits of `analyze` (patternc.limits), checked before any work."""
+    for option, value, limit in (("--n", args.n, limits.MAX_N), ("--heads", args.heads, limits.MAX_HEADS),
+                                 ("--tile", args.tile, limits.MAX_TILE), ("--head-dim", args.head_dim,
+                                                                          limits.MAX_HEAD_DIM)):
+        if value is not None and value > limit:
+            extra = " (2^30; the closed form in nnz(n) holds for every n)" if option == "--n" else ""
+            raise _fail(f"{option} {value} is too large: analyze accepts {option} <= {limit:,}{extra}", args.file)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    _check_analyze_limits(args)
     pattern = _load(args)
     _concrete(pattern, args.n)  # located errors for n-dependent checks come first
-    try:
-        from .api import analyze
-        result = analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("patternc"):
-            raise _fail("analysis is not available in this installation (patternc.analysis is missing)") from None
-        raise
+    result = api.analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
     data = result.to_dict()
     _check_empty_rows(pattern, args.n, data.get("empty_rows"), _empty_rows_policy(args))
     if args.json:
-        import json
-
         print(json.dumps(data, indent=2, default=str))
     else:
         print(result.format_table())
@@ -276,11 +275,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
     if len(heads) * n * n > MAX_MASK_BYTES:
         raise _fail(f"a ({len(heads)}, {n}, {n}) mask takes {len(heads) * n * n / 2 ** 30:.1f} GiB; "
                     f"pick one head with --head", pattern.filename)
-    import io
-
-    import numpy as np
-
-    from . import show
+    import numpy as np  # lazy: only the commands that build arrays pay for numpy
 
     masks = [show.dense_mask(expr, n, head=h) for h in heads]
     m = masks[0] if len(masks) == 1 and (pattern.num_heads is None or args.head is not None) else np.stack(masks)
@@ -293,13 +288,13 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from . import show
-
     pattern = _load(args)
     n = args.n
     if n > show.MAX_N:
         raise _fail(f"--n {n} is too large to draw (the limit is {show.MAX_N}); "
                     f"use `patternc analyze` for long sequences", pattern.filename)
+    if args.tile > show.MAX_N:
+        raise _fail(f"--tile {args.tile} is too large: show accepts --tile <= {show.MAX_N}", pattern.filename)
     if args.output:
         try:
             fmt = show.picture_format(args.output)
@@ -324,15 +319,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .api import BACKENDS, compile as compile_pattern
-    from .errors import did_you_mean
-
-    if args.backend not in BACKENDS:
-        raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, BACKENDS)}; "
-                    f"choose one of: {', '.join(BACKENDS)}")
+    if args.backend not in api.BACKENDS:
+        raise _fail(f"unknown backend '{args.backend}'{did_you_mean(args.backend, api.BACKENDS)}; "
+                    f"choose one of: {', '.join(api.BACKENDS)}")
     pattern = _load(args)
     _check_all_lengths(pattern, _empty_rows_policy(args))
-    text = compile_pattern(pattern, args.backend, standalone=args.standalone)
+    text = api.compile(pattern, args.backend, standalone=args.standalone)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -346,8 +338,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- argument parsing
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     p = argparse.ArgumentParser(prog="patternc", description="A compiler for sparse attention patterns (.attn files).")
     p.add_argument("--version", action="version", version=f"patternc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

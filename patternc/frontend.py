@@ -764,7 +764,7 @@ def _bounded_value(e, n: int, memo: dict) -> int:
     if isinstance(e, ix.NVar):
         return n
     if id(e) not in memo:  # shared subexpressions (user patterns, band bounds) count once
-        v = ix._apply(e.op, [_bounded_value(a, n, memo) for a in e.args])
+        v = ix.apply_op(e.op, [_bounded_value(a, n, memo) for a in e.args])
         if abs(v) > ix.MAX_ABS:
             text = str(e)
             text = text if len(text) <= 80 else text[:80] + "..."

@@ -53,7 +53,8 @@ class EvalError(ValueError):
     """Raised when an expression has no value (division by zero, isqrt of a negative)."""
 
 
-def _apply(op: str, vals: list[int]) -> int:
+def apply_op(op: str, vals: list[int]) -> int:
+    """The value of one operator on integer arguments (Python floor semantics)."""
     if op == "+":
         return vals[0] + vals[1]
     if op == "-":
@@ -87,7 +88,7 @@ MAX_ABS = 1 << 62
 def make(op: str, *args: IntExpr) -> IntExpr:
     """Build an operator node, folding constants and trivial identities."""
     if all(isinstance(a, Const) for a in args):
-        v = _apply(op, [a.value for a in args])
+        v = apply_op(op, [a.value for a in args])
         if abs(v) > MAX_ABS:
             raise EvalError(f"integer {v} is too large")
         return Const(v)
@@ -128,7 +129,7 @@ def evaluate(e: IntExpr, n: int) -> int:
         return e.value
     if isinstance(e, NVar):
         return n
-    return _apply(e.op, [evaluate(a, n) for a in e.args])
+    return apply_op(e.op, [evaluate(a, n) for a in e.args])
 
 
 def depends_on_n(e: IntExpr) -> bool:

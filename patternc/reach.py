@@ -35,7 +35,9 @@ Methods, tried in order; each is exact where it applies:
 When none applies the result is undecided: `layers_to_full_reach` raises
 ReachUndecided and `full_reach` reports decided=False (the analysis prints
 "unknown").  `full_reach(..., structural_only=True)` skips the methods whose cost
-grows with n^2 (the analysis uses it for n > EXACT_N).
+grows with n^2 (the analysis uses it for n > EXACT_N); above ARRAY_N the methods that need
+arrays of n positions (sumsets, twin classes) are skipped too, so that n = 2^30 costs what
+the pattern's row ranges cost.
 """
 from __future__ import annotations
 
@@ -46,12 +48,15 @@ from typing import Optional
 import numpy as np
 
 from . import ir
-from .cost import atoms_of, atom_truth, count_nnz, engine, eval_formula, view
+from .atoms import atom_truth, atoms_of, eval_formula, view
+from .counting import count_nnz, engine
 from .intexpr import Const
+from .semantics import allowed, dense_mask_numpy
 
 DENSE_N = 1024  # dense boolean matrix powers up to this n
 QUOTIENT_MAX = 2048  # largest twin quotient solved densely
 EXACT_N = 65536  # above this, the analysis only runs the structural methods
+ARRAY_N = 1 << 22  # above this, no method allocates arrays of n positions (sumsets, twin classes)
 
 
 class ReachUndecided(ValueError):
@@ -146,7 +151,7 @@ def why_never(A: np.ndarray, causal: bool) -> str:
     """Why no number of layers reaches every target pair, for a graph that dense_layers gave up
     on: the attention graph (edge i -> j when i attends j) is split into components that never
     exchange information, or it is periodic (walks of a given length only join some pairs)."""
-    import networkx as nx
+    import networkx as nx  # lazy: a third of a second of start-up that only this rare case needs
 
     G = nx.from_numpy_array(A.astype(np.int8), create_using=nx.DiGraph)
     comps = nx.number_strongly_connected_components(G)
@@ -160,8 +165,6 @@ def why_never(A: np.ndarray, causal: bool) -> str:
 
 
 def dense_mask(expr, n: int) -> np.ndarray:
-    from .semantics import dense_mask_numpy
-
     return dense_mask_numpy(expr, n)
 
 
@@ -413,7 +416,7 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         if _count(ir.inter([e, ir.neg(ir.block(Const(b)))]), n) == 0:
             return done(None, f"every allowed pair stays inside a block of {b}")
     # causal patterns of i - j only: sumsets of the allowed differences
-    if causal and _d_only(e, n):
+    if causal and n <= ARRAY_N and _d_only(e, n):
         D = _differences(e, n)
         w = int(np.argmin(D)) - 1 if not D.all() else n - 1  # D starts with [0, w]
         if not D[w + 1:].any():
@@ -437,7 +440,17 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             if pre.any():
                 p = int(cps[pre][0])
                 return done(None, f"queries < {p} never attend a key >= {p}")
-    spans = None if structural_only else _spans(E)
+    scan = not structural_only
+    if scan and not causal and tabE is None and _d_only(e, n):
+        # the row scans below (closed suffix, hub, interval rows) decided from the allowed
+        # differences: O(n) arrays instead of every row's segments (dilated unions at 65536)
+        got = _d_only_scan(e, n)
+        if got is not None:
+            layers, method = got
+            if method:
+                return done(layers, method)
+            scan = False  # no hub, rows are not intervals: the scans cannot decide it
+    spans = _spans(E) if scan else None
     if spans is not None:  # the same, complete: every cut point
         cnt, lo, hi = spans
         sufmin = np.minimum.accumulate(lo[::-1])[::-1]
@@ -449,7 +462,7 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             p = np.nonzero(premax[:-1] < np.arange(1, n))[0]
             if len(p):
                 return done(None, f"queries < {int(p[0]) + 1} never attend a key >= {int(p[0]) + 1}")
-    tspans = None if structural_only else _spans(Et)
+    tspans = _spans(Et) if scan else None
     ccnt = None if tspans is None else tspans[0]
     if not causal:
         rows_full = tabE.full_rows(n) if tabE is not None else (None if spans is None else np.nonzero(spans[0] == n)[0])
@@ -490,12 +503,10 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
             ccnt is not None and _causal_two_hop(e, n, ccnt == n - np.arange(n)))
         if two:
             return done(2, "two hops through downward-full (summary/sink) columns")
-    tw = twin_classes(e, n)
+    tw = twin_classes(e, n) if n <= ARRAY_N else None
     if tw is not None and not causal:
         cls, rep = tw
         if len(rep) <= QUOTIENT_MAX:
-            from .semantics import allowed
-
             Aq = np.ascontiguousarray(np.broadcast_to(allowed(e, rep[:, None], rep[None, :], n),
                                                       (len(rep), len(rep))))
             L = dense_layers(Aq, False)
@@ -506,7 +517,34 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         L = dense_layers(A, causal)
         return done(L, "boolean matrix powers" if L is not None else f"boolean matrix powers: {why_never(A, causal)}")
     why = "no structural rule applies" + (f" (n > {EXACT_N}: only structural rules run)" if structural_only else "")
+    if n > ARRAY_N:
+        why += f"; rules that need arrays of n positions are skipped above n = {ARRAY_N:,}"
     return Reach(None, False, why, causal)
+
+
+def _d_only_scan(e, n: int) -> Optional[tuple]:
+    """For a non-causal pattern of i - j only, what the row scans of `full_reach` would find:
+    (layers, method) for a closed suffix or a hub, (None, "") when they would find nothing
+    (no hub, and some row is not an interval), None when unsure (then scan)."""
+    d = np.arange(-(n - 1), n, dtype=np.int64)  # index k <-> difference d = k - (n - 1)
+    i = np.maximum(d, 0)
+    j = i - d
+    env = {a: atom_truth(view(a, n), i, j, n) for a in atoms_of(e)}
+    D = np.broadcast_to(eval_formula(e, env), d.shape)
+    if not D[n:].any():  # no positive difference: rows i >= 1 never reach key 0
+        return None, "queries >= 1 never attend a key below 1"
+    S = np.concatenate([[0], np.cumsum(D, dtype=np.int64)])
+    p = np.arange(n)
+    row_full = S[p + n] - S[p] == n  # row p: differences p - n + 1 .. p
+    col_full = S[2 * n - 1 - p] - S[n - 1 - p] == n  # column p: differences -p .. n - 1 - p
+    hub = np.nonzero(row_full & col_full)[0]
+    if len(hub):
+        return 2, f"position {int(hub[0])} attends and is attended by every position"
+    at = np.nonzero(D)[0]
+    gaps = np.diff(at)
+    if ((gaps >= 2) & (gaps <= n - 1)).any():  # a row sees both ends of a gap: not an interval
+        return None, ""
+    return None
 
 
 def _spans(E, *args):
@@ -560,8 +598,6 @@ def _downward_prefix(tabT: RowFn, n: int) -> int:
 def _causal_two_hop(e, n: int, down: np.ndarray) -> bool:
     """Certificate for A^2 covering j <= i: for each key j, the first downward-full column
     k >= j that attends j covers every i >= k; rows j..k-1 must attend j directly."""
-    from .semantics import allowed
-
     cols = np.nonzero(down)[0]
     j = np.arange(n, dtype=np.int64)
     g = np.full(n, n, np.int64)
@@ -608,8 +644,6 @@ def image(expr_at_n, n: int, S: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return out
     if E.slow or E.fsum:
-        from .semantics import allowed
-
         j = np.arange(n, dtype=np.int64)[None, :]
         for k in range(0, len(rows), 256):
             r = rows[k:k + 256, None]
@@ -669,8 +703,6 @@ def reaches(expr_at_n, n: int, a: int, b: int, L: int) -> bool:
     e = expr_at_n
     tw = twin_classes(e, n)
     if tw is not None and len(tw[1]) <= QUOTIENT_MAX:
-        from .semantics import allowed
-
         cls, rep = tw
         Aq = np.ascontiguousarray(np.broadcast_to(allowed(e, rep[:, None], rep[None, :], n), (len(rep), len(rep))))
         S = np.zeros(len(rep), bool)

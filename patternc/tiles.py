@@ -18,10 +18,10 @@ exact per-tile states: if the pattern is constant given them, or depends on a
 single partial atom, the state follows directly; otherwise (two interacting
 partial atoms, a negation of a combination, random blocks overlapping band
 edges...) the tile's allowed pairs are counted exactly with the rectangle
-counter of `patternc.cost` (closed-form sums over row ranges, not an evaluation
+counter of `patternc.counting` (closed-form sums over row ranges, not an evaluation
 of the tile's pairs), and EMPTY/FULL/PARTIAL follow from the count.  The one
 exception is the counter's own fallback: for several strides/summaries whose
-combined period exceeds cost.PERIOD_LIMIT it evaluates just that tile with
+combined period exceeds counting.PERIOD_LIMIT it evaluates just that tile with
 `semantics.allowed`.
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Optional
 import numpy as np
 
 from . import ir
-from .cost import _ragged, atoms_of, engine, eval_formula, random_picks, view
+from .atoms import atoms_of, eval_formula, random_picks, view
+from .counting import count_nnz, engine, ragged
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 MAX_ENUM = 12  # partial atoms enumerated exhaustively when checking which ones matter
@@ -98,7 +99,7 @@ class TileMap:
 
     def tiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every non-empty tile as arrays (qt, kt, state), sorted by (qt, kt)."""
-        own, off = _ragged(np.zeros(len(self.qt), np.int64), self.run_lengths)
+        own, off = ragged(np.zeros(len(self.qt), np.int64), self.run_lengths)
         kt = self.k0[own] + off * self.step[own]
         qt, st = self.qt[own], self.state[own]
         order = np.lexsort((kt, qt))
@@ -190,7 +191,7 @@ def _breakpoints(views, n: int, bm: int, bn: int):
     def span(x0, x1):  # every tile index touching keys [x0, x1], plus the one after
         t0 = np.clip(x0 // bn, 0, nkt)
         t1 = np.clip(x1 // bn + 1, 0, nkt)
-        own, kt = _ragged(t0, np.maximum(0, t1 - t0 + 1))
+        own, kt = ragged(t0, np.maximum(0, t1 - t0 + 1))
         qs.append(qt[own])
         ks.append(kt)
 
@@ -211,14 +212,14 @@ def _breakpoints(views, n: int, bm: int, bn: int):
         elif k == "block":
             b = a[0]
             q0, q1 = a0 // b, (a1 - 1) // b
-            own, beta = _ragged(q0, q1 - q0 + 2)
+            own, beta = ragged(q0, q1 - q0 + 2)
             t = np.clip((beta * b) // bn, 0, nkt)
             qs.extend([qt[own], qt[own]])
             ks.extend([t, np.minimum(t + 1, nkt)])
         elif k == "random":
             r, b, seed = a
             q0, q1 = a0 // b, (a1 - 1) // b
-            own, qb = _ragged(q0, q1 - q0 + 1)
+            own, qb = ragged(q0, q1 - q0 + 1)
             picks = random_picks(r, b, seed, n, qb)
             for col in range(picks.shape[1]):
                 for x in (picks[:, col] * b, picks[:, col] * b + b):
@@ -337,7 +338,7 @@ def tile_map(expr_at_n, n: int, bm: int, bn: Optional[int] = None) -> TileMap:
         pi = 1
         for k in per:
             pi = math.lcm(pi, _period_tiles(views[k], bn))
-        own, rho = _ragged(np.zeros(len(q), np.int64), np.minimum(pi, k1 - k0))
+        own, rho = ragged(np.zeros(len(q), np.int64), np.minimum(pi, k1 - k0))
         tq, tk, tk1 = q[own], k0[own] + rho, k1[own]
         step = np.where(tk1 - k0[own] > pi, pi, tk1 - tk)
         ta0, ta1, tb0, tb1 = rect(tq, tk)
@@ -369,8 +370,6 @@ def tile_map(expr_at_n, n: int, bm: int, bn: Optional[int] = None) -> TileMap:
 def tile_efficiency(expr_at_n, n: int, bm: int, bn: Optional[int] = None, nnz: Optional[int] = None) -> float:
     """Allowed pairs / pairs inside non-empty tiles (pairs counted only inside 0..n-1).
     1.0 when no tile is visited."""
-    from .cost import count_nnz
-
     if isinstance(expr_at_n, ir.Heads):
         tot = vis = 0
         for c in expr_at_n.cases:

@@ -12,7 +12,7 @@ from patternc import semantics
 from patternc.analysis import Analysis, analyze
 from patternc.errors import PatternError
 
-from conftest import resolve_source
+from conftest import ROOT, resolve_source
 from test_cost import EXAMPLES
 from test_tiles import brute as brute_tiles
 
@@ -149,6 +149,10 @@ def test_every_example_at_a_million():
 
 
 def test_kernel_plan_names_passes_and_split_global_rows():
+    """Lowering's part of the report comes from the API, which composes it (the analysis itself
+    never asks the code generator)."""
+    analyze = patternc.analyze
+    assert patternc.analysis.analyze(resolve_source("causal"), 64).kernel_plan == ()
     lf = analyze(resolve_source("pattern p = local(256) | global(16)"), 65536)
     assert lf.kernel_plan == ("pass 0: tokens in order, 3 terms; global rows 0..15 split into chunks; "
                               "global key columns 0..15 split into chunks",)
@@ -167,7 +171,7 @@ def test_kernel_plan_names_passes_and_split_global_rows():
 
 def test_analysis_says_whether_gradients_are_bit_exact():
     """The report names the backward's dq strategy, the same rule the Triton module uses."""
-    import patternc
+    analyze = patternc.analyze
     for src, atomic in (("local(256) | global(16)", False), ("causal", False), ("local(64, dilation=4)", False),
                         ("causal & (local(127) | stride(128))", True),
                         ("local(127) | global(128) | random(3, block=64)", True),
@@ -178,3 +182,150 @@ def test_analysis_says_whether_gradients_are_bit_exact():
         assert a.to_dict()["bit_exact_gradients"] == ("only with PATTERNC_DETERMINISTIC=1" if atomic else "yes")
         assert ("added atomically" in a.format_table()) is atomic
         assert patternc.load(p, backend="triton").SPEC.schedule.fused_dq == atomic, src
+
+
+# ---------------------------------------------------------------- issues users reported
+
+LONGNET_SMALL = "pattern p(w = 8, r1 = 2, r2 = 4) = local(w) | local(w, dilation=r1) | local(w, dilation=r2)"
+
+
+def _brute_nnz(p, n: int) -> int:
+    e = p.at(n)
+    heads = e.cases if hasattr(e, "cases") else None
+    if heads:
+        return sum((c.hi - c.lo + 1) * int(semantics.dense_mask_numpy(c.expr, n).sum()) for c in heads)
+    return int(semantics.dense_mask_numpy(e, n).sum())
+
+
+@pytest.mark.parametrize("src,order,lead", [
+    ("pattern p(w = 16, g = 4) = local(w) | global(g)", "O(n·(w + g))", 41),  # 2w + 2g + 1 keys per row
+    (LONGNET_SMALL, "O(n·w)", None),
+    ("pattern p(w = 4, r1 = 3, r2 = 5) = local(w, dilation=r1) | local(w, dilation=r2)", "O(n·w)", None),
+    ("pattern p(sinks = 4, w = 20) = causal & (sink(sinks) | local(w))", "O(n·(sinks + w))", 25),
+])
+def test_order_of_unions_comes_from_the_leading_term(src, order, lead):
+    """The order is the leading term of the closed form in n (Longformer used to read O(n·w·g),
+    a union of dilated windows O(n/r1/r2)); checked against brute-force counts at several n."""
+    p = resolve_source(src)
+    a = analyze(p, 512, tile=64)
+    assert a.order == order
+    coef = int(a.leading_term.split("*")[0])
+    assert a.leading_term == f"{coef}*n"
+    if lead is not None:
+        assert coef == lead
+    # linear past the windows: every extra query row adds exactly `coef` pairs
+    counts = {n: _brute_nnz(p, n) for n in (256, 512, 1024, 2048)}
+    for n in (256, 512, 1024):
+        assert counts[2 * n] - counts[n] == coef * n, (src, n)
+    assert a.nnz == counts[512]
+
+
+def test_order_names_ratios_and_products():
+    fixed = patternc.analysis.order_of(resolve_source("pattern p(l = 64, c = 4) = causal & fixed(l, c)"))
+    assert fixed == ("O(n^2·c/l)", "n**2/32")  # c / (2 l) of the lower triangle
+    p = resolve_source("pattern p(l = 64, c = 4) = causal & fixed(l, c)")
+    assert _brute_nnz(p, 1024) == analyze(p, 1024).nnz
+    # leading term n^2 / 32: second differences over one period (64) are 2 * 64^2 / 32
+    b = [_brute_nnz(p, 1000 + 64 * k) for k in range(3)]
+    assert b[2] - 2 * b[1] + b[0] == 2 * 64 ** 2 // 32
+
+
+def test_heads_keep_the_closed_form(cli):
+    """`--heads 16` used to print "no closed form": the total is 16 times the shared form."""
+    p = resolve_source("pattern p(w = 16, g = 4) = local(w) | global(g)")
+    one, many = analyze(p, 300), analyze(p, 300, heads=16)
+    assert one.nnz_formula == "Piecewise((n**2, n <= 20), (41*n - 420, True))"
+    assert many.nnz_formula == "Piecewise((16*n**2, n <= 20), (656*n - 6720, True))"
+    assert many.nnz == 16 * one.nnz == 16 * (41 * 300 - 420)
+    r = cli("analyze", "examples/longformer.attn", "--n", 4096, "--heads", 16, "--json", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["nnz_formula"] == "Piecewise((16*n**2, n <= 272), (8720*n - 1188096, True))"
+    assert data["nnz"] == 8720 * 4096 - 1188096
+
+
+def test_longnet_union_is_fast_and_readable():
+    """A union of dilated windows took 8-11 s and printed a 9,798-character formula."""
+    p = patternc.parse(str(ROOT / "examples" / "longnet.attn"))
+    analyze(resolve_source("local(3) | local(2, dilation=2)"), 512)  # imports
+    t = time.process_time()
+    a = patternc.analyze(p, 65536)
+    took = time.process_time() - t
+    assert took < 2.0, took
+    assert a.nnz_formula_large_n == (2050, "1281*n - 755712")
+    assert len(a.nnz_formula) < 300 and "Max" not in a.nnz_formula and "floor" not in a.nnz_formula
+    assert a.nnz == 1281 * 65536 - 755712 and a.order == "O(n·w)" and a.leading_term == "1281*n"
+    assert "1281*n - 755712 for n >= 2,050" in a.format_table()
+    # every piece of the printed formula, against brute force
+    import sympy as sp
+    small = resolve_source(LONGNET_SMALL)
+    sym = sp.Symbol("n", integer=True, positive=True)
+    f = sp.sympify(analyze(small, 200).nnz_formula, locals={"n": sym})
+    for n in list(range(1, 70)) + [97, 128, 200]:
+        assert int(f.subs(sym, n)) == _brute_nnz(small, n), n
+
+
+def test_the_api_docstring_is_real():
+    """help(patternc.analyze): arguments, errors and a working example."""
+    import doctest
+
+    doc = patternc.analyze.__doc__
+    for word in ("pattern:", "n:", "heads:", "tile:", "head_dim:", "kernel:", "Raises:", "PatternError", "2**30"):
+        assert word in doc, word
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(patternc.api.analyze, "analyze", globs={"patternc": patternc}):
+        runner.run(test)
+    summary = runner.summarize(verbose=False)
+    assert summary.failed == 0 and summary.attempted >= 2
+
+
+def test_long_lengths_are_bounded():
+    """n = 2^30 answers from the closed form in seconds, saying what it skipped; above the limit
+    the error names it."""
+    p = resolve_source("pattern p(w = 256, g = 16) = local(w) | global(g)")
+    analyze(p, 4096)
+    t = time.process_time()
+    a = patternc.analyze(p, 1 << 30)
+    assert time.process_time() - t < 5.0
+    assert a.nnz == 545 * (1 << 30) - 74256 and a.layers_to_full_reach == 2 and a.empty_rows == 0
+    assert a.tiles is None and a.tile_efficiency is None and a.kernel_tile_efficiency is None
+    assert any(s.startswith("tiles: 8,388,608 query tiles") for s in a.all_skipped)
+    assert "skipped" in a.format_table() and a.to_dict()["skipped"] == list(a.all_skipped)
+    json.dumps(a.to_dict())
+    for bad in (1 << 31, 10 ** 20):
+        with pytest.raises(PatternError, match="the limit is 1,073,741,824"):
+            analyze(p, bad)
+    with pytest.raises(PatternError, match="heads = 70000 is too large"):
+        analyze(p, 64, heads=70000)
+    # no closed form: the exact count is bounded too, and said so
+    big = patternc.analyze(resolve_source("local(64) | random(2, block=16)"), 1 << 30)
+    assert big.nnz is None and any("allowed pairs: no closed form" in s for s in big.skipped)
+
+
+def test_the_analyses_never_load_the_lowering():
+    """grammar -> front end -> IR -> analyses -> lowering -> backends: analysing a pattern loads
+    neither the code generator nor sympy (the formula text is written without it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from patternc import analysis; from patternc.frontend import parse_program, resolve; "
+            "p = resolve(parse_program('pattern p(w = 8) = local(w) | global(2) | stride(5)', 'x'), None, {}); "
+            "a = analysis.analyze(p, 300); assert a.nnz_formula and a.order == 'O(n^2)', (a.nnz_formula, a.order); "
+            "print(sorted(m for m in sys.modules if m in ('patternc.lower', 'patternc.printer', 'sympy', "
+            "'patternc.cost', 'torch')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_pair_by_pair_patterns_skip_their_tiles_at_long_lengths():
+    """Two strides whose combined period is beyond the counter's tables: the count comes from the
+    closed form, the tile map (pair by pair) is skipped past 16,384 and said so."""
+    p = resolve_source("stride(4099) | stride(4111)")
+    a = analyze(p, 20000)
+    assert a.tiles is None and any("counted pair by pair" in s for s in a.skipped)
+    assert a.leading_term == "8209*n**2/16850989" and a.order == "O(n^2)"
+    d = 4099 * 4111
+    assert a.nnz == sum((20000 - abs(k)) for k in range(-19999, 20000) if k % 4099 == 0 or k % 4111 == 0)
+    assert d > 4 << 20

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -437,3 +438,40 @@ def test_compile_message_escapes_control_characters_in_the_path(cli, program, tm
     assert out.exists()
     line, = r.stdout.strip().splitlines()  # one line: the newline is shown escaped
     assert "odd\\nname.py" in line
+
+
+@pytest.mark.parametrize("n", ["2147483648", "99999999999999999999", "4611686018427387905"])
+def test_analyze_refuses_lengths_past_its_limit(cli, n):
+    """These ran for minutes (19 GB), or ended in `internal error: OverflowError / MemoryError`."""
+    r = cli("analyze", ROOT / "examples" / "longformer.attn", "--n", n, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "internal error" not in r.stderr
+    assert f"--n {n} is too large: analyze accepts --n <= 1,073,741,824" in r.stderr
+
+
+def test_analyze_options_have_limits(cli):
+    f = ROOT / "examples" / "longformer.attn"
+    for option, value, limit in (("--heads", 65537, "65,536"), ("--tile", 2 ** 31, "1,073,741,824"),
+                                 ("--head-dim", 10 ** 30, "65,536")):
+        r = cli("analyze", f, "--n", 64, option, value, timeout=60)
+        assert r.returncode == 1 and "internal error" not in r.stderr, (option, r.stderr)
+        assert f"{option} {value} is too large: analyze accepts {option} <= {limit}" in r.stderr
+
+
+def test_analyze_at_the_limit_answers_quickly(cli):
+    """n = 2^30: the closed form gives the counts; what needs per-tile work is skipped, and said."""
+    t = time.perf_counter()
+    r = cli("analyze", ROOT / "examples" / "longformer.attn", "--n", 2 ** 30, "--json", timeout=120)
+    took = time.perf_counter() - t
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["nnz"] == 545 * 2 ** 30 - 74256 and data["layers_to_full_reach"] == 2
+    assert data["tiles"] is None and any(s.startswith("tiles: ") for s in data["skipped"])
+    assert took < 30, took  # a few seconds of CPU; the margin is for a loaded test machine
+
+
+def test_show_tile_has_a_limit(cli):
+    """A huge --tile used to end in `internal error: TypeError`."""
+    r = cli("show", ROOT / "examples" / "longformer.attn", "--n", 100, "--tile", 10 ** 20, timeout=60)
+    assert r.returncode == 1 and "internal error" not in r.stderr
+    assert "--tile 100000000000000000000 is too large: show accepts --tile <= 16384" in r.stderr

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 FILES = sorted(EXAMPLES.glob("*.attn"))
 EXPECTED = {"longformer", "bigbird", "strided", "fixed", "sliding_window", "streaming", "dilated",
-            "prefix_lm", "per_head"}
+            "prefix_lm", "per_head", "longnet"}
 LENGTHS = (77, 300)
 
 

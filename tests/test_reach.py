@@ -196,7 +196,7 @@ def test_invalid_length_is_a_pattern_error():
                                  "(local(60) | keys(0, 4)) - queries(5, 9)", "local(25) | (queries(0, 500) & keys(0, 500))"])
 def test_range_level_rows_agree_with_per_row_scans(src):
     """The range-level row functions (used at huge n) against explicit per-row spans."""
-    from patternc.cost import engine
+    from patternc.counting import engine
 
     n = 2999
     e = resolve_source(src).at(n)

@@ -246,7 +246,7 @@ def test_generated_module_masks_match_the_oracle(body, n):
     try:
         modules["triton"] = patternc.load(p, backend="triton")
     except PatternError as e:
-        # The Triton backend picks tile shapes at n = 16384 (patternc.lower.choose_forward_tiles):
+        # The Triton backend picks tile shapes at n = 16384 (backends/schedule.py: choose_forward_tiles):
         # a pattern that is invalid there is refused at compile time, with a located error.
         assert "n=16384" in e.message, e.message
         with pytest.raises(PatternError):

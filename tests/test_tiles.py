@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from patternc import cost, semantics
+from patternc import counting, semantics
 from patternc.errors import PatternError
 from patternc.tiles import EMPTY, FULL, PARTIAL, tile_efficiency, tile_map
 
@@ -110,7 +110,7 @@ def test_runs_are_compact_and_fast_at_a_million():
     tm = tile_map(e, n, 128, 128)
     assert tm.n_partial + tm.n_full < nqt * nqt // 2 // 6
     eff = tile_efficiency(e, n, 128, 128)
-    assert eff == pytest.approx(cost.count_nnz(e, n) / tm.nonempty_pairs)
+    assert eff == pytest.approx(counting.count_nnz(e, n) / tm.nonempty_pairs)
 
 
 def test_efficiency_values():
