@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu_session.sh ncu [CASES]            # Nsight Compute counters; a case is PATTERN:fwd|bwd or
 #                                                         # cudnn:sdpa_causal[_bwd]; default: the performance targets' misses
 #   bash benchmarks/gpu_session.sh scale                  # Longformer at n = 2^20, then training every example
+#   bash benchmarks/gpu_session.sh ab BEFORE [N...]       # benchmarks/ab.py: this checkout's kernels against the
+#                                                         # modules in BEFORE (written by an older checkout's --emit)
 #
 # Results go to $OUT if set (a device tool's output folder), else to benchmarks/results/<gpu>/
 # (benchmarks/results_dir.py), under the names the tables have there: gpu-tests.txt, bench-d128.md/.json,
@@ -21,8 +23,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-}
-case "$STEP" in tests|bench|bench64|sweep|profile|ncu|scale) shift ;;
-    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | sweep SWEEP ARGS | profile [PATTERNS] [N] | ncu [CASES] | scale" >&2
+case "$STEP" in tests|bench|bench64|sweep|profile|ncu|scale|ab) shift ;;
+    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | sweep SWEEP ARGS | profile [PATTERNS] [N] | ncu [CASES] | scale | ab BEFORE [N...]" >&2
        exit 2 ;;
 esac
 if [ -d .whl ]; then
@@ -78,6 +80,9 @@ case "$STEP" in
     profile) { provenance; timeout 570 python3 benchmarks/host_overhead.py --backward --n "${2:-65536}" \
                    --patterns "${1:-causal,prefix_lm}" --profile none; } 2>&1 | tee "$OUT/kernel-times.txt" ;;
     ncu)     ncu_cases ${*:-$NCU_CASES} ;;
+    ab)      BEFORE=$1; shift
+             timeout 570 python3 benchmarks/ab.py --before "$BEFORE" --n ${*:-16384 65536} --d 128 --out "$OUT" \
+                 --tag ab-d128 ;;
     scale)   { provenance; timeout 120 python3 benchmarks/scale_check.py; } 2>&1 | tee "$OUT/scale.txt"
              { provenance; timeout 420 python3 benchmarks/train_check.py --examples --n 2048; } 2>&1 | tee "$OUT/train.txt" ;;
 esac
