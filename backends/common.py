@@ -170,8 +170,15 @@ def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")
 
 
 def random_imports(text: str) -> Optional[str]:
-    names = [x for x in ("random_block", "random_mask", "random_pick", "random_picked") if uses_name(text, x)]
-    return f"from patternc.runtime.random_blocks import {', '.join(names)}" if names else None
+    """The imports of the random primitive's helpers a module's text uses: the host's pick test, the
+    kernels' Triton functions."""
+    lines = []
+    for module, names in (("random_blocks", ("random_pick",)), ("random_kernels", ("random_block", "random_mask",
+                                                                                     "random_picked"))):
+        used = [x for x in names if uses_name(text, x)]
+        if used:
+            lines.append(f"from patternc.runtime.{module} import {', '.join(used)}")
+    return "\n".join(lines) or None
 
 
 def describe_formula(expr) -> str:
