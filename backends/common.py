@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from patternc import ir
+from patternc import __version__, ir
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, IntExpr
 from patternc.lower import is_causal
@@ -44,8 +44,6 @@ def _cut(text: str, limit: int) -> str:
 def module_header(pattern: Pattern, backend: str, description: str = "") -> str:
     """The docstring that opens every generated module: what it was generated from, so a
     module found on disk can be traced back (and its cache key checked) without patternc."""
-    from patternc import __version__
-
     params = ", ".join(f"{k}={v}" for k, v in pattern.params) or "(none)"
     heads = f"{pattern.num_heads} (per-head pattern)" if pattern.num_heads else "any (same pattern for every head)"
     lines = [

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import patternc  # noqa: E402
 from patternc import printer  # noqa: E402
+from patternc.runtime.random_blocks import random_pick  # noqa: E402
 from patternc.backends.schedule import choose_forward_tiles  # noqa: E402
 from patternc.backends.walks import kernel_tile_efficiency  # noqa: E402
 
@@ -55,9 +56,9 @@ def flex_mask_mod(pattern, n: int):
     """A FlexAttention mask_mod printed from the same IR the kernels are compiled from."""
     args = printer.ArgTable()
     expr = pattern.at(n)
-    body = printer.mask_expr(expr, "q_idx", "kv_idx", args, hash_fn="_random_pick")
-    src = printer.random_source() + "\n\ndef mask_mod(b, h, q_idx, kv_idx):\n    return " + body + "\n"
-    env: dict = {"n": n}
+    body = printer.mask_expr(expr, "q_idx", "kv_idx", args, hash_fn="random_pick")
+    src = "def mask_mod(b, h, q_idx, kv_idx):\n    return " + body + "\n"
+    env: dict = {"n": n, "random_pick": random_pick}
     exec(compile(src, "<flex-mask>", "exec"), env)
     inner = env["mask_mod"]
 

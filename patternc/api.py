@@ -6,7 +6,7 @@ import re
 import types
 from typing import TYPE_CHECKING, Optional, Union
 
-from .errors import PatternError
+from .errors import PatternError, Span, did_you_mean
 from .frontend import Pattern, parse_program, resolve
 
 if TYPE_CHECKING:  # the real import is lazy (numpy)
@@ -34,7 +34,6 @@ def read_source(path: str) -> str:
         before = data[: e.start]
         line = before.count(b"\n") + 1
         col = e.start - (before.rfind(b"\n") + 1) + 1
-        from .errors import Span
         raise PatternError(f"invalid UTF-8 (byte 0x{data[e.start]:02x})", Span(line, col), "", path) from None
     return text.lstrip("\ufeff")
 
@@ -194,7 +193,6 @@ def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton", 
     if not isinstance(pattern, Pattern):
         pattern = parse(pattern)
     if backend not in BACKENDS:
-        from .errors import did_you_mean
         raise PatternError(f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; "
                            f"choose one of: {', '.join(BACKENDS)}", None, "", pattern.filename)
     if backend == "reference":

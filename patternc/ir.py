@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Optional, Union as TUnion
 
-from .intexpr import Const, IntExpr, depends_on_n, make
+from .intexpr import Const, IntExpr, depends_on_n, evaluate, make
 
 Node = TUnion["All", "Empty", "Band", "DiagMod", "Rows", "Cols", "Block", "KeyMod",
               "Random", "Not", "Union", "Inter"]
@@ -418,8 +418,6 @@ def depends_on_length(x) -> bool:
 
 def substitute_n(x, n: int):
     """The same expression with every integer argument evaluated at length n."""
-    from .intexpr import evaluate
-
     def c(e):
         return None if e is None else Const(evaluate(e, n))
 

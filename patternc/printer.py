@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from . import ir
-from .intexpr import Const, IntExpr
+from .intexpr import Const, IntExpr, to_python
 
 ArgFn = Callable[[IntExpr], str]
 
@@ -131,8 +131,6 @@ class ArgTable:
 
     def host_function(self, name: str = "_length_args") -> str:
         """`def _length_args(n)` returning a dict of the named values."""
-        from .intexpr import to_python
-
         lines = [f"def {name}(n: int) -> dict:",
                  '    """Pattern arguments that depend on the sequence length n."""']
         for e, v in self.names.items():
@@ -141,46 +139,8 @@ class ArgTable:
         return "\n".join(lines)
 
 
-ISQRT_SOURCE = '''\
-def _isqrt(x: int) -> int:
-    if x < 0:
-        raise ValueError(f"isqrt of a negative number ({x})")
-    return math.isqrt(x)'''
-
-
-RANDOM_SOURCE = '''\
-def _random_pick(i, j, r, b, seed, n):
-    """random(r, block=b, seed): key blocks are split into min(r, #blocks) equal segments
-    and query block i // b picks one block per segment by a 32-bit hash.  Works on
-    int64 tensors and Python ints alike."""
-    nkb = -(-n // b)
-    picks = min(r, nkb)
-    if picks <= 0:  # an n-dependent count can be 0 at some lengths: random(0) allows nothing
-        return (i < 0) & (j < 0)
-    qb, kb = i // b, j // b
-    t = ((kb + 1) * picks - 1) // nkb
-    start = t * nkb // picks
-    length = (t + 1) * nkb // picks - start
-    x = (seed * {seed_mul} + qb * {qb_mul} + t * {t_mul} + 1) & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = (x * {mul}) & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = (x * {mul}) & 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    return kb == start + x % length'''
-
-
-def random_source() -> str:
-    from .semantics import HASH_MUL, HASH_QB, HASH_SEED, HASH_T
-
-    return RANDOM_SOURCE.format(seed_mul=hex(HASH_SEED), qb_mul=hex(HASH_QB), t_mul=hex(HASH_T),
-                                mul=hex(HASH_MUL))
-
-
 def checks_function(pattern, table: "ArgTable", name: str = "_check_length") -> str:
     """`def _check_length(n)`: the n-dependent argument checks, as ValueErrors."""
-    from .intexpr import to_python
-
     lines = [f"def {name}(n: int) -> None:",
              '    """Reject lengths at which the pattern\'s arguments are invalid."""',
              "    if n < 1:",
@@ -190,10 +150,6 @@ def checks_function(pattern, table: "ArgTable", name: str = "_check_length") -> 
         lines.append(f"    if {to_python(c.expr)} < {c.minimum}:")
         lines.append(f'        raise ValueError(f"{msg} (n={{n}})")')
     return "\n".join(lines)
-
-
-def uses_random(expr) -> bool:
-    return any(isinstance(x, ir.Random) for x in ir.walk(expr))
 
 
 def py_string(text: str) -> str:
