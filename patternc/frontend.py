@@ -350,6 +350,16 @@ def _summary(a, ck):
     return ir.keymod(l, c)
 
 
+def _rows_mod(a, ck):
+    r, o = a["r"], a["o"]
+    ck(r, 1, "rows_mod period must be >= 1")
+    ck(o, 0, "rows_mod offset must be >= 0")
+    if isinstance(r, ix.Const) and isinstance(o, ix.Const) and o.value >= r.value:
+        raise _ArgError(f"offset o={o.value} must be < its period r={r.value}")
+    ck(ix.make("-", ix.make("-", r, o), ix.Const(1)), 0, "rows_mod offset must be < its period (r - o - 1 >= 0)")
+    return ir.rowmod(r, o)
+
+
 def _fixed(a, ck):
     return ir.union([_block({"b": a["l"]}, ck), _summary(a, ck)])
 
@@ -378,6 +388,7 @@ PRIMITIVES: dict = {
     "block": Prim(("b",), {}, _block, "i // b == j // b"),
     "summary": Prim(("l", "c"), {}, _summary, "j % l >= l - c"),
     "fixed": Prim(("l", "c"), {}, _fixed, "block(l) | summary(l, c)"),
+    "rows_mod": Prim(("r", "o"), {"o": 0}, _rows_mod, "i % r == o"),
     "random": Prim(("r",), {"block": 64, "seed": 0}, _random, "r hashed key blocks per query block"),
 }
 

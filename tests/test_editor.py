@@ -33,6 +33,7 @@ pattern mix = heads {
     0..3: base(s = 4), 4..7: random(2, block=64, seed=1) & summary(128, 8),
     8..8: fixed(16, 2) | queries(0, 10) & keys(5, n) | all - none,
 }
+pattern every_other = block(64) & stride(2) & rows_mod(2, 1)
 """
 
 
@@ -77,6 +78,7 @@ def test_pygments_token_types():
     assert pygments_type(text, "(") in Punctuation
     assert pygments_type(text, "# x") in Comment.Single
     assert pygments_type("pattern q = heads { 0..1: all }", "heads") in Keyword
+    assert pygments_type("pattern q = rows_mod(2, 1)", "rows_mod") in Name.Builtin
     assert pygments_type("pattern q = local(isqrt(n))", "isqrt") in Name.Builtin
     assert pygments_type("pattern q = local(isqrt(n))", "n") in Name.Builtin.Pseudo
 
@@ -246,6 +248,7 @@ def test_textmate_scopes():
     assert "keyword.operator.attn" in tm_scopes(text, "|")
     assert "comment.line.number-sign.attn" in tm_scopes(text, "# x")
     assert "comment.line.number-sign.attn" in tm_scopes(text, "x")
+    assert "support.function.primitive.attn" in tm_scopes("pattern q = rows_mod(2, 1)", "rows_mod")
     heads = "pattern q = heads { 0..1: local(isqrt(n)) }"
     assert "keyword.control.heads.attn" in tm_scopes(heads, "heads")
     assert "keyword.operator.range.attn" in tm_scopes(heads, "..")
