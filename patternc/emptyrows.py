@@ -55,13 +55,15 @@ class EmptyRows:
     exhaustive: bool  # every length was decided (False: the lengths above were sampled)
     typical: Optional[int] = None  # rows with no key at TYPICAL_N, when there are any
 
-    def message(self, pattern: Pattern) -> str:
+    def message(self, pattern: Pattern, what: Optional[str] = None) -> str:
+        """The warning text; `what` names the pattern (default "pattern 'NAME'")."""
         rows = f"{'at least ' if not self.complete else ''}{self.count} query row{'s' if self.count != 1 else ''}"
         heads = pattern.num_heads is not None
         listed = ", ".join(f"head {h} row {r}" if heads else str(r)
                            for r in self.first for h, r in [r if heads else (0, r)])
         more = ", ..." if self.count > len(self.first) else ""
-        text = (f"pattern '{pattern.name}' leaves query rows with no allowed key (their attention output is 0): "
+        what = what or f"pattern '{pattern.name}'"
+        text = (f"{what} leaves query rows with no allowed key (their attention output is 0): "
                 f"{rows} at n = {self.n} (first: {listed}{more})")
         if self.typical and self.n != TYPICAL_N:
             text += f", {self.typical} at n = {TYPICAL_N}"
