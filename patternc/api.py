@@ -194,7 +194,10 @@ def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "tr
 
     Returns the module's text; the same pattern and backend always give the same text.  The
     module defines `attention(q, k, v)`, `mask(n)`, `mask_rows(i, j, n)` and `PATTERN`, and binds
-    them to patternc.runtime (or to its own copy of it, with `standalone`).
+    them to patternc.runtime (or to its own copy of it, with `standalone`).  A stack's module
+    holds each distinct layer pattern once and defines `layer(i)` (layer i's attention, with
+    its own `attention`, `mask`, `mask_rows`), `attention(q, k, v, layer=i)`, `mask(n, layer=i)`,
+    `mask_rows(i, j, n, layer=i)`, `LAYERS` and `NUM_LAYERS`.
 
     Raises PatternError for what `parse` refuses and for an unknown backend, naming the
     pattern's file.
@@ -205,7 +208,7 @@ def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "tr
         >>> "attention = _bound.attention" in text
         True
     """
-    if not isinstance(pattern, Pattern):
+    if not isinstance(pattern, (Pattern, Stack)):
         pattern = parse(pattern)
     if backend not in BACKENDS:
         from .errors import did_you_mean
@@ -218,7 +221,11 @@ def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "tr
     else:
         from .backends import triton as gen
     try:
-        text = gen.emit(pattern)
+        if isinstance(pattern, Stack):
+            from .backends.stack import emit_stack
+            text = emit_stack(pattern, backend, gen.emit)
+        else:
+            text = gen.emit(pattern)
     except PatternError as e:
         raise _in_file(e, pattern) from None
     if standalone:
@@ -227,18 +234,19 @@ def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "tr
     return text
 
 
-def load(path_or_source: Union[str, os.PathLike, Pattern, None] = None, pattern: Optional[str] = None,
+def load(path_or_source: Union[str, os.PathLike, Pattern, Stack, None] = None, pattern: Optional[str] = None,
          backend: str = "triton", *, path: Union[str, os.PathLike, None] = None,
          **params: int) -> types.ModuleType:
     """Compile a pattern and import the generated module, without writing it anywhere you see.
 
     Arguments:
-        path_or_source, pattern, path, **params: as for `parse` (or a Pattern from `parse`,
-            with no `pattern` or params).
+        path_or_source, pattern, path, **params: as for `parse` (or a Pattern or Stack from
+            `parse`, with no `pattern` or params).
         backend: as for `compile`.
 
     Returns the imported module: `attention(q, k, v)` for (B, H, n, D) tensors (k and v may
-    have fewer heads), `mask(n)` and `PATTERN`.  The Triton backend's text goes to a file in
+    have fewer heads), `mask(n)` and `PATTERN`; for a stack, `layer(i)` and the rest that
+    `compile` describes.  The Triton backend's text goes to a file in
     the temporary folder, because Triton reads kernel source from files.
 
     Raises PatternError as `parse` and `compile` do; ImportError when the module's own
@@ -251,7 +259,7 @@ def load(path_or_source: Union[str, os.PathLike, Pattern, None] = None, pattern:
         >>> attn.attention(q, k, v).shape  # doctest: +SKIP
         torch.Size([1, 4, 1024, 64])
     """
-    if isinstance(path_or_source, Pattern):
+    if isinstance(path_or_source, (Pattern, Stack)):
         if pattern is not None or params or path is not None:
             raise TypeError("load(Pattern) takes no pattern name, path or parameters: parse() the file with them")
         p = path_or_source

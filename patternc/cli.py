@@ -368,7 +368,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     atomic_write(args.output, text.encode("utf-8"))
     shown = args.output if args.output.isprintable() else repr(args.output)  # no raw control characters
     what = "standalone " if args.standalone else ""
-    print(f"{shown}: {what}{args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
+    kind = f"stack '{pattern.name}' ({pattern.num_layers} layers)" if isinstance(pattern, Stack) \
+        else f"pattern '{pattern.name}'"
+    print(f"{shown}: {what}{args.backend} module for {kind} (ir hash {pattern.hash})")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Stacks of layers: the language's `stack`, reach through a stack against boolean matrix
-products, the per-layer analysis and the command line."""
+products, the per-layer analysis, the command line, and stack modules on every backend."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 import patternc
 from patternc import semantics
@@ -15,6 +16,8 @@ from patternc.frontend import Pattern, Stack, parse_program, resolve
 from patternc.stack_reach import stack_reach
 
 from conftest import ROOT
+from kernel_check import TOL, check_module
+from test_walk import run_isolated
 
 PROGRAM = """\
 pattern lf(w = 4, g = 2) = local(w) | global(g)
@@ -216,3 +219,77 @@ def test_cli_analyze_show_mask_and_check(cli, tmp_path):
     assert np.array_equal(np.load(out), np.tril(np.ones((40, 40), bool)) & ~np.tril(np.ones((40, 40), bool), -8))
     r = cli("check", f)
     assert r.returncode == 0 and "ok (1 pattern: sliding; 2 stacks: growing, gemma2)" in r.stdout
+
+
+def test_cli_warns_about_a_layer_with_empty_rows(cli, tmp_path):
+    f = tmp_path / "s.attn"
+    f.write_text("stack s = local(2), local(3) & rows_mod(3, 1)\n")
+    r = cli("check", f)
+    assert r.returncode == 0 and "layer 1 of stack 's' (local(3) & rows_mod(3, 1)) leaves query rows" in r.stderr
+    r = cli("compile", f, "-b", "reference", "-o", tmp_path / "s.py", "--empty-rows", "error")
+    assert r.returncode == 1 and "layer 1 of stack 's'" in r.stderr
+
+
+# ---------------------------------------------------------------- stack modules
+
+STACK_SRC = """\
+pattern sliding(w = 12) = causal & local(w - 1)
+stack model(w = 12) = [sliding(w), causal] * 2, causal & (local(5) | stride(6)), block(16) & stride(2) & rows_mod(2, 1) | causal & local(0)
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "flex", "triton"])
+def test_stack_module_matches_each_layer(backend):
+    """layer(i) of a stack module is layer i's pattern: forward and backward against the float64
+    dense reference (Triton: its kernels under the interpreter)."""
+    s = patternc.parse(STACK_SRC)
+    mod = patternc.load(s, backend=backend)
+    assert mod.NUM_LAYERS == 6 and mod.LAYERS == (0, 1, 0, 1, 2, 3)
+    assert mod.layer(0) is mod.layer(2) and mod.layer(0) is not mod.layer(1)
+    for k, p in enumerate(s.layers):
+        if k in (2, 3):
+            continue  # the same compiled patterns as layers 0 and 1
+        assert torch.equal(mod.mask(37, layer=k), torch.from_numpy(semantics.dense_mask_numpy(p.at(37), 37)))
+        if backend != "flex":
+            res = check_module(mod.layer(k), p, 37, D=16, H=2, HK=1)
+            assert res.lse_ok and res.worst() <= TOL[torch.float32], (k, res)
+        else:  # FlexAttention has no backward on the CPU: the forward against the reference module
+            q = k_ = v = torch.randn(1, 2, 37, 16)
+            ref = patternc.load(p, backend="reference").attention(q.double(), k_.double(), v.double())
+            assert (mod.layer(k).attention(q, k_, v) - ref).abs().max() < 1e-4, k
+    q = k_ = v = torch.randn(1, 2, 20, 8)
+    assert torch.equal(mod.attention(q, k_, v, layer=4), mod.layer(4).attention(q, k_, v))
+    with pytest.raises(IndexError, match="layer 6 is outside stack 'model': its layers are 0..5"):
+        mod.layer(6)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        mod.layer("1")
+
+
+def test_stack_module_text():
+    text = patternc.compile(patternc.parse(STACK_SRC), "triton")
+    assert text.count("PATTERN = ") == 1  # the source once, shared by the patterns
+    for k in range(4):
+        assert f"_l{k}_bound = bind(L{k}_SPEC, \"triton\")" in text and f"def _l{k}_fwd_p0(" in text
+    assert "LAYERS = (0, 1, 0, 1, 2, 3)" in text and "layer = _stack.layer" in text
+    assert "\nattention = _bound" not in text and "_bound.attention" not in text
+    assert patternc.compile(patternc.parse(STACK_SRC), "triton") == text  # deterministic
+
+
+def test_standalone_stack_module_runs_without_patternc(cli, tmp_path):
+    src = tmp_path / "s.attn"
+    src.write_text(STACK_SRC)
+    r = cli("compile", src, "--standalone", "-o", tmp_path / "sm.py")
+    assert r.returncode == 0 and "stack 'model' (6 layers)" in r.stdout, r.stderr
+    code = '''
+        import torch, sm
+        assert not [m for m in sys.modules if m.startswith("patternc")]
+        q, k, v = (torch.randn(1, 2, 37, 8, dtype=torch.float64) for _ in range(3))
+        for i in range(sm.NUM_LAYERS):
+            out = sm.attention(q, k, v, layer=i)
+            s = (q @ k.transpose(-1, -2)) / 8 ** 0.5
+            ref = torch.softmax(s.masked_fill(~sm.mask(37, layer=i), float("-inf")), -1) @ v
+            assert torch.nan_to_num((out - ref).abs()).max() < 1e-10, i
+        print("standalone stack ok")
+    '''
+    r = run_isolated(code, ("patternc",), tmp_path)
+    assert r.returncode == 0 and "standalone stack ok" in r.stdout, r.stderr[-3000:]
