@@ -142,7 +142,9 @@ def _rowmod_rect(R0, R1, C0, C1, lo, hi, m, o):
 
 
 def _cdiv(a, m):
-    return neg(fdiv(neg(a), m))
+    """ceil(a / m) for m >= 1: one floor of a + m - 1 (which the formula text reads as a
+    quasi-polynomial in n)."""
+    return fdiv(add(a, sub(m, const(1))), m)
 
 
 def _same(a, b) -> bool:

@@ -180,6 +180,8 @@ def test_flops_convention():
     ("pattern p = local(127) | global(128) | random(3, block=64)", "O(n)"),
     ("pattern p = local(3)", "O(n)"),
     ("pattern p = none", "O(1)"),
+    ("pattern p(w = 64, r = 4) = local(w) & rows_mod(r, 1)", "O(n·w/r)"),
+    ("pattern p(r = 8) = causal & rows_mod(r, 0)", "O(n^2/r)"),
 ])
 def test_asymptotic_order(src, order):
     assert analysis.order_of(resolve_source(src))[0] == order
