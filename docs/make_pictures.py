@@ -51,6 +51,8 @@ PRIMITIVES = [
     ("summary", "summary(16, 4)", 64, 16),
     ("fixed", "fixed(16, 4)", 64, 16),
     ("random", "random(2, block=8, seed=0)", 64, 16),
+    ("rows_mod", "rows_mod(4, 1)", 64, 16),
+    ("rows_mod_longnet", "block(32) & stride(4) & rows_mod(4, 1)", 64, 16),
 ]
 
 OPERATORS = [
@@ -72,6 +74,7 @@ EXAMPLES = [
     ("ex_per_head_0", ("per_head.attn", "per_head", {"w": 24, "s": 16}, 0), 256, 32),
     ("ex_per_head_4", ("per_head.attn", "per_head", {"w": 24, "s": 16}, 4), 256, 32),
     ("ex_per_head_6", ("per_head.attn", "per_head", {"w": 24, "s": 16}, 6), 256, 32),
+    ("ex_longnet_heads_1", ("longnet.attn", "longnet_heads", {"s": 32}, 1), 256, 32),
 ]
 
 _CMAP = ListedColormap(["#ffffff", "#1f3b73"])

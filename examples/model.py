@@ -24,7 +24,9 @@ Two ways to get the attention module:
     python examples/model.py --module /tmp/streaming_ref.py --n 256
 
 A per-head pattern fixes the number of heads; the model then uses the
-pattern's head count (module.NUM_HEADS) instead of --heads.  The flex backend
+pattern's head count (module.NUM_HEADS) instead of --heads.  A stack of
+layers (`stack` in the .attn file) fixes the depth: block i takes layer i's
+attention, `module.layer(i)`, and the model has module.NUM_LAYERS blocks.  The flex backend
 trains only on CUDA (FlexAttention has no backward pass on CPU).  On CPU the
 triton backend's module runs its exact sparse PyTorch path (or its kernels in
 Triton's interpreter with TRITON_INTERPRET=1).
@@ -118,13 +120,19 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def layer_attention(module, i: int):
+    """Block i's attention: layer i of a stack module, or the module's one pattern."""
+    return module.layer(i) if hasattr(module, "layer") else module
+
+
 class TinyTransformer(nn.Module):
     def __init__(self, attn_module, vocab: int, n: int, dim: int, heads: int, layers: int,
                  attn_dtype: torch.dtype):
         super().__init__()
         self.tok = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(n, dim)
-        self.blocks = nn.ModuleList(Block(attn_module, dim, heads, attn_dtype) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(layer_attention(attn_module, i), dim, heads, attn_dtype)
+                                    for i in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
 
@@ -184,28 +192,35 @@ def main(argv=None) -> int:
     if hasattr(module, "make_mask_mod") and device.type != "cuda":
         raise SystemExit("model.py: the flex backend cannot train on CPU (FlexAttention has no backward there); "
                          "use --device cuda, or the reference or triton backend")
-    heads = args.heads
-    if getattr(module, "NUM_HEADS", None) is not None:
-        if heads != module.NUM_HEADS:
-            print(f"pattern {module.PATTERN_NAME!r} is per-head: using its {module.NUM_HEADS} heads")
-        heads = module.NUM_HEADS
+    heads, layers = args.heads, args.layers
+    name = f"stack {module.STACK_NAME!r} of {module.NUM_LAYERS} layers" if hasattr(module, "layer") \
+        else f"pattern {module.PATTERN_NAME!r}"
+    if hasattr(module, "layer"):
+        layers = module.NUM_LAYERS
+    num_heads = layer_attention(module, 0).spec.num_heads if hasattr(module, "layer") else \
+        getattr(module, "NUM_HEADS", None)
+    if num_heads is not None:
+        if heads != num_heads:
+            print(f"{name} is per-head: using its {num_heads} heads")
+        heads = num_heads
     dim = heads * args.head_dim
 
     torch.manual_seed(args.seed)
-    model = TinyTransformer(module, args.vocab, args.n, dim, heads, args.layers, attn_dtype).to(device)
+    model = TinyTransformer(module, args.vocab, args.n, dim, heads, layers, attn_dtype).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
 
     params = sum(t.numel() for t in model.parameters())
     source = args.module or f"{args.attn} ({args.backend})"
-    print(f"pattern {module.PATTERN_NAME!r} from {source}; n={args.n}, heads={heads}, dim={dim}, "
-          f"layers={args.layers}, {params} parameters, device={device}, q/k/v dtype={str(attn_dtype)[6:]}")
-    if (getattr(module, "NUM_HEADS", None) or 1) * args.n * args.n <= 1 << 25 and hasattr(module, "mask"):
+    print(f"{name} from {source}; n={args.n}, heads={heads}, dim={dim}, "
+          f"layers={layers}, {params} parameters, device={device}, q/k/v dtype={str(attn_dtype)[6:]}")
+    if (num_heads or 1) * args.n * args.n <= 1 << 25 and hasattr(module, "mask"):
         try:
-            density = module.mask(args.n).float().mean().item()
+            density = layer_attention(module, 0).mask(args.n).float().mean().item()
         except ValueError as e:  # the pattern is not valid at this length
             raise SystemExit(f"model.py: {e}") from None
-        print(f"allowed pairs: {density:.2%} of {args.n}x{args.n}; chance loss = ln({args.vocab}) = "
+        print(f"allowed pairs{' in layer 0' if hasattr(module, 'layer') else ''}: {density:.2%} of "
+              f"{args.n}x{args.n}; chance loss = ln({args.vocab}) = "
               f"{math.log(args.vocab):.4f}")
 
     for step in range(1, args.steps + 1):

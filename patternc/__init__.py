@@ -7,13 +7,15 @@ docs/language.md).  The public API is four functions and one exception; the
 They are imported on first use, so that `import patternc.runtime` (what generated modules do)
 and the Pygments lexer stay cheap.
 
-    parse(path_or_source, pattern=None, *, path=None, **params) -> Pattern
+    parse(path_or_source, pattern=None, *, path=None, **params) -> Pattern (or Stack)
         Read a .attn file (a str path or a pathlib.Path) or source text and resolve one
-        pattern, parameters set by keyword (w=64).
-    analyze(pattern, n, heads=None, tile=128) -> Analysis
-        Cost, closed form, tile efficiency, empty rows and reachability at length n.
+        pattern (or stack of layers), parameters set by keyword (w=64).
+    analyze(pattern, n, heads=None, tile=128) -> Analysis (or StackAnalysis)
+        Cost, closed form, tile efficiency, empty rows and reachability at length n; for a
+        stack, each layer's cost, the totals and reach through its layers.
     compile(pattern, backend="triton", standalone=False) -> str
-        The source text of a PyTorch/Triton module for the pattern.
+        The source text of a PyTorch/Triton module for the pattern (for a stack: one module,
+        `layer(i)` picking each layer's attention).
     load(path_or_source, pattern=None, backend="triton", *, path=None, **params) -> module
         compile() and import the module in memory: `load(...).attention(q, k, v)`.
     PatternError

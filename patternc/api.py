@@ -7,10 +7,11 @@ import types
 from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import PatternError, Span, did_you_mean
-from .frontend import Pattern, parse_program, resolve
+from .frontend import Pattern, Stack, parse_program, resolve
 
 if TYPE_CHECKING:  # the real import is lazy (numpy)
     from .analysis import Analysis
+    from .stack_analysis import StackAnalysis
 
 BACKENDS = ("triton", "reference", "flex")
 
@@ -38,7 +39,7 @@ def read_source(path: str) -> str:
     return text.lstrip("\ufeff")
 
 
-_SOURCE_START = re.compile(r"\s*pattern\s")  # every program starts with the keyword (after blanks)
+_SOURCE_START = re.compile(r"\s*(pattern|stack)\s")  # every program starts with a keyword (after blanks)
 _EXTENSION = re.compile(r"\.[A-Za-z0-9_]{1,16}$")
 
 
@@ -73,25 +74,27 @@ def _source_and_name(path_or_source, path) -> tuple[str, str]:
 
 
 def parse(path_or_source: Union[str, os.PathLike, None] = None, pattern: Optional[str] = None, *,
-          path: Union[str, os.PathLike, None] = None, **params: int) -> Pattern:
-    """Parse a .attn file or source text and resolve one of its patterns.
+          path: Union[str, os.PathLike, None] = None, **params: int) -> Union[Pattern, Stack]:
+    """Parse a .attn file or source text and resolve one of its patterns (or stacks).
 
     Arguments:
         path_or_source: the pattern source text, or a path to a .attn file.  A `pathlib.Path`
             (any os.PathLike) is always a path.  A str is read as a path when it has no
             newline and names an existing file, or when it looks like a file name: it ends
             in a file extension (`natten.atn`) or contains a path separator, and does not
-            start with the keyword `pattern` (every pattern source does, after blanks).  A
+            start with the keyword `pattern` or `stack` (all source does, after blanks).  A
             missing file then gives "no such file" instead of a syntax error about the file
             name.  Anything else is source text, e.g. "pattern p = local(n // 8)".
-        pattern: which definition to resolve (default: the last one defined).
+        pattern: which definition to resolve (default: the last one defined), a pattern or a
+            stack.
         path: a path to read, whatever it looks like (instead of `path_or_source`).
         **params: integer values for the pattern's parameters (`w=64`), like `-D w=64` on the
             command line.  int or an integer type such as numpy.int64; bool, float and str
             are refused.  (A parameter named `path` or `pattern` cannot be set this way.)
 
     Returns the resolved Pattern: its IR (`.expr`), `.name`, `.params`, `.filename`, `.hash`;
-    `.at(n)` gives the IR at length n.
+    `.at(n)` gives the IR at length n.  A stack gives a Stack: `.layers` (a Pattern per layer,
+    first layer first), `.distinct` (each pattern once), `.layer_index`, `.name`, `.params`.
 
     Raises PatternError (message, file name, line, column and a caret in `str(error)`) for a
     missing or unreadable file, a syntax or semantic error, an unknown pattern or parameter
@@ -109,26 +112,29 @@ def parse(path_or_source: Union[str, os.PathLike, None] = None, pattern: Optiona
     return resolve(parse_program(source, filename), pattern, params)
 
 
-def _in_file(e: PatternError, p: Pattern) -> PatternError:
+def _in_file(e: PatternError, p: Union[Pattern, Stack]) -> PatternError:
     """An error about using pattern p (a length, a backend) names p's file, not "<string>"."""
     if e.filename == "<string>" and not e.source and p.filename != "<string>":
         return e.located(p.filename, p.source)
     return e
 
 
-def analyze(pattern: Union[Pattern, str, os.PathLike], n: int, heads: Optional[int] = None,
-            tile: Union[int, tuple] = 128, head_dim: int = 128, kernel: bool = True) -> "Analysis":
-    """Cost, closed form, tiles, reachability and kernel plan of a pattern at sequence length n.
+def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: int, heads: Optional[int] = None,
+            tile: Union[int, tuple] = 128, head_dim: int = 128,
+            kernel: bool = True) -> Union["Analysis", "StackAnalysis"]:
+    """Cost, closed form, tiles, reachability and kernel plan of a pattern at sequence length n;
+    for a stack of layers, each layer's cost, the totals and reach through the stack.
 
     Arguments:
-        pattern: a `Pattern` from `parse`, or what `parse` accepts (a path to a .attn file or
-            source text; the last pattern defined is used).
+        pattern: a `Pattern` or `Stack` from `parse`, or what `parse` accepts (a path to a .attn
+            file or source text; the last definition is used).
         n: the sequence length, 1 <= n <= 2**30 (patternc.limits.MAX_N).  The closed form in
             `nnz_formula` holds for every n; parts whose cost grows with n are skipped at very
             long lengths, and `skipped` lists them with the reason.
         heads: number of heads (at most 65536).  A pattern with `heads { ... }` fixes its own
             count (None, or that count); otherwise the same pattern runs on every head and
-            nnz, flops, tiles and the closed form are totals over the heads.  Default 1.
+            nnz, flops, tiles and the closed form are totals over the heads.  Default 1 (for a
+            stack: its per-head layers' count, which they must share).
         tile: tile size of the tile map, an int or a (rows, keys) pair (default 128).
         head_dim: head dimension, used for the flop counts (default 128, at most 65536).
         kernel: also ask the Triton lowering what its kernels do (tile shape, passes, the
@@ -139,7 +145,11 @@ def analyze(pattern: Union[Pattern, str, os.PathLike], n: int, heads: Optional[i
         order and leading_term, flops_fwd / flops_bwd, tiles and tile_efficiency,
         kernel_tile_efficiency and kernel_plan, empty_rows, layers_to_full_reach, per_head
         for multi-head patterns, skipped; `format_table()` is what `patternc analyze` prints,
-        `to_dict()` its `--json`.
+        `to_dict()` its `--json`.  For a stack, a `StackAnalysis` (patternc.stack_analysis):
+        `patterns` (an Analysis per distinct layer pattern), `layer_index`, the totals `nnz`,
+        `flops_fwd`, `flops_bwd`, and `reach` (`in_stack`: the fewest of the stack's layers
+        after which every token reaches every other; `repeated`: the fewest layers of the
+        stack repeated; `method`: how, or why never).
 
     Raises:
         PatternError: the pattern does not parse or resolve, is invalid at length n (located,
@@ -154,23 +164,27 @@ def analyze(pattern: Union[Pattern, str, os.PathLike], n: int, heads: Optional[i
     """
     from .analysis import analyze as analyze_ir  # lazy: numpy is not needed to check or compile
     from .backends.kernel_report import kernel_report
+    from .stack_analysis import analyze_stack
 
-    if not isinstance(pattern, Pattern):
+    if not isinstance(pattern, (Pattern, Stack)):
         pattern = parse(pattern)
     try:
+        if isinstance(pattern, Stack):
+            with_kernel = (lambda p, a: a.with_kernel(kernel_report(p, a.n, a.heads))) if kernel else None
+            return analyze_stack(pattern, n, heads=heads, tile=tile, head_dim=head_dim, report=with_kernel)
         result = analyze_ir(pattern, n, heads=heads, tile=tile, head_dim=head_dim)
         return result.with_kernel(kernel_report(pattern, result.n, result.heads)) if kernel else result
     except PatternError as e:
         raise _in_file(e, pattern) from None
 
 
-def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton",  # noqa: A001 - public name
+def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "triton",  # noqa: A001
             standalone: bool = False) -> str:
     """The source text of a Python module that computes the pattern's attention.
 
     Arguments:
-        pattern: a Pattern from `parse`, or anything `parse` accepts (source text or a path;
-            its last pattern, with default parameters).
+        pattern: a Pattern or Stack from `parse`, or anything `parse` accepts (source text or a
+            path; its last definition, with default parameters).
         backend: "triton" (fused Triton kernels, forward and backward, with an exact sparse
             PyTorch path where they do not run), "reference" (dense PyTorch, for checking) or
             "flex" (PyTorch's FlexAttention).
@@ -179,7 +193,10 @@ def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton", 
 
     Returns the module's text; the same pattern and backend always give the same text.  The
     module defines `attention(q, k, v)`, `mask(n)`, `mask_rows(i, j, n)` and `PATTERN`, and binds
-    them to patternc.runtime (or to its own copy of it, with `standalone`).
+    them to patternc.runtime (or to its own copy of it, with `standalone`).  A stack's module
+    holds each distinct layer pattern once and defines `layer(i)` (layer i's attention, with
+    its own `attention`, `mask`, `mask_rows`), `attention(q, k, v, layer=i)`, `mask(n, layer=i)`,
+    `mask_rows(i, j, n, layer=i)`, `LAYERS` and `NUM_LAYERS`.
 
     Raises PatternError for what `parse` refuses and for an unknown backend, naming the
     pattern's file.
@@ -190,7 +207,7 @@ def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton", 
         >>> "attention = _bound.attention" in text
         True
     """
-    if not isinstance(pattern, Pattern):
+    if not isinstance(pattern, (Pattern, Stack)):
         pattern = parse(pattern)
     if backend not in BACKENDS:
         raise PatternError(f"unknown backend '{backend}'{did_you_mean(backend, BACKENDS)}; "
@@ -202,7 +219,11 @@ def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton", 
     else:
         from .backends import triton as gen
     try:
-        text = gen.emit(pattern)
+        if isinstance(pattern, Stack):
+            from .backends.stack import emit_stack
+            text = emit_stack(pattern, backend, gen.emit)
+        else:
+            text = gen.emit(pattern)
     except PatternError as e:
         raise _in_file(e, pattern) from None
     if standalone:
@@ -211,18 +232,19 @@ def compile(pattern: Union[Pattern, str, os.PathLike], backend: str = "triton", 
     return text
 
 
-def load(path_or_source: Union[str, os.PathLike, Pattern, None] = None, pattern: Optional[str] = None,
+def load(path_or_source: Union[str, os.PathLike, Pattern, Stack, None] = None, pattern: Optional[str] = None,
          backend: str = "triton", *, path: Union[str, os.PathLike, None] = None,
          **params: int) -> types.ModuleType:
     """Compile a pattern and import the generated module, without writing it anywhere you see.
 
     Arguments:
-        path_or_source, pattern, path, **params: as for `parse` (or a Pattern from `parse`,
-            with no `pattern` or params).
+        path_or_source, pattern, path, **params: as for `parse` (or a Pattern or Stack from
+            `parse`, with no `pattern` or params).
         backend: as for `compile`.
 
     Returns the imported module: `attention(q, k, v)` for (B, H, n, D) tensors (k and v may
-    have fewer heads), `mask(n)` and `PATTERN`.  The Triton backend's text goes to a file in
+    have fewer heads), `mask(n)` and `PATTERN`; for a stack, `layer(i)` and the rest that
+    `compile` describes.  The Triton backend's text goes to a file in
     the temporary folder, because Triton reads kernel source from files.
 
     Raises PatternError as `parse` and `compile` do; ImportError when the module's own
@@ -235,7 +257,7 @@ def load(path_or_source: Union[str, os.PathLike, Pattern, None] = None, pattern:
         >>> attn.attention(q, k, v).shape  # doctest: +SKIP
         torch.Size([1, 4, 1024, 64])
     """
-    if isinstance(path_or_source, Pattern):
+    if isinstance(path_or_source, (Pattern, Stack)):
         if pattern is not None or params or path is not None:
             raise TypeError("load(Pattern) takes no pattern name, path or parameters: parse() the file with them")
         p = path_or_source

@@ -59,7 +59,8 @@ class AtomView:
     """An atom with its arguments evaluated at n, seen as one of:
     'band' (lo, hi; None = unbounded), 'cols' (a, b), 'rows' (a, b),
     'block' (b), 'random' (r, b, seed), 'dmod' (m; periodic in j - i),
-    'kmod' (l, c; periodic in j), 'true' (always allowed inside the square).
+    'kmod' (l, lo, hi: lo <= j % l < hi; periodic in j), 'rmod' (l, lo, hi: lo <= i % l < hi),
+    'true' (always allowed inside the square).
     Moduli >= n are rewritten as intervals (they cannot wrap inside the square)."""
 
     node: object
@@ -91,7 +92,12 @@ def view(node, n: int) -> AtomView:
         l, c = ev
         if l >= n:  # j % l == j for every key
             return AtomView(node, "cols", (l - c, l))
-        return AtomView(node, "kmod", (l, c))
+        return AtomView(node, "kmod", (l, l - c, l))
+    if isinstance(node, ir.RowMod):
+        m, o = ev
+        if m >= n:  # i % m == i for every query
+            return AtomView(node, "rows", (o, o + 1))
+        return AtomView(node, "rmod", (m, o, o + 1))
     if isinstance(node, ir.Random):
         r, b = ev
         return AtomView(node, "random", (r, b, node.seed))
@@ -100,8 +106,9 @@ def view(node, n: int) -> AtomView:
 
 def tview(node, n: int) -> AtomView:
     """The view of an atom in the transposed mask (rows are keys, columns are queries):
-    bands mirror, rows and columns swap, a summary becomes a periodic row set ('rmod') and
-    random blocks are looked up from the keys' side ('trandom')."""
+    bands mirror, rows and columns swap, a summary becomes a periodic row set ('rmod') and a
+    row class a periodic key set ('kmod'), and random blocks are looked up from the keys' side
+    ('trandom')."""
     v = view(node, n)
     k, a = v.kind, v.args
     if k == "band":
@@ -113,6 +120,8 @@ def tview(node, n: int) -> AtomView:
         return AtomView(node, "rows", a)
     if k == "kmod":
         return AtomView(node, "rmod", a)
+    if k == "rmod":
+        return AtomView(node, "kmod", a)
     if k == "random":
         return AtomView(node, "trandom", a)
     return v
@@ -139,20 +148,31 @@ def atom_truth(v: AtomView, i, j, n: int):
     if k == "dmod":
         return (i - j) % a[0] == 0
     if k == "kmod":
-        l, c = a
-        return np.broadcast_to(j % l >= l - c, np.broadcast(i, j).shape)
+        return np.broadcast_to(residue_in(j, a), np.broadcast(i, j).shape)
     if k == "random":
         r, b, seed = a
         return random_allowed(r, b, seed, i, j, n)
     if k == "rmod":
-        l, c = a
-        return np.broadcast_to(i % l >= l - c, np.broadcast(i, j).shape)
+        return np.broadcast_to(residue_in(i, a), np.broadcast(i, j).shape)
     if k == "trandom":
         r, b, seed = a
         return random_allowed(r, b, seed, j, i, n)
     if k == "true":
         return np.ones(np.broadcast(i, j).shape, dtype=bool)
     raise ValueError(k)
+
+
+def residue_in(x, args: tuple):
+    """lo <= x % l < hi for the args (l, lo, hi) of a 'kmod' or 'rmod' view."""
+    l, lo, hi = args
+    r = x % l
+    return (r >= lo) & (r < hi)
+
+
+def residues_below(x, args: tuple):
+    """How many y in [0, x) have lo <= y % l < hi (x >= 0; numpy arrays or ints)."""
+    l, lo, hi = args
+    return (x // l) * (hi - lo) + np.clip(x % l - lo, 0, hi - lo)
 
 
 def random_picks(r: int, b: int, seed: int, n: int, qb):

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__, api, limits, show
 from .errors import PatternError, did_you_mean
-from .frontend import check_program, parse_program, resolve
+from .frontend import Stack, check_program, parse_program, resolve
 
 MAX_MASK_N = 32768  # a dense bool mask takes n*n bytes: 1 GiB at this size
 MAX_MASK_BYTES = 1 << 30
@@ -68,10 +68,35 @@ def _defines(items: Optional[list], filename: str) -> dict:
 
 
 def _load(args: argparse.Namespace):
-    """Read, parse and resolve the pattern the command works on."""
+    """Read, parse and resolve the pattern (or stack) the command works on."""
     source = api.read_source(args.file)
     prog = parse_program(source, args.file)
     return resolve(prog, getattr(args, "pattern", None), _defines(getattr(args, "define", None), args.file), "-D")
+
+
+def _one_pattern(args: argparse.Namespace):
+    """The pattern a command draws or writes: the chosen pattern, or with --layer I one layer of
+    the chosen stack."""
+    got = _load(args)
+    layer = args.layer
+    if isinstance(got, Stack):
+        if layer is None:
+            raise _fail(f"'{got.name}' is a stack of {got.num_layers} layers: pick one with --layer I "
+                        f"(0..{got.num_layers - 1}), or a pattern with -p NAME", got.filename)
+        if layer >= got.num_layers:
+            raise _fail(f"--layer {layer}: stack '{got.name}' has layers 0..{got.num_layers - 1}", got.filename)
+        return got.layers[layer]
+    if layer is not None:
+        raise _fail(f"--layer {layer}: '{got.name}' is a pattern, not a stack", got.filename)
+    return got
+
+
+def _patterns_of(item) -> list:
+    """(pattern, how to name it in a warning) for a pattern, or for each distinct layer of a stack."""
+    if not isinstance(item, Stack):
+        return [(item, None)]
+    return [(p, f"layer {item.layer_index.index(k)} of stack '{item.name}' ({p.name})")
+            for k, p in enumerate(item.distinct)]
 
 
 def _concrete(pattern, n: int):
@@ -148,17 +173,23 @@ def _warn(message: str, where: str) -> None:
     print(PatternError(f"warning: {message}", None, "", where).format(), file=sys.stderr)
 
 
-def _check_all_lengths(pattern, policy: str) -> None:
-    """Warn about (or refuse) a pattern that leaves query rows with no allowed key at some
-    length (emptyrows.find: exact for constant arguments, sampled lengths otherwise)."""
+def _check_all_lengths(item, policy: str) -> None:
+    """Warn about (or refuse) a pattern (each layer of a stack) that leaves query rows with no
+    allowed key at some length (emptyrows.find: exact for constant arguments, sampled lengths
+    otherwise)."""
     if policy == "ignore":
         return
+    for pattern, what in _patterns_of(item):
+        _check_lengths_of(pattern, what, policy)
+
+
+def _check_lengths_of(pattern, what: Optional[str], policy: str) -> None:
     from . import emptyrows
 
     found = emptyrows.find(pattern)
     if found is None:
         return
-    message = found.message(pattern)
+    message = found.message(pattern, what)
     if policy == "error":
         raise _fail(message, pattern.filename)
     _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
@@ -169,12 +200,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     prog = parse_program(source, args.file)
     for pattern in check_program(prog):
         _check_all_lengths(pattern, _empty_rows_policy(args))
-    names = []
+    names: dict = {"pattern": [], "stack": []}
     for name, d in prog.definitions.items():
         required = [p.name for p in d.params if p.default is None]
-        names.append(f"{name}({', '.join(required)})" if required else name)
-    count = len(names)
-    print(f"{args.file}: ok ({count} pattern{'s' if count != 1 else ''}: {', '.join(names)})")
+        names[d.kind].append(f"{name}({', '.join(required)})" if required else name)
+    parts = [f"{len(v)} {kind}{'s' if len(v) != 1 else ''}: {', '.join(v)}" for kind, v in names.items()
+             if v or (kind == "pattern" and not names["stack"])]
+    print(f"{args.file}: ok ({'; '.join(parts)})")
     return 0
 
 
@@ -199,7 +231,7 @@ def _empty_rows_info(value) -> tuple[Optional[int], Optional[list]]:
 SCAN_PAIRS = 1 << 26  # how much of the mask the CLI evaluates itself to name empty rows
 
 
-def _check_empty_rows(pattern, n: int, reported, policy: str = "error") -> None:
+def _check_empty_rows(pattern, n: int, reported, policy: str = "error", what: Optional[str] = None) -> None:
     """Warn about (or refuse) query rows with no allowed key at length n.  The analysis gives
     the count; the first few rows are found here by scanning the mask, within a budget at long
     lengths."""
@@ -232,6 +264,8 @@ def _check_empty_rows(pattern, n: int, reported, policy: str = "error") -> None:
     shown = f" (first: {listed}{', ...' if count > len(where[:5]) else ''})" if where else ""
     message = f"{rows_word} of {n} {'have' if count != 1 else 'has'} no allowed key{shown}; " \
               "their attention output is 0"
+    if what is not None:
+        message = f"{what}: {message}"
     if policy == "error":
         raise _fail(message, pattern.filename)
     _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
@@ -249,11 +283,14 @@ def _check_analyze_limits(args: argparse.Namespace) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     _check_analyze_limits(args)
-    pattern = _load(args)
-    _concrete(pattern, args.n)  # located errors for n-dependent checks come first
-    result = api.analyze(pattern, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
+    item = _load(args)
+    for pattern, _ in _patterns_of(item):
+        _concrete(pattern, args.n)  # located errors for n-dependent checks come first
+    result = api.analyze(item, args.n, heads=args.heads, tile=args.tile, head_dim=args.head_dim)
     data = result.to_dict()
-    _check_empty_rows(pattern, args.n, data.get("empty_rows"), _empty_rows_policy(args))
+    reports = data["patterns"] if isinstance(item, Stack) else [data]
+    for (pattern, what), report in zip(_patterns_of(item), reports):
+        _check_empty_rows(pattern, args.n, report.get("empty_rows"), _empty_rows_policy(args), what)
     if args.json:
         print(json.dumps(data, indent=2, default=str))
     else:
@@ -262,7 +299,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    pattern = _load(args)
+    pattern = _one_pattern(args)
     n = args.n
     if n > MAX_MASK_N:
         raise _fail(f"--n {n} is too large for a dense mask ({n}x{n} = {n * n / 2 ** 30:.1f} GiB); "
@@ -288,7 +325,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    pattern = _load(args)
+    pattern = _one_pattern(args)
     n = args.n
     if n > show.MAX_N:
         raise _fail(f"--n {n} is too large to draw (the limit is {show.MAX_N}); "
@@ -331,7 +368,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     atomic_write(args.output, text.encode("utf-8"))
     shown = args.output if args.output.isprintable() else repr(args.output)  # no raw control characters
     what = "standalone " if args.standalone else ""
-    print(f"{shown}: {what}{args.backend} module for pattern '{pattern.name}' (ir hash {pattern.hash})")
+    kind = f"stack '{pattern.name}' ({pattern.num_layers} layers)" if isinstance(pattern, Stack) \
+        else f"pattern '{pattern.name}'"
+    print(f"{shown}: {what}{args.backend} module for {kind} (ir hash {pattern.hash})")
     return 0
 
 
@@ -346,7 +385,8 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp, pattern: bool = True, defines: bool = True):
         sp.add_argument("file", metavar="FILE", help="the .attn file")
         if pattern:
-            sp.add_argument("--pattern", "-p", metavar="NAME", help="which pattern (default: the last one defined)")
+            sp.add_argument("--pattern", "-p", metavar="NAME",
+                            help="which pattern or stack (default: the last one defined)")
         if defines:
             sp.add_argument("-D", dest="define", action="append", metavar="NAME=VALUE",
                             help="set an integer parameter of the pattern (repeatable)")
@@ -361,7 +401,8 @@ def _parser() -> argparse.ArgumentParser:
     empty_rows(sp, "at any length, in any pattern of the file whose parameters all have defaults")
     sp.set_defaults(func=cmd_check)
 
-    sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n")
+    sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n (for a stack: "
+                                        "per layer, the total, and reach through its layers)")
     common(sp)
     sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
     sp.add_argument("--heads", type=_positive("--heads"), help="number of heads (default: the pattern's, or 1)")
@@ -378,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default="mask.npy", help="output .npy file (default mask.npy)")
     sp.add_argument("--head", type=_int_at_least("--head", 0),
                     help="head of a per-head pattern (default: all heads, shape (H, n, n))")
+    sp.add_argument("--layer", type=_int_at_least("--layer", 0), help="layer of a stack (required for a stack)")
     sp.set_defaults(func=cmd_mask)
 
     sp = sub.add_parser("show", help="draw the mask and its tiles (ASCII, or a picture file with -o)")
@@ -387,6 +429,7 @@ def _parser() -> argparse.ArgumentParser:
                                            "the format: .png, .svg, .pdf, .jpg, .eps, ...")
     sp.add_argument("--tile", type=_positive("--tile"), default=128, help="tile size (default 128)")
     sp.add_argument("--head", type=_int_at_least("--head", 0), help="head of a per-head pattern (default 0)")
+    sp.add_argument("--layer", type=_int_at_least("--layer", 0), help="layer of a stack (required for a stack)")
     sp.add_argument("--width", type=_positive("--width"), default=64, help="ASCII columns (default 64, at most 512)")
     sp.set_defaults(func=cmd_show)
 

@@ -3,8 +3,8 @@
 `derive(pattern.expr)` writes the indicator of the expression as a multilinear polynomial
 in its atoms (inclusion-exclusion: a union is 1 - prod(1 - x), a negation 1 - x) and
 counts each conjunction of atoms in closed form: a conjunction is a rectangle of rows and
-keys, a band of diagonals, possibly a stride, a block size and a summary, and its pairs
-are sums of ramps max(0, d - delta + shift) over diagonals (or over key columns for a
+keys, a band of diagonals, possibly a stride, a block size, a summary and a class of rows, and
+its pairs are sums of ramps max(0, d - delta + shift) over diagonals (or over key columns for a
 summary), which have closed forms with floor, min and max.  The result is an `IntExpr`
 over n, exact for every n >= 1 at which the pattern is valid (Min/Max/floor keep small n
 exact); None when some conjunction has no closed form (random blocks, unrelated moduli,
@@ -120,6 +120,55 @@ def _rect(R0, R1, C0, C1, lo, hi, m, keymod):
     return total
 
 
+def _rowmod_rect(R0, R1, C0, C1, lo, hi, m, o):
+    """Pairs (i, j) in [R0, R1) x [C0, C1) with lo <= i - j <= hi and i % m == o.
+
+    Row i's keys are [i - hi, i - lo] cut to [C0, C1 - 1]: the overlap of two intervals, a sum
+    of four ramps in i; summed over the rows of one residue class, each ramp is an arithmetic
+    progression of ramps (_ap_ramp_sum)."""
+    one = const(1)
+    C1 = maximum(C1, C0)
+    lo_e = sub(add(R0, one), C1)  # bounds the rectangle implies anyway
+    lo_e = lo_e if lo is None else maximum(lo, lo_e)
+    hi_e = sub(sub(R1, one), C0)
+    hi_e = hi_e if hi is None else minimum(hi, hi_e)
+    hi_e = maximum(hi_e, sub(lo_e, one))  # an empty band: a window of width 0
+    total = const(0)
+    for sign, s in [(1, sub(sub(one, lo_e), C0)), (-1, neg(add(hi_e, C0))), (-1, sub(sub(one, lo_e), C1)),
+                    (1, neg(add(hi_e, C1)))]:
+        term = _ap_ramp_sum(R0, sub(R1, one), s, m, o)
+        total = add(total, term) if sign > 0 else sub(total, term)
+    return total
+
+
+def _cdiv(a, m):
+    """ceil(a / m) for m >= 1: one floor of a + m - 1 (which the formula text reads as a
+    quasi-polynomial in n)."""
+    return fdiv(add(a, sub(m, const(1))), m)
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, Const) and isinstance(b, Const) and a.value == b.value)
+
+
+def _one_rowmod(rowmods: list) -> tuple:
+    """One (m, o) equivalent to all the row classes of a conjunction (constants: by the Chinese
+    remainder theorem), or None when they share no row."""
+    uniq = list(dict.fromkeys(rowmods))
+    if len(uniq) == 1:
+        return uniq[0]
+    if not all(isinstance(m, Const) and isinstance(o, Const) for m, o in uniq):
+        raise _NoForm("row classes of symbolic moduli")
+    m, o = 1, 0
+    for mm, oo in ((x.value, y.value) for x, y in uniq):
+        g = math.gcd(m, mm)
+        if (oo - o) % g:
+            return None
+        t = (oo - o) // g * pow(m // g, -1, mm // g) % (mm // g)  # x = o + m*t solves both
+        o, m = o + m * t, m * mm // g
+    return const(m), const(o % m)
+
+
 def _divides(a, b) -> bool:
     if a == b:
         return True
@@ -131,7 +180,7 @@ def _conj_count(atoms: frozenset):
     N = NVar()
     lo = hi = None
     r0, r1, c0, c1 = [const(0)], [N], [const(0)], [N]
-    mods, blocks, keymods = [], [], []
+    mods, blocks, keymods, rowmods = [], [], [], []
     for a in atoms:
         if isinstance(a, ir.Band):
             if a.lo is not None:
@@ -150,6 +199,8 @@ def _conj_count(atoms: frozenset):
             blocks.append(a.b)
         elif isinstance(a, ir.KeyMod):
             keymods.append((a.l, a.c))
+        elif isinstance(a, ir.RowMod):
+            rowmods.append((a.m, a.o))
         else:
             raise _NoForm(type(a).__name__)
     R0, R1, C0, C1 = maximum(*r0), minimum(*r1), maximum(*c0), minimum(*c1)
@@ -166,6 +217,28 @@ def _conj_count(atoms: frozenset):
         if len(set(keymods)) > 1:
             raise _NoForm("several summaries")
         keymod = keymods[0]
+    if rowmods:
+        got = _one_rowmod(rowmods)
+        if got is None:
+            return const(0)
+        rm, ro = got
+        if keymod is not None:
+            raise _NoForm("row class and summary together")
+        if m == const(1):
+            if blocks:
+                raise _NoForm("row class and blocks without a stride")
+            return _rowmod_rect(R0, R1, C0, C1, lo, hi, rm, ro)
+        if not _same(rm, m):
+            raise _NoForm("row class and stride of different moduli")
+        # every pair lies in residue class ro (i = j mod m, i = ro mod m): count it in the class's
+        # own indices a = (i - ro) / m, where the stride is gone and a band or block shrinks by m
+        R0, R1, C0, C1 = (_cdiv(sub(x, ro), m) for x in (R0, R1, C0, C1))
+        lo = None if lo is None else _cdiv(lo, m)
+        hi = None if hi is None else fdiv(hi, m)
+        if not all(_divides(m, b) for b in blocks):
+            raise _NoForm("row class with blocks its stride does not divide")
+        blocks = [const(1) if _same(b, m) else const(b.value // m.value) for b in blocks]
+        m = const(1)
     if not blocks:
         return _rect(R0, R1, C0, C1, lo, hi, m, keymod)
     bs = sorted(set(blocks), key=lambda x: (not isinstance(x, Const), x.value if isinstance(x, Const) else 0))
@@ -246,6 +319,8 @@ def valid_at(expr, n: int) -> bool:
             if isinstance(node, (ir.DiagMod, ir.Block)) and v[0] < 1:
                 return False
             if isinstance(node, ir.KeyMod) and (v[0] < 1 or not 0 <= v[1] <= v[0]):
+                return False
+            if isinstance(node, ir.RowMod) and (v[0] < 1 or not 0 <= v[1] < v[0]):
                 return False
             if isinstance(node, ir.Random) and (v[1] < 1 or v[0] < 0):
                 return False

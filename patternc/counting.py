@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from . import ir
-from .atoms import atom_truth, atoms_of, eval_formula, random_picks, tview, view
+from .atoms import atom_truth, atoms_of, eval_formula, random_picks, residue_in, residues_below, tview, view
 from .semantics import allowed
 
 SQUARE_CACHE_RANGES = 1 << 16  # full-square segment tables kept per engine up to this size
@@ -136,9 +136,9 @@ class Engine:
                     pidx.append(R)
                     ppos.append(np.full(len(s0), p, dtype=np.int64))
         for v in self.ivs:
-            if v.kind == "rmod":  # rows p*l and p*l + l - c start and end the selected rows
-                l, c = v.args
-                for off in (0, l - c):
+            if v.kind == "rmod":  # rows p*l + lo and p*l + hi start and end the selected rows
+                l, lo, hi = v.args
+                for off in (lo, hi):
                     first = (s0 - off) // l + 1
                     cnt = np.maximum(0, (s1 - 1 - off) // l - (s0 - off) // l)
                     owner, k = ragged(first, cnt)
@@ -266,8 +266,7 @@ class Engine:
                     m = v.args[0]
                     env[v.node] = ((y - rho) % m == 0) if self.mixed else (y % m == 0)
                 else:
-                    l, c = v.args
-                    env[v.node] = y % l >= l - c
+                    env[v.node] = residue_in(y, v.args)
             h = np.broadcast_to(eval_formula(self.expr, env), (self.P,))
             T = np.zeros(self.P + 1, np.int64)
             np.cumsum(h, out=T[1:])
@@ -342,11 +341,11 @@ class Engine:
 
     def _fsum_counts(self, code, row, s, e):
         """Allowed keys in [s, e) of row `row` when the periodic atoms are one stride D (m) and one
-        summary K (l, c): from the counts of D, K and D & K (a floor sum), by minterms."""
+        key residue set K (l, lo, hi): from the counts of D, K and D & K (a floor sum), by minterms."""
         dv = next(v for v in self.pvs if v.kind == "dmod")
         kv = next(v for v in self.pvs if v.kind == "kmod")
         m = dv.args[0]
-        l, c = kv.args
+        l, lo, hi = kv.args
         uc, inv = np.unique(code, return_inverse=True)
         tt = np.zeros((len(uc), 4), bool)  # truth for (D, K) = (0,0), (0,1), (1,0), (1,1)
         dd, kk_ = np.array([False, False, True, True]), np.array([False, True, False, True])
@@ -358,13 +357,11 @@ class Engine:
         ln = e - s
         cD = (e - 1 - row) // m - (s - 1 - row) // m
 
-        def K(x):
-            return (x // l) * c + np.maximum(0, x % l - (l - c))
-
-        cK = K(e) - K(s)
+        cK = residues_below(e, kv.args) - residues_below(s, kv.args)
         j0 = s + (row - s) % m
         T = np.maximum(0, (e - j0 + m - 1) // m)
-        cDK = floor_sum(T, l, m, j0 + c) - floor_sum(T, l, m, j0)
+        # [lo <= x % l < hi] = floor((x + l - lo) / l) - floor((x + l - hi) / l)
+        cDK = floor_sum(T, l, m, j0 + l - lo) - floor_sum(T, l, m, j0 + l - hi)
         mins = np.stack([ln - cD - cK + cDK, cK - cDK, cD - cDK, cDK], 1)
         return np.where(tt, mins, 0).sum(1)
 

@@ -17,7 +17,7 @@ added as n grows, so row i is empty at some length iff it has no allowed key j <
 rows to look for are the empty rows of `pattern & causal`, at one length N.  N is small:
 when i is far from the diagonal and from the constant row and column bounds, every atom
 depends on i and j only through i mod P and j mod P (P: the lcm of the block, stride and
-summary periods), so whether row i >= T has a key j <= i depends on i mod P only, with
+summary and row-class periods), so whether row i >= T has a key j <= i depends on i mod P only, with
 T = R + C + D + P (R, C: the largest row and column bounds, D: the largest band bound or
 block size).  The rows below N = T + P decide every length.
 
@@ -55,13 +55,15 @@ class EmptyRows:
     exhaustive: bool  # every length was decided (False: the lengths above were sampled)
     typical: Optional[int] = None  # rows with no key at TYPICAL_N, when there are any
 
-    def message(self, pattern: Pattern) -> str:
+    def message(self, pattern: Pattern, what: Optional[str] = None) -> str:
+        """The warning text; `what` names the pattern (default "pattern 'NAME'")."""
         rows = f"{'at least ' if not self.complete else ''}{self.count} query row{'s' if self.count != 1 else ''}"
         heads = pattern.num_heads is not None
         listed = ", ".join(f"head {h} row {r}" if heads else str(r)
                            for r in self.first for h, r in [r if heads else (0, r)])
         more = ", ..." if self.count > len(self.first) else ""
-        text = (f"pattern '{pattern.name}' leaves query rows with no allowed key (their attention output is 0): "
+        what = what or f"pattern '{pattern.name}'"
+        text = (f"{what} leaves query rows with no allowed key (their attention output is 0): "
                 f"{rows} at n = {self.n} (first: {listed}{more})")
         if self.typical and self.n != TYPICAL_N:
             text += f", {self.typical} at n = {TYPICAL_N}"
@@ -76,6 +78,7 @@ def _rows_at(expr_at_n, n: int, limit: int) -> Optional[tuple]:
     per block, and tabulates stride and summary periods; both together are slow)."""
     atoms = [x for x in ir.walk(expr_at_n) if isinstance(x, ir.ATOMS)]
     blocks = [ix.evaluate(x.b, n) for x in atoms if isinstance(x, (ir.Block, ir.Random))]
+    blocks += [ix.evaluate(x.m, n) for x in atoms if isinstance(x, ir.RowMod)]  # two ranges a period
     strides = [ix.evaluate(x.m, n) for x in atoms if isinstance(x, ir.DiagMod)]
     periods = [ix.evaluate(x.l, n) for x in atoms if isinstance(x, ir.KeyMod)]
     strides = [m for m in strides if m < n]
@@ -188,7 +191,7 @@ def _decisive_length(expr) -> int:
             periods.append(vals[0])
         elif isinstance(x, ir.DiagMod):
             periods.append(vals[0])
-        elif isinstance(x, ir.KeyMod):
+        elif isinstance(x, (ir.KeyMod, ir.RowMod)):
             periods.append(vals[0])
     P = math.lcm(*periods) if periods else 1
     return R + C + D + 1 + 2 * P

@@ -11,7 +11,7 @@ import functools
 import operator
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from . import intexpr as ix
 from . import ir
@@ -25,6 +25,8 @@ MAX_EXPR_DEPTH = 64  # operator nesting of a resolved expression; generated code
 MAX_WORK = 40_000  # expression nodes visited while resolving a file (user patterns expand inline): ~1 s
 MAX_LENGTH = (1 << 31) - 1  # the longest sequence every generated module must handle
 MAX_NAME = 128  # characters in a pattern or parameter name (names become file and symbol names)
+MAX_LAYERS = 4096  # layers of one stack (each layer's cost and reach are reported)
+LAYER_NAME = 80  # characters of a layer's printed pattern used as its name
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,8 +63,9 @@ class Param:
 class Definition:
     name: str
     params: tuple
-    body: object  # lark tree
+    body: object  # lark tree; for a stack, the tuple of its layer trees
     span: Span
+    kind: str = "pattern"  # or "stack"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,42 @@ class Pattern:
             raise PatternError(f"{e} at n={n}", None, self.source, self.filename)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """A resolved stack of layers: one Pattern per layer, the first layer applied first.
+
+    Layers that share a pattern share one Pattern object; `distinct` lists each once, in order
+    of first use, and `layer_index` says which one each layer uses."""
+
+    name: str
+    layers: tuple  # Pattern per layer
+    params: tuple  # ((name, value-as-string), ...), in declaration order
+    source: str
+    filename: str
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def distinct(self) -> tuple:
+        first: dict = {}
+        for p in self.layers:
+            first.setdefault(p.hash, p)
+        return tuple(first.values())
+
+    @property
+    def layer_index(self) -> tuple:
+        index = {p.hash: k for k, p in enumerate(self.distinct)}
+        return tuple(index[p.hash] for p in self.layers)
+
+    @property
+    def hash(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(("stack:" + ",".join(p.hash for p in self.layers)).encode()).hexdigest()[:16]
+
+
 @dataclass
 class Program:
     source: str
@@ -131,7 +170,7 @@ _TOKEN_WORDS = {
     "EQUAL": "'='", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'",
     "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "LSQB": "'['", "RSQB": "']'",
     "LBRACE": "'{'", "RBRACE": "'}'", "COLON": "':'", "__ANON_0": "'//'", "__ANON_1": "'..'",
-    "PATTERN": "'pattern'", "HEADS": "'heads'", "$END": "end of file",
+    "PATTERN": "'pattern'", "HEADS": "'heads'", "STACK": "'stack'", "$END": "end of file",
 }
 
 
@@ -236,7 +275,8 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
 
     prog = Program(source, filename)
     for d in tree.children:
-        name_tok, params_tree, body = d.children
+        name_tok, params_tree, *layers = d.children
+        body = layers[0] if d.data == "definition" else tuple(x for x in layers if x is not None)
         name = str(name_tok)
         _check_name(name_tok, source, filename)
         if name in prog.definitions:
@@ -259,7 +299,8 @@ def parse_program(source: str, filename: str = "<string>") -> Program:
                                        _span(pname), source, filename)
                 seen.add(pname_s)
                 params.append(Param(pname_s, default, _span(pname)))
-        prog.definitions[name] = Definition(name, tuple(params), body, _span(name_tok))
+        kind = "pattern" if d.data == "definition" else "stack"
+        prog.definitions[name] = Definition(name, tuple(params), body, _span(name_tok), kind)
     if not prog.definitions:
         raise PatternError("no pattern definitions (write: pattern NAME = EXPRESSION)", Span(1, 1), source, filename)
     return prog
@@ -350,6 +391,16 @@ def _summary(a, ck):
     return ir.keymod(l, c)
 
 
+def _rows_mod(a, ck):
+    r, o = a["r"], a["o"]
+    ck(r, 1, "rows_mod period must be >= 1")
+    ck(o, 0, "rows_mod offset must be >= 0")
+    if isinstance(r, ix.Const) and isinstance(o, ix.Const) and o.value >= r.value:
+        raise _ArgError(f"offset o={o.value} must be < its period r={r.value}")
+    ck(ix.make("-", ix.make("-", r, o), ix.Const(1)), 0, "rows_mod offset must be < its period (r - o - 1 >= 0)")
+    return ir.rowmod(r, o)
+
+
 def _fixed(a, ck):
     return ir.union([_block({"b": a["l"]}, ck), _summary(a, ck)])
 
@@ -378,6 +429,7 @@ PRIMITIVES: dict = {
     "block": Prim(("b",), {}, _block, "i // b == j // b"),
     "summary": Prim(("l", "c"), {}, _summary, "j % l >= l - c"),
     "fixed": Prim(("l", "c"), {}, _fixed, "block(l) | summary(l, c)"),
+    "rows_mod": Prim(("r", "o"), {"o": 0}, _rows_mod, "i % r == o"),
     "random": Prim(("r",), {"block": 64, "seed": 0}, _random, "r hashed key blocks per query block"),
 }
 
@@ -397,6 +449,7 @@ class _Resolver:
         # shares the memo and the work budget between the definitions of one file.
         self.shared = shared if shared is not None else {"memo": {}, "work": 0}
         self.memo = self.shared["memo"]
+        self.layer_memo: dict = {}  # (name, hash, params, checks) -> the layer's Pattern
 
     def tick(self, node) -> None:
         """Bound the work of resolution: user patterns expand inline, so a few lines that each
@@ -547,10 +600,8 @@ class _Resolver:
             out.append(ir.HeadCase(lo, hi, e))
         return ir.Heads(tuple(out))
 
-    def call(self, name_tok, args: list, node, env: dict):
-        import lark
-
-        name = str(name_tok)
+    def split_args(self, args: list) -> tuple:
+        """(positional [(value, node)], keyword {name: (value, node)}) of a call's arguments."""
         pos, kw = [], {}
         for a in args:
             if a.data == "kwarg":
@@ -562,10 +613,19 @@ class _Resolver:
                 if kw:
                     raise self.err("positional argument after a keyword argument", a)
                 pos.append((a.children[0], a))
+        return pos, kw
+
+    def call(self, name_tok, args: list, node, env: dict):
+        name = str(name_tok)
+        pos, kw = self.split_args(args)
         if name in PRIMITIVES:
             return self.primitive(name, PRIMITIVES[name], pos, kw, node, env)
         if name in self.prog.definitions:
-            return self.user(self.prog.definitions[name], pos, kw, node, env)
+            d = self.prog.definitions[name]
+            if d.kind == "stack":
+                raise self.err(f"'{name}' is a stack of layers, not a pattern; a stack can only be a layer "
+                               "of another stack", name_tok)
+            return self.user(d, pos, kw, node, env)
         if name in env or name == "n":
             raise self.err(f"'{name}' is an integer parameter, not a pattern", name_tok)
         hint = did_you_mean(name, list(PRIMITIVES) + list(self.prog.definitions))
@@ -629,11 +689,17 @@ class _Resolver:
             raise self.err(f"{name}(): {e}", node) from None
 
     def user(self, d: Definition, pos, kw, node, env):
+        return self.user_env(d, pos, kw, node, env)[0]
+
+    def not_recursive(self, d: Definition, node) -> None:
         if d.name in self.stack:
             chain = " -> ".join(self.stack[self.stack.index(d.name):] + [d.name])
-            raise self.err(f"pattern '{d.name}' refers to itself ({chain})", node)
+            raise self.err(f"{d.kind} '{d.name}' refers to itself ({chain})", node)
+
+    def arguments(self, d: Definition, pos, kw, node, env) -> dict:
+        """A user definition's arguments, evaluated in the caller's environment."""
         if len(pos) > len(d.params):
-            raise self.err(f"pattern '{d.name}' takes {len(d.params)} argument"
+            raise self.err(f"{d.kind} '{d.name}' takes {len(d.params)} argument"
                            f"{'s' if len(d.params) != 1 else ''}, got {len(pos)}", node)
         names = [p.name for p in d.params]
         given = {}
@@ -641,21 +707,28 @@ class _Resolver:
             given[p.name] = self.ints(val, env)
         for key, (val, anode) in kw.items():
             if key not in names:
-                raise self.err(f"pattern '{d.name}' has no parameter '{key}'{did_you_mean(key, names)}", anode)
+                raise self.err(f"{d.kind} '{d.name}' has no parameter '{key}'{did_you_mean(key, names)}", anode)
             if key in given:
-                raise self.err(f"pattern '{d.name}' got '{key}' twice", anode)
+                raise self.err(f"{d.kind} '{d.name}' got '{key}' twice", anode)
             given[key] = self.ints(val, env)
+        return given
+
+    def user_env(self, d: Definition, pos, kw, node, env) -> tuple:
+        """(IR, parameter values) of a use of pattern d."""
+        self.not_recursive(d, node)
+        given = self.arguments(d, pos, kw, node, env)
         memo_key = (d.name, tuple(sorted(given.items())))
         if memo_key not in self.memo:
             before = len(self.checks)
-            expr = self.instantiate(d, given, node)[0]
-            self.memo[memo_key] = (expr, tuple(self.checks[before:]))
-            return expr
-        expr, checks = self.memo[memo_key]
+            expr, inner = self.instantiate(d, given, node)
+            self.memo[memo_key] = (expr, tuple(self.checks[before:]), inner)
+            return expr, inner
+        expr, checks, inner = self.memo[memo_key]
         self.checks.extend(checks)
-        return expr
+        return expr, inner
 
     def instantiate(self, d: Definition, given: dict, node):
+        """(IR, parameter values) of pattern d, or (layers, parameter values) of stack d."""
         self.stack.append(d.name)
         try:
             inner: dict = {}
@@ -665,16 +738,78 @@ class _Resolver:
                 elif p.default is not None:
                     inner[p.name] = self.ints(p.default, inner)
                 else:
-                    raise self.err(f"pattern '{d.name}' needs a value for parameter '{p.name}'", node)
+                    raise self.err(f"{d.kind} '{d.name}' needs a value for parameter '{p.name}'", node)
+            if d.kind == "stack":
+                layers: list = []
+                for t in d.body:
+                    layers += self.layers(t, inner, len(layers))
+                return layers, inner
             return self.pattern(d.body, inner), inner
         finally:
             self.stack.pop()
 
+    # stacks of layers ----------------------------------------------------
+    def layers(self, t, env: dict, before: int) -> list:
+        """The layers a stack item stands for, as Patterns (`before`: layers earlier in the stack)."""
+        import lark
+
+        self.tick(t)
+        kind = t.data if isinstance(t, lark.Tree) else None
+        if kind == "repeat":
+            unit, count_t = t.children
+            count = self.ints(count_t, env)
+            if not isinstance(count, ix.Const):
+                raise self.err("a repeat count must be a constant (it cannot depend on n)", count_t)
+            if count.value < 0:
+                raise self.err(f"a repeat count must be >= 0, got {count.value}", count_t)
+            items = self.layers(unit, env, before)
+            if before + len(items) * count.value > MAX_LAYERS:
+                raise self.err(f"stack has more than {MAX_LAYERS} layers", t)
+            return items * count.value
+        if kind == "group":
+            out: list = []
+            for c in t.children:
+                if c is not None:
+                    out += self.layers(c, env, before + len(out))
+            return out
+        if kind in ("ref", "call"):
+            d = self.prog.definitions.get(str(t.children[0]))
+            if d is not None:
+                pos, kw = self.split_args([c for c in t.children[1:] if c is not None])
+                if d.kind == "stack":  # another stack's layers, in order
+                    self.not_recursive(d, t)
+                    out = self.instantiate(d, self.arguments(d, pos, kw, t, env), t)[0]
+                    if before + len(out) > MAX_LAYERS:
+                        raise self.err(f"stack has more than {MAX_LAYERS} layers", t)
+                    return out
+                start = len(self.checks)
+                expr, inner = self.user_env(d, pos, kw, t, env)
+                params = tuple((p.name, str(inner[p.name])) for p in d.params)
+                return [self.layer_pattern(d.name, expr, params, start)]
+        start = len(self.checks)
+        expr = self.pattern(t, env)
+        if isinstance(expr, (ir.Union, ir.Inter)) and str(expr).startswith("("):
+            name = str(expr)[1:-1]
+        else:
+            name = str(expr)
+        if len(name) > LAYER_NAME:
+            name = name[:LAYER_NAME - 3] + "..."
+        return [self.layer_pattern(name, expr, (), start)]
+
+    def layer_pattern(self, name: str, expr, params: tuple, start: int) -> Pattern:
+        """A layer as a Pattern, with the n-dependent checks its resolution recorded."""
+        checks = tuple(dict.fromkeys(self.checks[start:]))
+        key = (name, ir.ir_hash(expr), params, checks)
+        if key not in self.layer_memo:  # repeated layers share one Pattern
+            self.layer_memo[key] = Pattern(name, expr, params, checks, self.prog.source, self.prog.filename)
+        return self.layer_memo[key]
+
 
 def resolve(prog: Program, name: Optional[str] = None, overrides: Optional[dict] = None,
-            option: str = "") -> Pattern:
+            option: str = "") -> Union[Pattern, Stack]:
     """Resolve one definition (default: the last one), its parameters overridden by `overrides`
     (name -> int; bool, float and str values are refused: the CLI parses -D text itself).
+    A pattern gives a Pattern, a stack a Stack.
 
     `option` is how the caller's user spelled the overrides, for error messages: "-D" on the
     command line ("-D x: pattern 'p' has no parameter 'x'"), "" in Python ("parameter w must
@@ -730,10 +865,20 @@ def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shar
     try:
         expr, env = r.instantiate(d, given, d.body)
         uniq = tuple(dict.fromkeys(r.checks))
-        _check_limits(expr, d, prog)
+        for e in ({x.hash: x.expr for x in expr}.values() if d.kind == "stack" else (expr,)):
+            _check_limits(e, d, prog)
     except RecursionError:
-        raise PatternError("pattern is nested too deeply", d.span, prog.source, prog.filename) from None
+        raise PatternError(f"{d.kind} is nested too deeply", d.span, prog.source, prog.filename) from None
     params = tuple((p.name, str(env[p.name])) for p in d.params)
+    if d.kind == "stack":
+        if not expr:
+            raise PatternError(f"stack '{name}' has no layers", d.span, prog.source, prog.filename)
+        counts = sorted({p.num_heads for p in expr if p.num_heads is not None})
+        if len(counts) > 1:
+            raise PatternError(f"stack '{name}' has per-head layers with different head counts "
+                               f"({', '.join(map(str, counts))}); a model's layers share one head count",
+                               d.span, prog.source, prog.filename)
+        return Stack(name, tuple(expr), params, prog.source, prog.filename)
     return Pattern(name, expr, params, uniq, prog.source, prog.filename)
 
 
@@ -799,8 +944,8 @@ _PLACEHOLDER_ERRORS = ("must be", "is empty", "division by zero", "isqrt of a ne
 
 
 def check_program(prog: Program) -> list:
-    """Resolve every definition with its defaults; patterns with required parameters are
-    checked when used.  Returns the resolved patterns."""
+    """Resolve every definition with its defaults; patterns and stacks with required parameters
+    are checked when used.  Returns the resolved patterns and stacks."""
     out = []
     shared = {"memo": {}, "work": 0}  # one work budget for the file; definitions reuse each other's work
     for name, d in prog.definitions.items():
@@ -812,7 +957,7 @@ def check_program(prog: Program) -> list:
             try:
                 r.instantiate(d, given, d.body)
             except RecursionError:
-                raise PatternError("pattern is nested too deeply", d.span, prog.source, prog.filename) from None
+                raise PatternError(f"{d.kind} is nested too deeply", d.span, prog.source, prog.filename) from None
             except PatternError as e:
                 if any(s in e.message for s in _PLACEHOLDER_ERRORS):
                     pass  # a placeholder value may violate a constraint; the use site is checked

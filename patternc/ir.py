@@ -9,6 +9,7 @@ query index i and key index j:
     Cols(a, b)      a <= j < b                                    keys, sink, global
     Block(b)        i // b == j // b                              block, fixed
     KeyMod(l, c)    j % l >= l - c                                summary, fixed
+    RowMod(m, o)    i % m == o                                    rows_mod
     Random(r, b, s) key block of j is one of the r picks of i's query block
 
 combined with Union, Inter and Not.  Few atoms means few cases in every
@@ -24,7 +25,7 @@ from typing import Optional, Union as TUnion
 from .intexpr import Const, IntExpr, depends_on_n, evaluate, make
 
 Node = TUnion["All", "Empty", "Band", "DiagMod", "Rows", "Cols", "Block", "KeyMod",
-              "Random", "Not", "Union", "Inter"]
+              "RowMod", "Random", "Not", "Union", "Inter"]
 
 
 def _s(e: Optional[IntExpr]) -> str:
@@ -104,6 +105,17 @@ class KeyMod:
 
 
 @dataclass(frozen=True)
+class RowMod:
+    """Query rows of one residue class: i % m == o (LongNet's row subsampling)."""
+
+    m: IntExpr
+    o: IntExpr
+
+    def __str__(self) -> str:
+        return f"rows_mod({self.m}, {self.o})"
+
+
+@dataclass(frozen=True)
 class Random:
     r: IntExpr
     b: IntExpr
@@ -170,7 +182,7 @@ class Heads:
         raise ValueError(f"head {h} is outside 0..{self.num_heads - 1}")
 
 
-ATOMS = (Band, DiagMod, Rows, Cols, Block, KeyMod, Random)
+ATOMS = (Band, DiagMod, Rows, Cols, Block, KeyMod, RowMod, Random)
 
 
 # ---------------------------------------------------------------- normal form
@@ -225,6 +237,11 @@ def keymod(l: IntExpr, c: IntExpr) -> "Node":
     if lv is not None and cv is not None and cv >= lv:
         return All()
     return KeyMod(l, c)
+
+
+def rowmod(m: IntExpr, o: IntExpr) -> "Node":
+    """`i % m == o`; every row for m = 1 (the front end keeps 0 <= o < m)."""
+    return All() if m == Const(1) else RowMod(m, o)
 
 
 def random(r: IntExpr, b: IntExpr, seed: int) -> "Node":
@@ -339,6 +356,16 @@ def _bound(values: list, pick: str) -> Optional[IntExpr]:
     return make(pick, *vals) if len(vals) > 1 else vals[0]
 
 
+def _disjoint_rowmods(items: list) -> bool:
+    """Two row classes of one modulus with different constant offsets share no row."""
+    seen: dict = {}
+    for x in items:
+        if isinstance(x, RowMod) and isinstance(x.o, Const):
+            if seen.setdefault(x.m, x.o.value) != x.o.value:
+                return True
+    return False
+
+
 def inter(items) -> "Node":
     items = list(items)
     if any(isinstance(x, Heads) for x in items):
@@ -358,7 +385,7 @@ def inter(items) -> "Node":
         if xs:
             out.append(mk(_bound([x.a for x in xs], "max"), _bound([x.b for x in xs], "min")))
     out += [x for x in flat if not isinstance(x, (Band, Rows, Cols))]
-    if any(isinstance(x, Empty) for x in out):
+    if any(isinstance(x, Empty) for x in out) or _disjoint_rowmods(out):
         return Empty()
     uniq = sorted(set(x for x in out if not isinstance(x, All)), key=_key)
     present = set(uniq)  # a set: `in uniq` is quadratic on long unions/intersections
@@ -407,6 +434,8 @@ def int_args(x) -> list:
         return [x.b]
     if isinstance(x, KeyMod):
         return [x.l, x.c]
+    if isinstance(x, RowMod):
+        return [x.m, x.o]
     if isinstance(x, Random):
         return [x.r, x.b]
     return []
@@ -441,6 +470,8 @@ def substitute_n(x, n: int):
         return block(c(x.b))
     if isinstance(x, KeyMod):
         return keymod(c(x.l), c(x.c))
+    if isinstance(x, RowMod):
+        return rowmod(c(x.m), c(x.o))
     if isinstance(x, Random):
         return random(c(x.r), c(x.b), x.seed)
     return x

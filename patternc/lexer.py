@@ -17,9 +17,9 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 
 __all__ = ["AttnLexer", "KEYWORDS", "PRIMITIVES", "FUNCTIONS", "LENGTH"]
 
-KEYWORDS = ("pattern", "heads")
+KEYWORDS = ("pattern", "stack", "heads")
 PRIMITIVES = ("all", "none", "causal", "local", "band", "global", "sink", "queries", "keys",
-              "stride", "block", "summary", "fixed", "random")
+              "stride", "block", "summary", "fixed", "rows_mod", "random")
 FUNCTIONS = ("min", "max", "isqrt", "cdiv")  # integer functions (patternc.intexpr.FUNCS)
 LENGTH = "n"  # the sequence length, the one predefined integer name
 
@@ -29,9 +29,9 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 class AttnLexer(RegexLexer):
     """Lexer for patternc's attention-pattern language.
 
-    A definition `pattern NAME(PARAM = DEFAULT, ...) = EXPRESSION` gets its name as a
-    function name and its parameters as variables; named arguments in calls (`block=b`) are
-    marked the same way.  Everything else is words, integers, operators and punctuation, and
+    A definition `pattern NAME(PARAM = DEFAULT, ...) = EXPRESSION` (or `stack NAME(...) =
+    LAYERS`) gets its name as a function name and its parameters as variables; named arguments
+    in calls (`block=b`) are marked the same way.  Everything else is words, integers, operators and punctuation, and
     a character the language does not use is an error token.
     """
 
@@ -43,14 +43,14 @@ class AttnLexer(RegexLexer):
     tokens = {
         "root": [
             include("space"),
-            (r"pattern\b", Keyword.Declaration, "defname"),
+            (r"(pattern|stack)\b", Keyword.Declaration, "defname"),
             include("expression"),
         ],
         "space": [
             (r"\s+", Whitespace),
             (r"#[^\n]*", Comment.Single),
         ],
-        # After `pattern`: the pattern's name, then an optional parameter list.
+        # After `pattern` or `stack`: the definition's name, then an optional parameter list.
         "defname": [
             include("space"),
             (_NAME, Name.Function, ("#pop", "defparams")),

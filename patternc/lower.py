@@ -18,7 +18,7 @@ passes start from the earlier passes' softmax state, so the result is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import intexpr as ix
@@ -42,6 +42,7 @@ class Term:
     keymods: tuple = ()  # ((l, c), ...)
     randoms: tuple = ()  # ir.Random atoms
     filters: tuple = ()  # other IR nodes (negations, unions that could not be expanded)
+    rowmods: tuple = ()  # ((m, o), ...): query rows i % m == o
 
     def expr(self):
         parts = []
@@ -53,6 +54,7 @@ class Term:
         parts += [ir.diagmod(m) for m in self.diag]
         parts += [ir.keymod(l, c) for l, c in self.keymods]
         parts += list(self.randoms) + list(self.filters)
+        parts += [ir.rowmod(m, o) for m, o in self.rowmods]
         return ir.inter(parts)
 
 
@@ -66,7 +68,7 @@ def _combine(a: Term, b: Term) -> Term:
 
     return Term(bound(a.lo, b.lo, "max"), bound(a.hi, b.hi, "min"), a.rows + b.rows, a.cols + b.cols,
                 a.blocks + b.blocks, a.diag + b.diag, a.keymods + b.keymods, a.randoms + b.randoms,
-                a.filters + b.filters)
+                a.filters + b.filters, a.rowmods + b.rowmods)
 
 
 def to_terms(x) -> list:
@@ -101,6 +103,8 @@ def to_terms(x) -> list:
         return [Term(diag=(x.m,))]
     if isinstance(x, ir.KeyMod):
         return [Term(keymods=((x.l, x.c),))]
+    if isinstance(x, ir.RowMod):
+        return [Term(rowmods=((x.m, x.o),))]
     if isinstance(x, ir.Random):
         return [Term(randoms=(x,))]
     raise TypeError(type(x).__name__)
@@ -141,25 +145,30 @@ TILE_QUANTUM = 16  # random blocks must be a constant multiple of this to be vis
 
 
 def _space_of(t: Term) -> tuple[Space, Term]:
-    """Choose the index space where a term is dense, moving leftovers to filters."""
+    """Choose the index space where a term is dense, moving leftovers to filters.
+
+    Row classes (`rows_mod`) stay in the term where the tile ranges use them: in `diag(m)` a
+    class of the same modulus is one residue class (the others are skipped whole), and in
+    token order a class skips the query tiles that hold none of its rows.  Elsewhere they
+    are filters."""
     odd = tuple(x for x in t.randoms if not (isinstance(x.b, ix.Const) and x.b.value % TILE_QUANTUM == 0))
     if odd:  # visited through the mask only: correct, but every key tile of the row range is computed
-        t = Term(t.lo, t.hi, t.rows, t.cols, t.blocks, t.diag, t.keymods,
-                 tuple(x for x in t.randoms if x not in odd), t.filters + odd)
+        t = replace(t, randoms=tuple(x for x in t.randoms if x not in odd), filters=t.filters + odd)
     if t.diag and not t.keymods and not t.randoms:
         m, rest = t.diag[0], t.diag[1:]
-        extra = tuple(ir.diagmod(x) for x in rest)
-        return Space("diag", m=m), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (m,), (), (), t.filters + extra)
+        classes = tuple(x for x in t.rowmods if x[0] == m)
+        extra = tuple(ir.diagmod(x) for x in rest) + tuple(ir.rowmod(a, b) for a, b in t.rowmods if (a, b)
+                                                            not in classes)
+        return Space("diag", m=m), replace(t, diag=(m,), filters=t.filters + extra, rowmods=classes)
     if t.keymods and not t.diag and not t.randoms:
         (l, c), rest = t.keymods[0], t.keymods[1:]
-        extra = tuple(ir.keymod(a, b) for a, b in rest)
-        return Space("keys", l=l, c=c), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), ((l, c),), (),
-                                              t.filters + extra)
+        extra = tuple(ir.keymod(a, b) for a, b in rest) + tuple(ir.rowmod(a, b) for a, b in t.rowmods)
+        return Space("keys", l=l, c=c), replace(t, keymods=((l, c),), filters=t.filters + extra, rowmods=())
     extra = tuple(ir.diagmod(m) for m in t.diag) + tuple(ir.keymod(a, b) for a, b in t.keymods)
     if len(t.randoms) > 1:
         extra += t.randoms[1:]
-        t = Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), (), t.randoms[:1], t.filters)
-    return Space("identity"), Term(t.lo, t.hi, t.rows, t.cols, t.blocks, (), (), t.randoms, t.filters + extra)
+        t = replace(t, randoms=t.randoms[:1])
+    return Space("identity"), replace(t, diag=(), keymods=(), filters=t.filters + extra)
 
 
 def plan(expr) -> Plan:
@@ -205,7 +214,7 @@ def heavy_spans(p: Pass, major: str) -> list:
         own, other = (t.rows, t.cols) if major == "q" else (t.cols, t.rows)
         # a one-sided band (causal) still leaves a global row (column) at one end unbounded
         two_sided = t.lo is not None and t.hi is not None
-        if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.randoms):
+        if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.randoms or t.rowmods):
             spans.append((ix.make("max", *[a for a, _ in own]), ix.make("min", *[b for _, b in own])))
     return spans
 
@@ -218,7 +227,7 @@ def narrow_columns(t: Term, space: Space) -> Optional[int]:
     Longformer's global columns), or None.  Walked as one of the forward's BN-key tiles (64),
     4 sink columns cost a whole tile per query tile (StreamingLLM: 1 of 19); a step of its own
     loads 16 keys instead.  The bounds must be constants, so the width is the same at every n."""
-    if space.kind != "identity" or not t.cols or t.blocks or t.diag or t.keymods or t.randoms:
+    if space.kind != "identity" or not t.cols or t.blocks or t.diag or t.keymods or t.randoms or t.rowmods:
         return None
     if not all(isinstance(a, ix.Const) and isinstance(b, ix.Const) for a, b in t.cols):
         return None

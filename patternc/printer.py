@@ -71,6 +71,8 @@ def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_ran
         return f"({i} // {arg(x.b)} == {j} // {arg(x.b)})"
     if isinstance(x, ir.KeyMod):
         return f"(({j} % {arg(x.l)} >= {arg(x.l)} - {arg(x.c)}) & ({i} >= 0))"
+    if isinstance(x, ir.RowMod):
+        return f"(({i} % {arg(x.m)} == {arg(x.o)}) & ({j} >= 0))"
     if isinstance(x, ir.Random):
         return f"{hash_fn}({i}, {j}, {arg(x.r)}, {arg(x.b)}, {x.seed}, {n})"
     raise TypeError(f"cannot print {type(x).__name__}")
@@ -104,6 +106,8 @@ def formula(x) -> str:
         return f"i // {x.b} == j // {x.b}"
     if isinstance(x, ir.KeyMod):
         return f"j % {x.l} >= {x.l} - {x.c}"
+    if isinstance(x, ir.RowMod):
+        return f"i % {x.m} == {x.o}"
     if isinstance(x, ir.Random):
         return f"key block j // {x.b} is one of {x.r} hashed picks (seed {x.seed}) of query block i // {x.b}"
     return str(x)

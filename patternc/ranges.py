@@ -93,6 +93,12 @@ def query_position(space: Space, arg: Args, a: S.Expr) -> S.Expr:
     return a
 
 
+def first_in_class(m: S.Expr, o: S.Expr, a: S.Expr) -> S.Expr:
+    """How far past position a >= 0 the first row of the class i % m == o lies (0 .. m-1);
+    every operand of % is non-negative, so Triton and Python agree."""
+    return S.mod(S.add(S.sub(o, S.mod(a, m)), m), m)
+
+
 def count_keys_below(space: Space, arg: Args, x: S.Expr) -> S.Expr:
     """keys space: the number of kept columns j < x, for x >= 0."""
     l, c = arg(space.l), arg(space.c)
@@ -146,8 +152,12 @@ def query_major(t: Term, space: Space, arg: Args) -> TileRanges:
         for a, b in t.rows:
             applies += [S.le(arg(a), A1), S.lt(A0, arg(b))]
             full += [S.le(arg(a), A0), S.lt(A1, arg(b))]
+        for m, o in t.rowmods:  # the tile holds a row of the class: skip the others whole
+            applies.append(S.le(S.add(A0, first_in_class(arg(m), arg(o), A0)), A1))
+            full.append(S.FALSE)
     elif space.kind == "diag":
         m = arg(space.m)
+        applies += [S.eq(R, arg(o)) for _, o in t.rowmods]  # one residue class takes part
         if t.lo is not None:
             cl = arg(_ceil_div_expr(t.lo, space.m))
             highs.append(S.sub(A1, cl))
@@ -222,6 +232,7 @@ def key_major(t: Term, space: Space, arg: Args) -> TileRanges:
             highs.append(_block_hull_hi(B1, bsa))
     elif space.kind == "diag":
         m = arg(space.m)
+        applies += [S.eq(R, arg(o)) for _, o in t.rowmods]
         if t.lo is not None:
             lows.append(S.add(B0, arg(_ceil_div_expr(t.lo, space.m))))
         if t.hi is not None:
@@ -259,7 +270,7 @@ def full_span(t: Term, space: Space, arg: Args, major: str) -> Optional[FullSpan
     """Closed-form range of full tiles for one term: key tiles of query tile [a0, a1] (major 'q',
     tile size BN), or query tiles of key tile [b0, b1] (major 'k', size BM).  None when the
     term's pairs are never certified full (filters, random, extra moduli, blocks in classes)."""
-    if t.filters or t.randoms or len(t.diag) > 1 or len(t.keymods) > 1:
+    if t.filters or t.randoms or len(t.diag) > 1 or len(t.keymods) > 1 or (t.rowmods and space.kind != "diag"):
         return None
     q = major == "q"
     T = BN if q else BM
@@ -316,6 +327,7 @@ def full_span(t: Term, space: Space, arg: Args, major: str) -> Optional[FullSpan
         if t.blocks:
             return None
         m = arg(space.m)
+        conds += [S.eq(R, arg(o)) for _, o in t.rowmods]
         cl = arg(_ceil_div_expr(t.lo, space.m)) if t.lo is not None else None
         fh = arg(_floor_div_expr(t.hi, space.m)) if t.hi is not None else None
         if q:

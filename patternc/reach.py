@@ -48,7 +48,7 @@ from typing import Optional
 import numpy as np
 
 from . import ir
-from .atoms import atom_truth, atoms_of, eval_formula, view
+from .atoms import atom_truth, atoms_of, eval_formula, residue_in, view
 from .counting import count_nnz, engine
 from .intexpr import Const
 from .semantics import allowed, dense_mask_numpy
@@ -107,7 +107,7 @@ def is_causal(expr_at_n, n: int) -> bool:
 
 # ---------------------------------------------------------------- dense and quotient methods
 
-def _bool_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def bool_mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.astype(np.float32) @ b.astype(np.float32)) > 0.5
 
 
@@ -120,14 +120,14 @@ def dense_layers(A: np.ndarray, causal: bool) -> Optional[int]:
     for L in range(1, 9):  # most patterns are decided within a few layers
         if full(R):
             return L
-        nxt = _bool_mm(R, A)
+        nxt = bool_mm(R, A)
         if np.array_equal(nxt, R):
             return None
         R = nxt
-    return _least_power(A, _bool_mm, full, (n - 1) ** 2 + 1)  # Wielandt: primitive => full by then
+    return least_power(A, bool_mm, full, (n - 1) ** 2 + 1)  # Wielandt: primitive => full by then
 
 
-def _least_power(base: np.ndarray, combine, full, limit: int) -> Optional[int]:
+def least_power(base: np.ndarray, combine, full, limit: int) -> Optional[int]:
     """Smallest L with full(base^L) under an associative, monotone `combine` (matrix product,
     sumset): square until full, then descend bit by bit.  None when the powers stop growing or
     2^k reaches `limit`."""
@@ -168,7 +168,7 @@ def dense_mask(expr, n: int) -> np.ndarray:
     return dense_mask_numpy(expr, n)
 
 
-QUOTIENT_KINDS = ("rows", "cols", "block", "random", "kmod", "true")
+QUOTIENT_KINDS = ("rows", "cols", "block", "random", "kmod", "rmod", "true")
 
 
 def twin_classes(expr_at_n, n: int):
@@ -188,8 +188,8 @@ def twin_classes(expr_at_n, n: int):
             feats.append(p // a[0])
         elif k == "random":
             feats.append(p // a[1])
-        elif k == "kmod":
-            feats.append((p % a[0] >= a[0] - a[1]).astype(np.int64))
+        elif k in ("kmod", "rmod"):
+            feats.append(residue_in(p, a).astype(np.int64))
     _, first, cls = np.unique(np.stack(feats, 1), axis=0, return_index=True, return_inverse=True)
     return cls.ravel(), first
 
@@ -226,11 +226,11 @@ def _is_interval(cnt, lo, hi) -> bool:
     return bool((np.diff(lo) >= 0).all() and (np.diff(hi) >= 0).all() and (hi[:-1] + 1 >= lo[1:]).all())
 
 
-def _d_only(expr_at_n, n: int) -> bool:
+def d_only(expr_at_n, n: int) -> bool:
     return all(view(a, n).kind in ("band", "dmod", "true") for a in atoms_of(expr_at_n))
 
 
-def _differences(expr_at_n, n: int) -> np.ndarray:
+def differences(expr_at_n, n: int) -> np.ndarray:
     """Allowed differences d = i - j in [0, n) of a pattern that depends on i - j only."""
     d = np.arange(n, dtype=np.int64)
     z = np.zeros(n, np.int64)
@@ -238,7 +238,7 @@ def _differences(expr_at_n, n: int) -> np.ndarray:
     return np.broadcast_to(eval_formula(expr_at_n, env), (n,)).copy()
 
 
-def _sumset(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sumset(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """{x + y} of two indicator arrays, truncated to their length (FFT, exact after rounding)."""
     n = len(a)
     size = 1 << (2 * n - 1).bit_length()
@@ -249,20 +249,20 @@ def _sumset(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def sumset_layers(D: np.ndarray) -> Optional[int]:
     """Smallest L whose L-fold sumset of D (with 0 in D) covers [0, len(D)), or None."""
-    return _least_power(D, _sumset, lambda x: bool(x.all()), len(D))
+    return least_power(D, sumset, lambda x: bool(x.all()), len(D))
 
 
-def _lfold(D: np.ndarray, L: int) -> np.ndarray:
+def lfold(D: np.ndarray, L: int) -> np.ndarray:
     """The L-fold sumset of D (0 in D not required), truncated to len(D)."""
     out = np.zeros(len(D), bool)
     out[0] = True
     base, k = D.copy(), L
     while k:
         if k & 1:
-            out = _sumset(out, base)
+            out = sumset(out, base)
         k >>= 1
         if k:
-            base = _sumset(base, base)
+            base = sumset(base, base)
     return out
 
 
@@ -416,8 +416,8 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
         if _count(ir.inter([e, ir.neg(ir.block(Const(b)))]), n) == 0:
             return done(None, f"every allowed pair stays inside a block of {b}")
     # causal patterns of i - j only: sumsets of the allowed differences
-    if causal and n <= ARRAY_N and _d_only(e, n):
-        D = _differences(e, n)
+    if causal and n <= ARRAY_N and d_only(e, n):
+        D = differences(e, n)
         w = int(np.argmin(D)) - 1 if not D.all() else n - 1  # D starts with [0, w]
         if not D[w + 1:].any():
             L = None if w < 1 else -(-(n - 1) // w)
@@ -441,7 +441,7 @@ def full_reach(expr_at_n, n: int, structural_only: bool = False) -> Reach:
                 p = int(cps[pre][0])
                 return done(None, f"queries < {p} never attend a key >= {p}")
     scan = not structural_only
-    if scan and not causal and tabE is None and _d_only(e, n):
+    if scan and not causal and tabE is None and d_only(e, n):
         # the row scans below (closed suffix, hub, interval rows) decided from the allowed
         # differences: O(n) arrays instead of every row's segments (dilated unions at 65536)
         got = _d_only_scan(e, n)
@@ -710,8 +710,8 @@ def reaches(expr_at_n, n: int, a: int, b: int, L: int) -> bool:
         for _ in range(L):
             S = Aq[S].any(0)
         return bool(S[cls[b]])
-    if _d_only(e, n) and is_causal(e, n):
-        return b <= a and bool(_lfold(_differences(e, n), L)[a - b])
+    if d_only(e, n) and is_causal(e, n):
+        return b <= a and bool(lfold(differences(e, n), L)[a - b])
     S = np.zeros(n, bool)
     S[a] = True
     for _ in range(L):

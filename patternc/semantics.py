@@ -95,6 +95,9 @@ def allowed(expr, i, j, n: int):
     if isinstance(x, ir.KeyMod):
         l, c = _ints(x, n)
         return (j % l >= l - c) & (i >= 0)
+    if isinstance(x, ir.RowMod):
+        m, o = _ints(x, n)
+        return (i % m == o) & (j >= 0)
     if isinstance(x, ir.Random):
         r, b = _ints(x, n)
         return random_allowed(r, b, x.seed, i, j, n)

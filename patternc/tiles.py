@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from . import ir
-from .atoms import atoms_of, eval_formula, random_picks, view
+from .atoms import atoms_of, eval_formula, random_picks, residues_below, view
 from .counting import count_nnz, engine, ragged
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -145,13 +145,11 @@ def _states(v, a0, a1, b0, b1, n: int):
         dmin, dmax = a0 - (b1 - 1), (a1 - 1) - b0
         return (dmax // m) * m >= dmin, (dmin == dmax) & (dmin % m == 0)
     if k == "kmod":
-        l, c = a
-
-        def K(x):
-            return (x // l) * c + np.maximum(0, x % l - (l - c))
-
-        cnt = K(b1) - K(b0)
+        cnt = residues_below(b1, a) - residues_below(b0, a)
         return cnt > 0, cnt == b1 - b0
+    if k == "rmod":  # a set of query rows, the same for every key tile of a query tile
+        cnt = residues_below(a1, a) - residues_below(a0, a)
+        return cnt > 0, cnt == a1 - a0
     if k == "random":
         r, b, seed = a
         q0, q1, k0, k1 = a0 // b, (a1 - 1) // b, b0 // b, (b1 - 1) // b

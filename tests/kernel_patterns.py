@@ -41,6 +41,13 @@ PATTERNS = {
     "wide_stride": "causal & stride(3)",
     "wide_dilated": "local(20, dilation=2)",
     "wide_global_rows": "queries(0, 40) | local(20)",
+    # LongNet's row subsampling: as a mask filter in token order, and as one residue class of a
+    # strided pass (the other classes are skipped whole)
+    "rows_mod": "local(6) & rows_mod(3, 1)",
+    "rows_mod_class": "block(24) & stride(3) & rows_mod(3, 2)",
+    "longnet_heads": "heads { 0..0: block(8) | (block(16) & stride(2) & rows_mod(2, 0)), "
+                     "1..1: block(8) | (block(16) & stride(2) & rows_mod(2, 1)) }",
+    "wide_rows_mod": "local(40) & rows_mod(40, 7) | causal & local(3)",
 }
 
 

@@ -158,7 +158,8 @@ def test_generated_lines_are_short():
 
 @pytest.mark.parametrize("name,D", [(x, 64) for x in ("longformer", "strided", "bigbird", "causal", "wide_local",
                                                       "wide_block_fixed")]
-                         + [("queries_keys", 128), ("wide_causal_band", 128), ("longformer", 128)])
+                         + [("queries_keys", 128), ("wide_causal_band", 128), ("longformer", 128),
+                            ("rows_mod_class", 64), ("wide_rows_mod", 128)])
 def test_kernels_compile_for_hopper_without_a_gpu(name, D, tmp_path, monkeypatch):
     """The interpreter accepts code the GPU compiler may reject (TMA descriptors, layouts): compile
     every kernel of a pattern for sm_90 with the ptxas that ships in the Triton wheel, with the

@@ -34,9 +34,15 @@ CLOSED = [
     "sink(n // 3) | local(2)", "stride(isqrt(n) + 1)",
     "local(3) | local(2, dilation=2) | local(2, dilation=3)",  # LongNet-style union of dilated windows
     "block(4) | (block(8) & stride(2))",  # LongNet's segment form
+    # rows_mod: summed over one residue class of rows, or counted in that class's own indices
+    "rows_mod(3, 1)", "local(2) & rows_mod(3, 1)", "causal & rows_mod(4, 0) | local(1)", "band(1, 4) & rows_mod(2, 1)",
+    "block(6) & stride(3) & rows_mod(3, 2)", "block(4) | (block(8) & stride(2) & rows_mod(2, 1))",
+    "causal & rows_mod(4, 1) & rows_mod(6, 3)", "local(3) & rows_mod(2, 0) & rows_mod(2, 1)",
+    "local(2) & rows_mod(n // 5 + 1, 0)", "keys(2, 9) & rows_mod(3, 2) | queries(0, 3)",
 ]
 NO_FORM = ["random(2, block=3)", "local(2) | random(1, block=2, seed=3)", "stride(3) | summary(4, 1)",
-           "stride(2) & summary(6, 2)"]
+           "stride(2) & summary(6, 2)", "block(4) & rows_mod(2, 1)", "stride(2) & rows_mod(4, 1)",
+           "summary(4, 1) & rows_mod(2, 0)"]
 
 
 def brute(expr, n: int) -> int:
@@ -174,6 +180,8 @@ def test_flops_convention():
     ("pattern p = local(127) | global(128) | random(3, block=64)", "O(n)"),
     ("pattern p = local(3)", "O(n)"),
     ("pattern p = none", "O(1)"),
+    ("pattern p(w = 64, r = 4) = local(w) & rows_mod(r, 1)", "O(n·w/r)"),
+    ("pattern p(r = 8) = causal & rows_mod(r, 0)", "O(n^2/r)"),
 ])
 def test_asymptotic_order(src, order):
     assert analysis.order_of(resolve_source(src))[0] == order

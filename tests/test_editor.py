@@ -33,6 +33,11 @@ pattern mix = heads {
     0..3: base(s = 4), 4..7: random(2, block=64, seed=1) & summary(128, 8),
     8..8: fixed(16, 2) | queries(0, 10) & keys(5, n) | all - none,
 }
+pattern every_other = block(64) & stride(2) & rows_mod(2, 1)
+stack
+  tower  # a stack of layers
+  (depth = 4) = [local(64), mix] * depth, every_other * (depth // 2), [spread,]
+stack deeper = tower(2), causal
 """
 
 
@@ -77,6 +82,13 @@ def test_pygments_token_types():
     assert pygments_type(text, "(") in Punctuation
     assert pygments_type(text, "# x") in Comment.Single
     assert pygments_type("pattern q = heads { 0..1: all }", "heads") in Keyword
+    stack = "stack t(d = 2) = [local(8), causal] * d, rows_mod(2, 1)"
+    assert pygments_type(stack, "stack") in Keyword
+    assert pygments_type(stack, "t") in Name.Function
+    assert pygments_type(stack, "d", 0) in Name.Variable
+    assert pygments_type(stack, "*") in Operator
+    assert pygments_type(stack, "[") in Punctuation
+    assert pygments_type(stack, "rows_mod") in Name.Builtin
     assert pygments_type("pattern q = local(isqrt(n))", "isqrt") in Name.Builtin
     assert pygments_type("pattern q = local(isqrt(n))", "n") in Name.Builtin.Pseudo
 
@@ -246,6 +258,14 @@ def test_textmate_scopes():
     assert "keyword.operator.attn" in tm_scopes(text, "|")
     assert "comment.line.number-sign.attn" in tm_scopes(text, "# x")
     assert "comment.line.number-sign.attn" in tm_scopes(text, "x")
+    stack = "stack t(d = 2) = [local(8), causal] * d, t2 # x"
+    assert "keyword.control.stack.attn" in tm_scopes(stack, "stack")
+    assert "entity.name.function.attn" in tm_scopes(stack, "t")
+    assert "variable.parameter.attn" in tm_scopes(stack, "d", 0)
+    assert "keyword.operator.attn" in tm_scopes(stack, "*")
+    assert "punctuation.section.brackets.begin.attn" in tm_scopes(stack, "[")
+    assert "variable.other.attn" in tm_scopes(stack, "d", 1)
+    assert "support.function.primitive.attn" in tm_scopes("pattern q = rows_mod(2, 1)", "rows_mod")
     heads = "pattern q = heads { 0..1: local(isqrt(n)) }"
     assert "keyword.control.heads.attn" in tm_scopes(heads, "heads")
     assert "keyword.operator.range.attn" in tm_scopes(heads, "..")
@@ -295,7 +315,7 @@ def tm_words(scope: str) -> set:
 
 
 def test_lists_match_the_language():
-    assert lark_keywords() == {"pattern", "heads"}  # the grammar as this test knows it
+    assert lark_keywords() == {"pattern", "stack", "heads"}  # the grammar as this test knows it
     assert set(lexer.KEYWORDS) == lark_keywords()
     assert set(lexer.PRIMITIVES) == set(frontend.PRIMITIVES)
     assert len(lexer.PRIMITIVES) == len(frontend.PRIMITIVES)

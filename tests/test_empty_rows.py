@@ -31,7 +31,7 @@ def brute_shortest(p, upto: int = BRUTE_N):
 CONSTANT_ATOMS = [
     "causal", "all", "none", "local({a})", "band({a}, {b})", "band(-{b}, -{a})", "band(lo={a})", "band(hi=-{a})",
     "stride({m})", "block({m})", "summary({m}, {c})", "queries({a}, {b})", "keys({a}, {b})", "sink({a})",
-    "global({a})", "local({a}, dilation={m})",
+    "global({a})", "local({a}, dilation={m})", "rows_mod({m} + 1, {c})",
 ]
 N_ATOMS = ["local(n // {m})", "queries(0, n - {a})", "keys(n // {m}, n)", "random({c}, block={m})",
            "global(at=[n - 1])", "block(cdiv(n, {m}))"]
@@ -62,6 +62,8 @@ HAND_PICKED = [
     "causal & summary(4, 1)",  # rows 0, 1, 2 see no key j % 4 == 3
     "(block(5) & summary(3, 1)) | keys(40, 41)",  # rows of blocks without a j % 3 == 2 key, until 41 keys
     "heads { 0..1: causal, 2..3: causal & summary(6, 2) }",
+    "causal & rows_mod(3, 1) | keys(40, 41)",  # rows i % 3 != 1, until 41 keys
+    "local(2) & rows_mod(2, 0) | block(4) & stride(2) & rows_mod(2, 1)",  # rows 4k + 3
 ]
 
 

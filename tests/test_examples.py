@@ -19,7 +19,7 @@ import torch
 
 import patternc
 from patternc import semantics
-from patternc.frontend import PRIMITIVES, check_program, parse_program
+from patternc.frontend import PRIMITIVES, Stack, check_program, parse_program
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -57,11 +57,21 @@ def test_example_parses_and_every_pattern_resolves(path):
 
 @pytest.mark.parametrize("path,name", PATTERNS, ids=[f"{f.stem}:{n}" for f, n in PATTERNS])
 def test_reference_mask_matches_semantics(path, name):
-    p = patternc.parse(path, name)
-    mod = patternc.load(p, backend="reference")
+    item = patternc.parse(path, name)
+    if isinstance(item, Stack):  # a stack: each distinct layer, through the stack's module
+        mod = patternc.load(item, backend="reference")
+        for k, p in enumerate(item.distinct):
+            _check_mask(path, f"{name} layer {item.layer_index.index(k)}", p,
+                        lambda n, i=item.layer_index.index(k): mod.mask(n, layer=i))
+        return
+    mod = patternc.load(item, backend="reference")
+    _check_mask(path, name, item, mod.mask)
+
+
+def _check_mask(path, name, p, mask):
     for n in LENGTHS:
         expr = p.at(n)
-        got = mod.mask(n).numpy()
+        got = mask(n).numpy()
         if p.num_heads is None:
             want = semantics.dense_mask_numpy(expr, n)
         else:
@@ -111,6 +121,19 @@ def test_model_trains_with_load():
     losses = _losses(r.stdout)
     assert len(losses) == 40 and all(math.isfinite(x) for x in losses), r.stdout
     assert sum(losses[-5:]) / 5 < 0.7 * losses[0], losses
+
+
+def test_model_picks_each_layers_attention_from_a_stack(tmp_path):
+    """A stack module in the model: block i takes layer(i)'s attention, and the stack sets the depth."""
+    src = tmp_path / "s.attn"
+    src.write_text("stack s = [causal & local(7), causal] * 2\n")
+    out = tmp_path / "s_ref.py"
+    out.write_text(patternc.compile(patternc.parse(src), "reference"))
+    r = _run_model("--module", out, "--steps", 3, "--n", 64, "--batch", 2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stack 's' of 4 layers" in r.stdout and "layers=4" in r.stdout
+    losses = _losses(r.stdout)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), r.stdout
 
 
 def test_model_trains_with_compiled_file(tmp_path):

@@ -56,6 +56,10 @@ PRIMITIVES = [
     ("summary(5, 2)", lambda i, j, n: j % 5 >= 5 - 2),
     ("summary(4, 4)", lambda i, j, n: True),
     ("fixed(6, 2)", lambda i, j, n: i // 6 == j // 6 or j % 6 >= 4),
+    ("rows_mod(3, 1)", lambda i, j, n: i % 3 == 1),
+    ("rows_mod(4)", lambda i, j, n: i % 4 == 0),
+    ("rows_mod(1)", lambda i, j, n: True),
+    ("block(8) & stride(2) & rows_mod(2, 1)", lambda i, j, n: i // 8 == j // 8 and i % 2 == 1 and j % 2 == 1),
     # integer expressions over n, evaluated per length
     ("local(isqrt(n))", lambda i, j, n: abs(i - j) <= math.isqrt(n)),
     ("sink(n // 4) | queries(n // 2, n)", lambda i, j, n: j < n // 4 or n // 2 <= i < n),
@@ -65,6 +69,7 @@ PRIMITIVES = [
     ("stride(2 * 3 - 1)", lambda i, j, n: (i - j) % 5 == 0),
     ("block(-(-7))", lambda i, j, n: i // 7 == j // 7),
     ("keys(n - n // 3, n)", lambda i, j, n: n - n // 3 <= j),
+    ("rows_mod(n // 3 + 2, n % 2)", lambda i, j, n: i % (n // 3 + 2) == n % 2),
 ]
 
 OPERATORS = [

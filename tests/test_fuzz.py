@@ -103,7 +103,7 @@ LOOKALIKES = "\u0430\u0435\u043e\u0441\u0440\u0445\u0455\u0456\u0458\u04bb\uff08
 ALPHABET = "()[]{}|&-+*/%.,:=#_ \t\r\n\f\v0123456789abcdnlsw" + LOOKALIKES + "\x00\x1b\\'\""
 TOKENS = ["pattern", "heads", "=", "(", ")", "[", "]", "{", "}", ",", ":", "..", "|", "&", "-", "+", "*",
           "//", "%", "n", "x", "w", "all", "none", "causal", "local", "band", "global", "sink", "queries",
-          "keys", "stride", "block", "summary", "fixed", "random", "isqrt", "cdiv", "min", "max", "lo", "hi",
+          "keys", "stride", "block", "summary", "fixed", "rows_mod", "random", "isqrt", "cdiv", "min", "max", "lo", "hi",
           "at", "dilation", "seed", "0", "1", "7", "64", "-1", "99999999999999999999", "#c\n", "\n", " ",
           "pattern x =", "pattern f(a, b = 2) =", "\u0430", "\u00a0"]
 

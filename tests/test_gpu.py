@@ -240,3 +240,30 @@ def test_repeated_calls_launch_compiled_kernels_directly(name, mode, monkeypatch
     finally:
         triton.knobs.runtime.launch_enter_hook.remove(hook)
     assert seen
+
+
+@pytest.mark.parametrize("src", ["local(200) & rows_mod(4, 1) | causal & local(0)",
+                                 "block(512) | (block(1024) & stride(4) & rows_mod(4, 3))"])
+@pytest.mark.parametrize("D", [64, 128])
+def test_rows_mod_on_gpu(src, D):
+    """LongNet's row classes: a filter with whole query tiles skipped, and one residue class of a
+    strided pass (the other classes skipped whole), compiled for the GPU."""
+    p = patternc.parse(f"pattern x = {src}")
+    mod = patternc.load(p, backend="triton")
+    res = check_module(mod, p, 4099, D=D, B=1, H=2, HK=1, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+
+
+def test_longnet_heads_and_a_stack_on_gpu():
+    """examples/longnet.attn's per-head LongNet, and a stack module's layers, on the GPU."""
+    root = Path(__file__).resolve().parent.parent / "examples"
+    p = patternc.parse(root / "longnet.attn", "longnet_heads", s=256)
+    mod = patternc.load(p, backend="triton")
+    res = check_module(mod, p, 4099, D=64, B=1, H=4, HK=2, dtype=torch.bfloat16, device="cuda")
+    assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], res
+    s = patternc.parse(root / "stacks.attn", w=512, pairs=2)
+    stack = patternc.load(s, backend="triton")
+    for i in (0, 1):
+        res = check_module(stack.layer(i), s.layers[i], 3000, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16,
+                           device="cuda")
+        assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (i, res)

@@ -61,6 +61,11 @@ def mask(expr, n: int, head: int = 0) -> np.ndarray:
     ("queries(0, 3) | queries(2, 8)", "queries(0, 8)"),
     ("global(at=[3, 1, 2])", "(keys(1, 4) | queries(1, 4))"),
     ("random(2)", "random(2, block=64, seed=0)"),
+    # row classes: one modulus is all rows; two different classes of one modulus share none
+    ("rows_mod(1)", "all"),
+    ("rows_mod(3)", "rows_mod(3, 0)"),
+    ("rows_mod(2, 1) & rows_mod(2, 0)", "none"),
+    ("rows_mod(2, 1) & rows_mod(2, 1) & causal", "(causal & rows_mod(2, 1))"),
 ])
 def test_normal_form(src, normal):
     assert str(expr_of(src)) == normal
@@ -152,11 +157,12 @@ def _example_patterns() -> list:
 def test_example_files_round_trip(file, name):
     from conftest import ROOT
 
-    p = resolve_source((ROOT / "examples" / file).read_text(), name)
-    again = expr_of(str(p.expr))
-    assert again == p.expr, f"{file}:{name}\n  printed: {p.expr}\n  reparsed: {again}"
-    for n in (50, 129):
-        np.testing.assert_array_equal(mask(again, n, head=0), mask(p.expr, n, head=0))
+    got = resolve_source((ROOT / "examples" / file).read_text(), name)
+    for p in getattr(got, "distinct", (got,)):  # a stack: each of its layer patterns
+        again = expr_of(str(p.expr))
+        assert again == p.expr, f"{file}:{name}\n  printed: {p.expr}\n  reparsed: {again}"
+        for n in (50, 129):
+            np.testing.assert_array_equal(mask(again, n, head=0), mask(p.expr, n, head=0))
 
 
 @pytest.mark.parametrize("src", EXAMPLES)
@@ -184,6 +190,7 @@ _ATOMS = [
     ("queries(3, n - 2)", lambda i, j, n: 3 <= i < n - 2),
     ("keys(n // 2, n)", lambda i, j, n: j >= n // 2),
     ("summary(5, 2)", lambda i, j, n: j % 5 >= 3),
+    ("rows_mod(3, 2)", lambda i, j, n: i % 3 == 2),
     ("local(n // 4)", lambda i, j, n: abs(i - j) <= n // 4),
     ("all", lambda i, j, n: True),
     ("none", lambda i, j, n: False),

@@ -169,6 +169,7 @@ ATOMS = st.one_of(
     st.integers(1, 9).map(lambda s_: f"stride({s_})"),
     st.integers(1, 40).map(lambda b: f"block({b})"),
     st.tuples(st.integers(1, 20), st.integers(0, 20)).map(lambda t: f"summary({t[0]}, {min(t)})"),
+    st.tuples(st.integers(1, 9), st.integers(0, 8)).map(lambda t: f"rows_mod({t[0]}, {t[1] % t[0]})"),
     st.tuples(st.integers(1, 3), st.sampled_from([16, 32]), st.integers(0, 99)).map(
         lambda t: f"random({t[0]}, block={t[1]}, seed={t[2]})"),
 )

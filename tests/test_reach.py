@@ -42,6 +42,8 @@ CASES = [
     "random(2, block=2, seed=1)", "random(2, block=3, seed=4) | local(1)", "block(4) | random(1, block=4, seed=2)",
     "causal | (queries(0, 5) & keys(0, 5))", "causal - local(0)", "band(-1, -1) | band(1, 1)",
     "(local(2) | stride(6)) - block(3)", "keys(0, 3) | queries(0, 2)", "global(at=[5])",
+    "rows_mod(2, 1) | local(1)", "causal & (rows_mod(3, 0) | local(1))", "rows_mod(4, 1) | summary(4, 1)",
+    "block(4) | (block(8) & stride(2) & rows_mod(2, 0))",
 ]
 
 

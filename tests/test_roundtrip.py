@@ -59,6 +59,7 @@ ATOMS = st.one_of(
     POS.map(lambda b: f"block({b})"),
     st.tuples(POS, st.integers(0, 20)).map(lambda t: f"summary({t[0]} + {t[1]}, {t[1]})"),
     st.tuples(POS, st.integers(0, 20)).map(lambda t: f"fixed({t[0]} + {t[1]}, {t[1]})"),
+    st.tuples(POS, st.integers(0, 20)).map(lambda t: f"rows_mod({t[0]} + {t[1]}, {t[1]})"),
     st.tuples(st.integers(0, 3), st.sampled_from(["16", "32", "n // 2 + 1"]), st.integers(0, 2 ** 31 - 1)).map(
         lambda t: f"random({t[0]}, block={t[1]}, seed={t[2]})"),
 )
@@ -200,6 +201,7 @@ def _raw_keymod(draw):
 RAW_ATOMS = st.one_of(
     st.just(ir.All()), st.just(ir.Empty()), _raw_band(),
     _RAW_POS.map(ir.DiagMod), _RAW_POS.map(ir.Block), _raw_range(ir.Rows), _raw_range(ir.Cols), _raw_keymod(),
+    st.tuples(st.integers(0, 8), st.integers(1, 8)).map(lambda t: ir.RowMod(ix.Const(t[0] + t[1]), ix.Const(t[0]))),
     # r >= 1: a raw Random(0) is outside the normal form (it normalises to none); r = 0 at run time is
     # covered in test_numerics (an n-dependent count)
     st.tuples(st.integers(1, 3), st.sampled_from([8, 16]), st.integers(0, 99)).map(

@@ -162,3 +162,15 @@ def test_tile_walks_need_one_head():
     with pytest.raises(TypeError, match="one head's pattern"):
         walks.tile_walks(parse("heads { 0..0: local(3), 1..1: causal }").expr, 10, 16, 16)
     assert isinstance(parse("heads { 0..0: local(3), 1..1: causal }").expr, ir.Heads)
+
+
+def test_row_classes_skip_rows_in_the_kernels():
+    """rows_mod: a strided pass walks only its own residue class, and in token order the query
+    tiles that hold no row of the class are skipped (the kernels' walk, simulated)."""
+    n = 1024
+
+    def pairs(src: str) -> int:
+        return walks.computed_pairs(patternc.parse(f"pattern x = {src}").at(n), n, 16, 16)
+
+    assert pairs("block(64) & stride(4) & rows_mod(4, 1)") * 4 == pairs("block(64) & stride(4)")
+    assert pairs("local(40) & rows_mod(64, 5)") * 4 == pairs("local(40)")  # one query tile in four

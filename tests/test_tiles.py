@@ -18,13 +18,15 @@ PRIMITIVES = [
     "all", "none", "causal", "local(3)", "local(0)", "band(-4, 9)", "band(lo=5)", "band(hi=-2)", "global(2)",
     "global(at=[1, 9])", "sink(3)", "keys(5, 12)", "queries(3, 17)", "block(5)", "block(1)", "stride(4)",
     "stride(13)", "summary(6, 2)", "summary(2, 1)", "fixed(7, 3)", "random(2, block=3)", "random(3, block=8, seed=7)",
-    "local(3, dilation=3)",
+    "local(3, dilation=3)", "rows_mod(3, 1)", "rows_mod(16, 5)",
 ]
 COMBOS = [
     "causal & local(5)", "local(4) | global(2)", "causal & (local(5) | stride(6))", "causal & fixed(6, 2)",
     "causal & (sink(2) | local(4))", "causal | (queries(0, 9) & keys(0, 9))", "local(5) | random(2, block=4, seed=3)",
     "(local(6) | stride(5)) - block(4)", "all - (stride(3) | summary(5, 2))", "causal - local(0) - queries(5, 8)",
     "stride(3) & summary(7, 3)", "block(6) & random(2, block=3, seed=1)", "(causal - stride(4)) | keys(2, 3)",
+    "local(4) & rows_mod(5, 2)", "block(8) & stride(2) & rows_mod(2, 1) | local(1)", "causal & rows_mod(4, 3) - local(1)",
+    "rows_mod(3, 0) & summary(5, 2) | stride(4) & rows_mod(2, 1)",
 ]
 
 

@@ -63,7 +63,8 @@ def test_walk_runs_where_kernels_would_not(monkeypatch):
     assert res.lse_ok and res.out < 1e-12 and res.worst() < 1e-6
 
 
-@pytest.mark.parametrize("name", ["longformer", "strided", "fixed", "bigbird", "heads", "dilated", "sink"])
+@pytest.mark.parametrize("name", ["longformer", "strided", "fixed", "bigbird", "heads", "dilated", "sink", "rows_mod",
+                                  "rows_mod_class", "longnet_heads"])
 def test_each_tile_gathers_every_allowed_key(name):
     """Brute force: for every query tile of every pass, the gathered keys hold every key that the
     pass's rows may attend (the walk is exact only if nothing allowed is left out)."""
@@ -85,6 +86,16 @@ def test_each_tile_gathers_every_allowed_key(name):
                     rows = walk.positions(ps, torch.arange(a0, a1 + 1), r, A, query=True).numpy()
                     covered[np.ix_(rows, keys)] = True
         assert not (full & ~covered).any(), (name, h)
+
+
+def test_walk_multiplies_only_rows_that_take_part():
+    """rows_mod(4, 1): a quarter of each query tile's rows take part, and only they are multiplied;
+    the strided class form walks one residue class of four."""
+    n = 100
+    for src in ("local(8) & rows_mod(4, 1)", "block(32) & stride(4) & rows_mod(4, 1)"):
+        p, mod = load(src)
+        rows = torch.cat([step[2] for step in walk._walk_steps(mod.SPEC, n, 1, "cpu", walk.TILE)])
+        assert sorted(rows.tolist()) == list(range(1, n, 4)), src
 
 
 def test_walk_cost_is_linear_for_windows():

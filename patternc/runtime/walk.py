@@ -104,7 +104,10 @@ def _walk_steps(spec: Spec, n: int, H: int, device, tile: int) -> Iterator[tuple
                     continue
                 rows = positions(p, torch.arange(a0, a1 + 1, device=device), r, A, query=True)
                 keep = torch.broadcast_to(p.mask(rows[:, None], keys[None, :], n, A), (rows.numel(), keys.numel()))
-                if keep.any():
+                live = keep.any(1)  # rows that take part (rows_mod keeps one row in r)
+                if not live.all():
+                    rows, keep = rows[live], keep[live]
+                if rows.numel():
                     yield h0, h1, rows, keys, keep
 
 
