@@ -747,7 +747,7 @@ def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
                 kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", masks[pi], p, rev=grow[pi], seeded=pi > 0)))
             kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", masks[pi], p, grow[pi])))
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", masks[pi], p)))
-            kernels.append("\n".join(decode_kernel(f"_dec_{tag}", masks[pi], p, arg, p.space.describe())))
+            kernels.append("\n".join(decode_kernel(signature(f"_dec_{tag}", "decode", False, ()), masks[pi], p, arg)))
             walks.append("\n".join(walk_fn(f"_walk_{tag}", p, host, arg)))
             walks.append("\n".join(pairs_fn(f"_pairs_{tag}", p, host)))
             fields = [f'"{p.space.kind}"{space_fields(p, host)}', f"walk=_walk_{tag}", f"mask=_pairs_{tag}"]

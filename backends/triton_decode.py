@@ -25,7 +25,8 @@ from patternc.runtime.random_blocks import seed_key
 
 from .common import uses_name
 
-INT_HELPERS = ("floordiv", "floormod", "isqrt")
+BODIES = ("cache_bases", "decode_tile", "load_new_rows", "new_rows", "store_new_rows", "floordiv", "floormod",
+          "isqrt")
 
 
 def T(e) -> str:
@@ -37,50 +38,35 @@ def _indent(lines: list, k: int) -> list:
 
 
 def _prologue(p: Pass) -> list:
-    """The program's rows: (batch z, kv head hk, split sid), its query tile [a0, a1] in the pass's
-    space (class r), and per row its head h, position i and row of q (qrow)."""
-    lines = ["sid = tl.program_id(0)  # which split of the keys",
-             "zk = tl.program_id(1)",
-             "z = zk // KC",
-             "hk = KV0 + zk % KC",
-             "rg = tl.program_id(2)  # row group: " + ("residue class x heads" if p.space.kind == "diag" else "heads"),
-             "n = tl.load(SEQ + z).to(tl.int32)  # this row's length, new tokens included"]
-    return lines
+    """Program ids -> (split sid, batch row z, kv head hk, row group rg), and this row's length n."""
+    return ["sid = tl.program_id(0)  # which split of the keys",
+            "z = tl.program_id(1) // KC",
+            "hk = KV0 + tl.program_id(1) % KC",
+            "rg = tl.program_id(2)  # row group: " + ("residue class x heads" if p.space.kind == "diag" else "heads"),
+            "n = tl.load(SEQ + z).to(tl.int32)  # this row's length, new tokens included"]
 
 
 def imports(kernel_text: str) -> str:
     """The import of the runtime's decode functions that the kernels use."""
-    used = [x for x in ("decode_tile",) + INT_HELPERS if uses_name(kernel_text, x)]
+    used = [x for x in BODIES if uses_name(kernel_text, x)]
     return f"from patternc.runtime.decode_bodies import {', '.join(used)}" if used else ""
 
 
 def _rows(p: Pass, arg: Args) -> list:
+    """The query tile: [a0, a1] in the pass's space, and its rows (runtime.decode_bodies.new_rows)."""
     if p.space.kind == "diag":
-        m = T(arg(p.space.m))
-        lines = ["cls = rg // NHG  # the class of new row cls: rows cls, cls + m, ... of q",
+        lines = ["cls = rg // NHG  # new rows of q cls, cls + m, ...: one residue class",
                  "hg = rg % NHG",
-                 "base = n - T + cls  # position of the class's first new row",
-                 f"m = {m}",
-                 "r = floormod(base, m)  # residue class: positions r, r + m, r + 2*m, ...",
-                 "a0 = floordiv(base, m)",
-                 "TR = tl.maximum((T - cls + m - 1) // m, 1)  # new rows in this class (cls < m)",
+                 f"m = {T(arg(p.space.m))}",
+                 "r = floormod(n - T + cls, m)  # the class: positions r, r + m, r + 2*m, ...",
+                 "a0 = floordiv(n - T + cls, m)",
+                 "TR = tl.maximum((T - cls + m - 1) // m, 1)  # new rows in this class (if cls < m)",
                  "a1 = a0 + TR - 1",
-                 "rho = tl.arange(0, BM)",
-                 "qrow = cls + m * (rho % TR)",
-                 "i = base + m * (rho % TR)",
-                 "row_ok = (cls < m) & (rho < HPT * TR)"]
+                 "qrow, i, h, row_ok = new_rows(n, T, cls, m, TR, hg, hk, GROUP, HPT, H0, H1, BM)"]
     else:
-        lines = ["hg = rg",
-                 "TR = T",
-                 "a0 = n - T  # the new rows: positions n - T .. n - 1",
+        lines = ["a0 = n - T  # the new rows: positions n - T .. n - 1",
                  "a1 = n - 1",
-                 "rho = tl.arange(0, BM)",
-                 "qrow = rho % TR",
-                 "i = a0 + qrow",
-                 "row_ok = rho < HPT * TR"]
-    lines += ["g = hg * HPT + rho // TR  # the head within the group: GROUP x TR rows packed in one tile",
-              "h = hk * GROUP + g",
-              "row_ok = row_ok & (g < GROUP) & (h >= H0) & (h <= H1) & (i >= 0)"]
+                 "qrow, i, h, row_ok = new_rows(n, T, 0, 1, T, rg, hk, GROUP, HPT, H0, H1, BM)"]
     return lines
 
 
@@ -98,8 +84,9 @@ def _tile_call() -> list:
             "                            WIDEN)"]
 
 
-def decode_kernel(name: str, mask_call: str, p: Pass, arg: Args, doc_space: str) -> list:
-    """The decode kernel of pass p (its mask is the module's `_mask_*` function)."""
+def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
+    """The decode kernel of pass p after its `signature` lines (printed from runtime.abi by the
+    backend); its mask is the module's `_mask_*` function."""
     spans, randoms = [], []
     ranges = ["# the keys each term allows the tile (key indices of the pass's space)"]
     for ti, t in enumerate(p.terms):
@@ -137,51 +124,22 @@ def decode_kernel(name: str, mask_call: str, p: Pass, arg: Args, doc_space: str)
     for idx, (ti, tr) in enumerate(randoms):
         body += _random_loop(ti, tr, spans, randoms[:idx], arg, pos, keep)
     text = "\n".join(body)
-    header = ["@triton.jit", f"def {name}("]
-    header += _signature()
-    header += ["):",
-               f'    """Decode, {doc_space}: the newest T rows of the query heads that share kv head hk (GROUP x T',
-               '    rows in one tile), against this split\'s share of the cached keys they may attend."""']
+    header = signature + [
+        f'    """Decode, {p.space.describe()}: the newest T rows of the query heads that share kv head hk',
+        '    (GROUP x T rows in one tile), against this split\'s share of the cached keys they may attend."""']
     pro = _prologue(p)
     rows = _rows(p, arg)
     rows += _space_names(p, arg, text)
     args = _length_args(arg, "\n".join(rows) + text)
     load = ["offs_d = tl.arange(0, BD)",
-            "q_ptrs = Q + z.to(tl.int64) * sq0 + h.to(tl.int64)[:, None] * sq1 + qrow.to(tl.int64)[:, None] * sq2 \\",
-            "    + offs_d[None, :] * sq3",
-            "q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)",
-            "if WIDEN:",
-            "    q = q.to(tl.float32)",
-            "k_base = K + hk.to(tl.int64) * sk1",
-            "v_base = V + hk.to(tl.int64) * sv1",
-            "if PAGE == 0:  # a plain cache: the batch row is the first index (a paged one's pages hold it)",
-            "    k_base += z.to(tl.int64) * sk0",
-            "    v_base += z.to(tl.int64) * sv0",
+            "q = load_new_rows(Q, z, h, qrow, row_ok, sq0, sq1, sq2, sq3, offs_d, D, WIDEN)",
+            "k_base, v_base = cache_bases(K, V, z, hk, sk0, sk1, sv0, sv1, PAGE)",
             "m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
             "l_i = tl.zeros([BM], dtype=tl.float32)",
             "acc = tl.zeros([BM, BD], dtype=tl.float32)"]
-    tail = ["# epilogue: this split's softmax state, normalised; rows that met no key give 0 and lse = -inf",
-            "l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
-            "out = acc / l_safe[:, None]",
-            "lse = tl.where(l_i == 0.0, float('-inf'), (m_i + tl.log2(l_safe)) * 0.6931471805599453)",
-            "part = PART0 + sid",
-            "o_rows = z.to(tl.int64) * so0 + h.to(tl.int64) * so1 + qrow.to(tl.int64) * so2 + part * sop",
-            "tl.store(O + o_rows[:, None] + offs_d[None, :] * so3, out.to(O.dtype.element_ty),",
-            "         mask=row_ok[:, None] & (offs_d[None, :] < D))",
-            "tl.store(LSE + z.to(tl.int64) * sl0 + h.to(tl.int64) * sl1 + qrow.to(tl.int64) * sl2 + part * slp, lse,",
-            "         mask=row_ok)"]
+    tail = ["store_new_rows(O, LSE, z, h, qrow, PART0 + sid, row_ok, acc, m_i, l_i, so0, so1, so2, so3, sop, sl0, sl1,",
+            "               sl2, slp, offs_d, D)  # this split's partial result"]
     return header + _indent(pro + args + rows + load + body + tail, 4) + ["", ""]
-
-
-def _signature() -> list:
-    """The parameters, one group per line, from the runtime's table (runtime.abi)."""
-    from patternc.runtime import abi
-
-    out = []
-    for g in abi.param_groups("decode", False):
-        parts = [f"{x.name}: tl.constexpr" if x.constexpr else x.name for x in g.params]
-        out.append("    " + ", ".join(parts) + f",  # {g.note}")
-    return out
 
 
 def _length_args(arg: Args, text: str) -> list:

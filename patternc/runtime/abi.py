@@ -86,12 +86,12 @@ DKDV_CONSTS = Group("compile-time settings", _consts("ACCUM", "BM", "BN", "BD", 
 # of their allowed cached keys.  n comes from SEQ on the device (never from the host, so a step
 # can be captured in a CUDA graph), and so do the pattern's length-dependent arguments.
 DECODE = (
-    Group("tensors: queries, caches, output (or split partials), cache_seqlens, page table",
+    Group("queries, caches, output (or split partials), cache_seqlens, page table",
           _ints("Q", "K", "V", "O", "LSE", "SEQ", "PT")),
     Group("strides", _stride_params("q", "k", "v", "o") + _ints("sop", "sl0", "sl1", "sl2", "slp", "spt")),
-    Group("shape: rows, heads, this launch's heads and row groups, its first partial, splits",
+    Group("shape; this launch's heads, row groups, first partial, splits",
           _ints("T", "GROUP", "H0", "H1", "KV0", "KC", "HPT", "NHG", "PART0", "SPLITS", "CAP")),
-    Group("slots: positions below FIXED in their own, later ones in a ring of RINGW (RING)", _ints("FIXED", "RINGW")),
+    Group("RING: positions < FIXED in own slots, later ones in a ring of RINGW", _ints("FIXED", "RINGW")),
     Group("softmax scale in log2 units", _ints("qk_scale")),
 )
 DECODE_CONSTS = Group("compile-time settings", _consts("BM", "BN", "BD", "D", "PAGE", "RING", "PREC", "WIDEN"))

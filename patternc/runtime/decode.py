@@ -19,7 +19,8 @@ Two exact paths live here; the Triton kernels are the runtime's decode launcher
   and the flex backend's (FlexAttention has no decode path that reads a cache by position).
 - `dense_decode`: the reference backend's: every cached key, the mask printed from the IR.
 
-Both read `cache_seqlens` on the host (a synchronisation on CUDA) and check each row's length.
+Both read `cache_seqlens` on the host (a synchronisation on CUDA); the caller has checked that
+each row's length holds its new tokens and fits the cache (decode_inputs.check_lengths).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .decode_inputs import Ring, check_lengths, gather_slots, slots_of
+from .decode_inputs import Ring, gather_slots, slots_of
 from .spec import Pass, Spec
 from .walk import fold_tile, positions, space_sizes, tile_keys
 
@@ -56,16 +57,14 @@ def _finish(q, out, lse) -> tuple:
 
 
 def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, page_table=None,
-                capacity: int = 0, ring: Optional[Ring] = None) -> tuple:
+                ring: Optional[Ring] = None) -> tuple:
     """(out, lse) of the new rows, exactly, gathering only the keys the pattern's closed forms allow."""
     B, H, t, D = q.shape
     group = H // k_cache.shape[1]
-    ns = cache_seqlens.tolist()
-    check_lengths(ns, t, capacity, ring)
     out, lse = _empty_state(q)
     ct = out.dtype
     dev = q.device
-    for b, n in enumerate(ns):
+    for b, n in enumerate(cache_seqlens.tolist()):
         spec.check_length(n)
         A = spec.length_args(n)
         for case in spec.cases:
@@ -90,16 +89,14 @@ def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, pa
 
 
 def dense_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, page_table=None,
-                 capacity: int = 0, ring: Optional[Ring] = None) -> tuple:
+                 ring: Optional[Ring] = None) -> tuple:
     """(out, lse) of the new rows by the definition: every cached key, masked by the whole pattern."""
     B, H, t, D = q.shape
     group = H // k_cache.shape[1]
-    ns = cache_seqlens.tolist()
-    check_lengths(ns, t, capacity, ring)
     out, lse = _empty_state(q)
     ct = out.dtype
     dev = q.device
-    for b, n in enumerate(ns):
+    for b, n in enumerate(cache_seqlens.tolist()):
         spec.check_length(n)
         keys = torch.arange(n, device=dev)
         rows = keys[n - t:]

@@ -116,3 +116,57 @@ def decode_combine(OP, LP, O, LSE, sp0, sp1, sp2, spp, sl0, sl1, sl2, slp, so0, 
     tl.store(O + b[:, None] * so0 + h[:, None] * so1 + r[:, None] * so2 + offs_d[None, :] * so3,
              out.to(O.dtype.element_ty), mask=io)
     tl.store(LSE + (b * H + h) * T + r, lse, mask=ok)
+
+
+@triton.jit
+def new_rows(n, T, cls, m, TR, hg, hk, GROUP, HPT, H0, H1, BM: tl.constexpr):
+    """The tile's rows: GROUP heads x TR new rows, HPT heads from head group hg.  The new rows of
+    class cls are positions n - T + cls + m*k (m = 1, cls = 0: all T of them, in token order).
+    Returns each row's row of q (qrow), position i, query head h, and whether it is a real row."""
+    rho = tl.arange(0, BM)
+    qrow = cls + m * (rho % TR)
+    i = n - T + qrow
+    g = hg * HPT + rho // TR  # the head within the group
+    h = hk * GROUP + g
+    ok = (cls < m) & (rho < HPT * TR) & (g < GROUP) & (h >= H0) & (h <= H1) & (i >= 0)
+    return qrow, i, h, ok
+
+
+@triton.jit
+def load_new_rows(Q, z, h, qrow, ok, sq0, sq1, sq2, sq3, offs_d, D: tl.constexpr, WIDEN: tl.constexpr):
+    """The new rows' queries, (BM, BD), zeros outside."""
+    ptrs = Q + z.to(tl.int64) * sq0 + h.to(tl.int64)[:, None] * sq1 + qrow.to(tl.int64)[:, None] * sq2 \
+        + offs_d[None, :] * sq3
+    q = tl.load(ptrs, mask=ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    if WIDEN:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
+def cache_bases(K, V, z, hk, sk0, sk1, sv0, sv1, PAGE: tl.constexpr):
+    """Where kv head hk's cached rows start: in batch row z of a plain cache; in every page of a paged
+    one (its pages hold the batch row)."""
+    k_base = K + hk.to(tl.int64) * sk1
+    v_base = V + hk.to(tl.int64) * sv1
+    if PAGE == 0:
+        k_base += z.to(tl.int64) * sk0
+        v_base += z.to(tl.int64) * sv0
+    return k_base, v_base
+
+
+@triton.jit
+def store_new_rows(O, LSE, z, h, qrow, part, ok, acc, m_i, l_i, so0, so1, so2, so3, sop, sl0, sl1, sl2, slp,
+                   offs_d, D: tl.constexpr):
+    """The rows' softmax state, normalised, into partial `part` of O and LSE (natural log); rows that
+    met no key give 0 and lse = -inf."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    zz = z.to(tl.int64)
+    hh = h.to(tl.int64)
+    rr = qrow.to(tl.int64)
+    o_rows = zz * so0 + hh * so1 + rr * so2 + part * sop
+    tl.store(O + o_rows[:, None] + offs_d[None, :] * so3, out.to(O.dtype.element_ty),
+             mask=ok[:, None] & (offs_d[None, :] < D))
+    tl.store(LSE + zz * sl0 + hh * sl1 + rr * sl2 + part * slp, lse, mask=ok)

@@ -64,15 +64,20 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+DECODE_STAGES = 3  # software pipelining of the key loads on the GPU (not measured yet)
+
+
 class TritonDecode:
     """Decode launches of one pattern.  `splits` (tests, experiments) forces the splits per launch;
-    PATTERNC_DECODE_SPLITS does too."""
+    PATTERNC_DECODE_SPLITS does too.  `gpu_sms` plans for a GPU with that many SMs whatever the
+    tensors' device (benchmarks/compile_check.py compiles the GPU's kernels from CPU tensors)."""
 
     def __init__(self, spec: Spec):
         self.spec = spec
         self.launch = Launcher()
         self.plans: dict = {}
         self.splits: Optional[int] = None
+        self.gpu_sms: Optional[int] = None
         self.sms: dict = {}
 
     def _block_n(self, D: int) -> int:
@@ -90,15 +95,16 @@ class TritonDecode:
         B, H, T, D = q.shape
         HK = k.shape[1]
         forced = self._forced()
-        key = (B, H, T, D, HK, q.dtype, q.device, paged, capacity, ring, forced)
+        key = (B, H, T, D, HK, q.dtype, q.device, paged, capacity, ring, forced, self.gpu_sms)
         pl = self.plans.get(key)
         if pl is not None:
             return pl
         group = H // HK
         BD, BN = block_d(D), self._block_n(D)
+        gpu = q.is_cuda or self.gpu_sms is not None
         if q.device not in self.sms:
             self.sms[q.device] = _sm_count(q.device)
-        target = SPLIT_PROGRAMS_PER_SM * self.sms[q.device]
+        target = SPLIT_PROGRAMS_PER_SM * (self.gpu_sms or self.sms[q.device])
         layout = self.spec.cache_layout
         if ring is not None:
             keys = ring.slots
@@ -129,11 +135,11 @@ class TritonDecode:
         # head ranges with fewer partials than others (or none: an empty pattern) leave some unwritten
         init = len(set(counts)) > 1
         parts = max(counts, default=0)
-        pl = dict(key=key, launches=launches, parts=parts, init=init, BD=BD, BN=BN,
+        pl = dict(key=key, launches=launches, parts=parts, init=init, BD=BD, BN=BN, static={},
                   direct=len(launches) == 1 and launches[0].splits == 1 and not init,
                   prec="ieee" if q.dtype == torch.float32 else "tf32",
-                  widen=q.dtype == torch.bfloat16 and not q.is_cuda,
-                  stages=3 if q.is_cuda else 1)
+                  widen=q.dtype == torch.bfloat16 and not gpu,
+                  stages=DECODE_STAGES if gpu else 1)
         if len(self.plans) > 256:
             self.plans.clear()
         self.plans[key] = pl
@@ -149,45 +155,54 @@ class TritonDecode:
         if not pl["launches"]:
             return out.zero_(), lse.fill_(float("-inf"))
         if pl["direct"]:
-            o, ol, sop, slp = out, lse, 0, 0
-        else:
+            o, ol = out, lse
+        else:  # the splits' partial outputs and lse, in one float32 allocation (host time)
             NP = pl["parts"]
-            o = torch.empty((B, H, T, NP, D), device=q.device, dtype=torch.float32)
+            scratch = torch.empty(B * H * T * NP * (D + 1), device=q.device, dtype=torch.float32)
+            o = scratch[:B * H * T * NP * D].view(B, H, T, NP, D)
+            ol = scratch[B * H * T * NP * D:].view(B, H, T, NP)
             if pl["init"]:
-                ol = torch.full((B, H, T, NP), float("-inf"), device=q.device, dtype=torch.float32)
-            else:
-                ol = torch.empty((B, H, T, NP), device=q.device, dtype=torch.float32)
-            sop, slp = o.stride(3), ol.stride(3)
-        site = self.site(pl, q, q, k, v, o, cache_seqlens, page_table)
-        pt_stride = page_table.stride(0) if page_table is not None else 0
-        fixed, window = (ring.fixed, ring.window) if ring is not None else (0, 1)
-        for x in pl["launches"]:
-            values = dict(
-                Q=q, K=k, V=v, O=o, LSE=ol, SEQ=cache_seqlens, PT=page_table,
-                sq0=q.stride(0), sq1=q.stride(1), sq2=q.stride(2), sq3=q.stride(3),
-                sk0=k.stride(0), sk1=k.stride(1), sk2=k.stride(2), sk3=k.stride(3),
-                sv0=v.stride(0), sv1=v.stride(1), sv2=v.stride(2), sv3=v.stride(3),
-                so0=o.stride(0), so1=o.stride(1), so2=o.stride(2), so3=o.stride(-1), sop=sop,
-                sl0=ol.stride(0), sl1=ol.stride(1), sl2=ol.stride(2), slp=slp, spt=pt_stride,
-                T=T, GROUP=H // k.shape[1], H0=x.h0, H1=x.h1, KV0=x.kv0, KC=x.kc, HPT=x.hpt, NHG=x.nhg,
-                PART0=x.part0, SPLITS=x.splits, CAP=capacity, FIXED=fixed, RINGW=window,
-                qk_scale=scale * LOG2E, BM=x.bm, BN=pl["BN"], BD=pl["BD"], D=D, PAGE=paged,
-                RING=ring is not None, PREC=pl["prec"], WIDEN=pl["widen"])
+                ol.fill_(float("-inf"))
+        layout = (q.stride(), k.stride(), v.stride(), None if page_table is None else page_table.stride(), capacity,
+                  ring, scale)
+        static = pl["static"].get(layout)
+        if static is None:
+            static = pl["static"][layout] = self._static(pl, q, k, v, o, ol, page_table, capacity, ring, scale)
+        site = None
+        if q.is_cuda:  # a launch site: the plan, the device, the layouts and each pointer's 16-byte alignment
+            site = (pl["key"], torch.cuda.current_device(), layout) + tuple(
+                t.data_ptr() % 16 for t in (q, k, v, cache_seqlens) + (() if page_table is None else (page_table,)))
+        for x, kw in zip(pl["launches"], static):
             self.launch(x.p.decode, x.grid, site and site + (x.h0, x.part0))(
-                **{name: values[name] for name in param_names("decode", False)}, num_warps=x.warps,
-                num_stages=pl["stages"])
+                Q=q, K=k, V=v, O=o, LSE=ol, SEQ=cache_seqlens, PT=page_table, **kw)
         if not pl["direct"]:
             rows = B * H * T
             self.launch(decode_combine, (cdiv(rows, COMBINE_ROWS),), site and site + ("combine",))(
-                o, ol, out, lse, o.stride(0), o.stride(1), o.stride(2), o.stride(3), ol.stride(0), ol.stride(1),
-                ol.stride(2), ol.stride(3), out.stride(0), out.stride(1), out.stride(2), out.stride(3), rows, H, T,
-                pl["parts"], BR=COMBINE_ROWS, BD=pl["BD"], D=D)
+                o, ol, out, lse, *o.stride()[:4], *ol.stride(), *out.stride(), rows, H, T, pl["parts"],
+                BR=COMBINE_ROWS, BD=pl["BD"], D=D)
         return out, lse
 
     @staticmethod
-    def site(pl: dict, q, *tensors):
-        """A launch site's key (plan, device, layouts), or None off CUDA (see TritonPath.site)."""
-        if not q.is_cuda:
-            return None
-        return (pl["key"], torch.cuda.current_device()) + tuple(
-            None if t is None else (t.stride(), t.data_ptr() % 16, t.dtype) for t in tensors)
+    def _static(pl: dict, q, k, v, o, ol, page_table, capacity: int, ring: Optional[Ring], scale: float) -> list:
+        """Each launch's arguments but the tensors: they depend only on the plan and the layouts."""
+        fixed, window = (ring.fixed, ring.window) if ring is not None else (0, 1)
+        direct = pl["direct"]
+        names = [x for x in param_names("decode", False) if x not in ("Q", "K", "V", "O", "LSE", "SEQ", "PT")]
+        out = []
+        for x in pl["launches"]:
+            values = dict(
+                sq0=q.stride(0), sq1=q.stride(1), sq2=q.stride(2), sq3=q.stride(3),
+                sk0=k.stride(0), sk1=k.stride(1), sk2=k.stride(2), sk3=k.stride(3),
+                sv0=v.stride(0), sv1=v.stride(1), sv2=v.stride(2), sv3=v.stride(3),
+                so0=o.stride(0), so1=o.stride(1), so2=o.stride(2), so3=o.stride(-1), sop=0 if direct else o.stride(3),
+                sl0=ol.stride(0), sl1=ol.stride(1), sl2=ol.stride(2), slp=0 if direct else ol.stride(3),
+                spt=0 if page_table is None else page_table.stride(0),
+                T=q.shape[2], GROUP=q.shape[1] // k.shape[1], H0=x.h0, H1=x.h1, KV0=x.kv0, KC=x.kc, HPT=x.hpt,
+                NHG=x.nhg, PART0=x.part0, SPLITS=x.splits, CAP=capacity, FIXED=fixed, RINGW=window,
+                qk_scale=scale * LOG2E, BM=x.bm, BN=pl["BN"], BD=pl["BD"], D=q.shape[3],
+                PAGE=k.shape[2] if page_table is not None else 0, RING=ring is not None, PREC=pl["prec"],
+                WIDEN=pl["widen"])
+            kw = {name: values[name] for name in names}
+            kw.update(num_warps=x.warps, num_stages=pl["stages"])
+            out.append(kw)
+        return out

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from .decode import dense_decode, walk_decode
-from .decode_inputs import Ring, check_decode
+from .decode_inputs import Ring, check_decode, check_lengths
 from .decode_launch import TritonDecode
 from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
@@ -131,13 +131,16 @@ class Compiled:
     def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool):
         capacity = check_decode(q, k_cache, v_cache, cache_seqlens, page_table, self.spec.num_heads, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
+        kernels = self.decoder is not None and _kernels_run_on(q)
+        if not (kernels and cache_seqlens.is_cuda):  # reading lengths on the GPU would synchronise
+            check_lengths(cache_seqlens.tolist(), q.shape[2], capacity, ring)
         with torch.no_grad():
             if self.backend == "reference":
-                out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
-            elif self.decoder is not None and _kernels_run_on(q):
+                out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+            elif kernels:
                 out, lse = self.decoder.run(q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
             else:
-                out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
+                out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
         return (out, lse) if return_lse else out
 
 
