@@ -19,7 +19,7 @@ import torch
 
 from .validate import DTYPES
 
-MAX_DECODE_T = 128  # new tokens per decode call at most: one kernel tile holds a head's rows
+MAX_DECODE_T = 128  # new tokens per decode call at most: one tile holds a head's rows (decisions.md: decode-max-t)
 
 
 @dataclass(frozen=True)

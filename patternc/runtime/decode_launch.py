@@ -64,7 +64,7 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-DECODE_STAGES = 3  # software pipelining of the key loads on the GPU (not measured yet)
+DECODE_STAGES = 3  # software pipelining of the key loads on the GPU (docs/decisions.md: decode-tiles)
 
 
 class TritonDecode:

@@ -19,7 +19,7 @@ import torch
 
 from .decode_inputs import MAX_DECODE_T, Ring
 
-GROW_FROM = 256  # slots of an unbounded cache without max_len, doubled when full
+GROW_FROM = 256  # slots of an unbounded cache without max_len, doubled when full (decisions.md: kv-cache-layout)
 
 
 def _positive(what: str, v) -> int:
