@@ -125,8 +125,8 @@ def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
         body += _random_loop(ti, tr, spans, randoms[:idx], arg, pos, keep)
     text = "\n".join(body)
     header = signature + [
-        f'    """Decode, {p.space.describe()}: the newest T rows of the query heads that share kv head hk',
-        '    (GROUP x T rows in one tile), against this split\'s share of the cached keys they may attend."""']
+        '    """Decode: the newest T rows of the query heads that share kv head hk (GROUP x T rows in one',
+        f'    tile), against this split\'s share of the cached keys they may attend.  Space: {p.space.describe()}."""']
     pro = _prologue(p)
     rows = _rows(p, arg)
     rows += _space_names(p, arg, text)
@@ -144,11 +144,8 @@ def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
 
 def _length_args(arg: Args, text: str) -> list:
     """The pattern's length-dependent arguments that `text` names, computed from n on the device."""
-    lines = []
-    for e, name in arg.table.names.items():
-        if uses_name(text, name):
-            lines.append(f"{name} = {to_triton(e, 'n.to(tl.int64)')}  # {e}")
-    return lines
+    lines = [f"{name} = {to_triton(e, 'n64')}  # {e}" for e, name in arg.table.names.items() if uses_name(text, name)]
+    return ["n64 = n.to(tl.int64)"] + lines if lines else []
 
 
 def _random_loop(ti: int, tr, spans: list, earlier: list, arg: Args, pos: str, keep: str) -> list:

@@ -16,6 +16,7 @@ import torch
 
 import patternc
 from patternc import semantics
+from patternc.frontend import parse_program, resolve
 from patternc.runtime.decode_inputs import MAX_DECODE_T
 
 from kernel_check import TOL
@@ -179,8 +180,6 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 
 
 def example_patterns() -> list:
-    from patternc.frontend import parse_program, resolve
-
     out = []
     for f in EXAMPLES:
         prog = parse_program(f.read_text(), str(f))
@@ -189,8 +188,6 @@ def example_patterns() -> list:
 
 
 def example(file: str, name: str):
-    from patternc.frontend import parse_program, resolve
-
     f = next(x for x in EXAMPLES if x.stem == file)
     return resolve(parse_program(f.read_text(), str(f)), name, {})
 
