@@ -339,3 +339,24 @@ def test_kv_cache_memory_against_a_full_cache():
     mod = patternc.load(p, backend="reference")
     cache = mod.KVCache(8, 8, 128, dtype=torch.bfloat16, device="meta")
     assert cache.slots == 1025 and cache.memory_bytes() == 2 * 8 * 8 * 1025 * 128 * 2
+
+
+def test_decode_benchmark_smoke_run(tmp_path):
+    """benchmarks/decode.py --device cpu runs end to end at tiny sizes and writes its table and JSON."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "decode.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", "--patterns", "streaming,causal", "--t", "1",
+                        "4", "--contexts", "300", "--no-flex", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    ours = [x for x in rows if x["pattern"] in ("streaming", "causal")]
+    assert len(ours) == 4 and all("ms" in x and "host_us" in x for x in ours), rows
+    assert {x["pattern"] for x in rows} >= {"sdpa (whole cache)"}
+    stream = next(x for x in ours if x["pattern"] == "streaming")  # 4 sinks + local(1020): 1,025 slots
+    assert stream["kv_cache_mb"] * (1 << 20) == 2 * 1 * 2 * 1025 * 16 * 4  # K and V, B x Hkv x slots x D float32
+    assert "| streaming | 300 | 1 |" in (tmp_path / "decode.md").read_text()
