@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from patternc import __version__, ir
+from patternc import __version__, ir, live_keys
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, IntExpr
 from patternc.lower import is_causal
@@ -137,6 +137,9 @@ class HostEmitter:
                  "    length_args=_length_args, check_length=_check_length, mask_head=_mask_head,"]
         if self.table.names:
             lines.append(f"    arg_names={tuple(self.table.names.values())!r},")
+        layout = live_keys.cache_layout(p.expr)
+        if layout is not None:  # decoding keeps at most these keys (patternc.live_keys)
+            lines.append(f"    cache_layout=({layout.fixed}, {layout.window}),  # fixed slots, ring window")
         if cases:
             lines.append(f"    cases={cases},")
         if schedule:
@@ -160,7 +163,10 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
     return "\n".join(lines)
 
 
-def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")) -> str:
+EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows")  # every backend's public functions
+
+
+def bind_lines(backend: str, exports: tuple = EXPORTS) -> str:
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
              '_bound = bind(SPEC, "flex", make_mask_mod)']
     lines += [f"{name} = _bound.{name}" for name in exports]

@@ -15,6 +15,10 @@ DESCRIPTION = """\
 Dense masked attention in PyTorch: the executable specification of the pattern.
 
     attention(q, k, v, scale=None, return_lse=False)
+    decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
+                             -> the t newest rows against a KV cache, by the definition: every
+                                cached key, masked by the pattern at n = cache_seqlens[b]
+    KVCache(batch_size, kv_heads, head_dim, *, dtype, device, max_len=None, page_size=None)
     mask(n, device=None)     -> bool tensor (n, n), or (H, n, n) for a per-head pattern
     mask_rows(i, j, n, H=1)  -> the mask at query rows i, key columns j
 

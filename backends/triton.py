@@ -30,6 +30,7 @@ from .common import (HostEmitter, bind_args, bind_lines, describe_formula, head_
                      random_imports, uses_name)
 from .schedule import atomic_dq, choose_bwd_settings, choose_forward_tiles, choose_union_walks, fused_forward, \
     longest_walks_first
+from .triton_decode import decode_kernel, imports as decode_imports
 
 # Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
 # what schedule.choose_union_walks decides per kernel.
@@ -650,6 +651,10 @@ DESCRIPTION = """\
 Sparse attention with this pattern compiled into Triton kernels (forward and backward).
 
     attention(q, k, v, scale=None, return_lse=False)   q: (B, Hq, n, D); k, v: (B, Hkv, n, D)
+    decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
+                                                       the t newest rows against a KV cache
+    KVCache(batch_size, kv_heads, head_dim, *, dtype, device, max_len=None, page_size=None)
+                                                       a cache that keeps only the keys still read
     mask(n, device=None)                               the dense boolean mask
     mask_rows(i, j, n, H=1)                            the mask at query rows i, key columns j
 
@@ -661,7 +666,7 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
 
 
-def _walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
+def walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
     """`name(a0, a1, r, n, L, LQ, A)`: each term's key index range for query tile [a0, a1] of the
     pass, from the same trees as the kernels' bounds (for the PyTorch path's walk)."""
     rows = []
@@ -680,14 +685,14 @@ def _walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
             + bind_args(text, host.table, "A") + ["    return ["] + rows + ["    ]"])
 
 
-def _pairs_fn(name: str, p: Pass, host: HostEmitter) -> list:
+def pairs_fn(name: str, p: Pass, host: HostEmitter) -> list:
     body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_pick")
     return ([f"def {name}(i, j, n: int, A: dict):",
              f'    """This pass\'s pairs: {describe_formula(p.mask)}"""']
             + bind_args(body, host.table, "A") + [f"    return {body}"])
 
 
-def _space_fields(p: Pass, host: HostEmitter) -> str:
+def space_fields(p: Pass, host: HostEmitter) -> str:
     if p.space.kind == "diag":
         return f", m={host.arg(p.space.m)}"
     if p.space.kind == "keys":
@@ -742,11 +747,12 @@ def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
                 kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", masks[pi], p, rev=grow[pi], seeded=pi > 0)))
             kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", masks[pi], p, grow[pi])))
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", masks[pi], p)))
-            walks.append("\n".join(_walk_fn(f"_walk_{tag}", p, host, arg)))
-            walks.append("\n".join(_pairs_fn(f"_pairs_{tag}", p, host)))
-            fields = [f'"{p.space.kind}"{_space_fields(p, host)}', f"walk=_walk_{tag}", f"mask=_pairs_{tag}"]
+            kernels.append("\n".join(decode_kernel(signature(f"_dec_{tag}", "decode", False, ()), masks[pi], p, arg)))
+            walks.append("\n".join(walk_fn(f"_walk_{tag}", p, host, arg)))
+            walks.append("\n".join(pairs_fn(f"_pairs_{tag}", p, host)))
+            fields = [f'"{p.space.kind}"{space_fields(p, host)}', f"walk=_walk_{tag}", f"mask=_pairs_{tag}"]
             fields.append(f"fwd=_fwd_{tag}" if pi == 0 or not fuse else "fwd=None")
-            fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}"]
+            fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}", f"decode=_dec_{tag}"]
             if heavy_spans(p, "q"):
                 fields.append(f"heavy_q={_heavy(heavy_spans(p, 'q'))}")
             if heavy_spans(p, "k"):
@@ -792,8 +798,10 @@ def emit(pattern: Pattern) -> str:
     used = [x for x in TILE_BODIES if uses_name(kernel_text, x)]
     if used:
         parts[-1] += f"\nfrom patternc.runtime.tile_bodies import {', '.join(used)}"
+    if decode_imports(kernel_text):
+        parts[-1] += "\n" + decode_imports(kernel_text)
     parts += [host.constants(), host_text,
-              "# The pattern, compiled: a forward, a dq and a dk/dv kernel per pass.",
+              "# The pattern, compiled: a forward, a dq, a dk/dv and a decode kernel per pass.",
               kernel_text.rstrip(),
               "# Bound to the runtime library (patternc.runtime): launches, autograd, the PyTorch path.\n" + spec,
               bind_lines("triton")]

@@ -16,6 +16,10 @@ warps).
     COMPILE_CHECK_PTX_DIR=/some/dir python benchmarks/compile_check.py ...    # also write each kernel's PTX
     python benchmarks/compile_check.py --launchers examples/longformer.attn  # launcher sources guessed right?
 
+Decode kernels (one per pass) and their combine kernel are compiled too: t = 1 new token over a
+plain cache, t = 4 over a paged one and (for a bounded pattern) over the KVCache's ring, 32 query
+heads on 8 kv heads (--no-decode skips them).
+
 With --launchers, each kernel's CUDA launcher source (the C file Triton builds at a kernel's first
 launch) is made twice: from the compiled kernel's metadata, and from what the module guesses
 before compiling (`runtime.launch.launcher_guess`, used on first calls to build launchers while
@@ -155,15 +159,37 @@ def _label(mod, fn) -> str:
     """"fwd case 0 pass 1" for a pattern's kernel, else the runtime kernel's name ("merge", "bwd prologue")."""
     for ci, case in enumerate(mod.SPEC.cases):
         for pi, x in enumerate(case.passes):
-            for kind in ("fwd", "dq", "dkdv"):
+            for kind in ("fwd", "dq", "dkdv", "decode"):
                 kernel = getattr(x, kind)
                 if kernel is not None and kernel.fn is fn:
                     return f"{kind} case {ci} pass {pi}"
-    return {"bwd_prologue": "bwd prologue", "merge_kernel": "merge", "add_kernel": "add"}.get(fn.__name__, fn.__name__)
+    return {"bwd_prologue": "bwd prologue", "merge_kernel": "merge", "add_kernel": "add",
+            "decode_combine": "decode combine"}.get(fn.__name__, fn.__name__)
+
+
+def decode_launches(mod, D: int, dtype, n: int, sms: int) -> None:
+    """Run the module's decode launches (intercepted by the caller) for the caches a server uses:
+    t = 1 over a plain cache, t = 4 over a paged one (64-row pages) and over the KVCache's ring."""
+    from patternc.runtime.decode_inputs import Ring
+
+    runner = mod._bound.decoder
+    runner.gpu_sms = sms
+    B, H, HK = 8, 32, 8
+    seq = torch.full((B,), n, dtype=torch.int32)
+    q1, q4 = (torch.randn(B, H, t, D, dtype=dtype) for t in (1, 4))
+    k = torch.randn(B, HK, n, D, dtype=dtype)
+    runner.run(q1, k, k, seq, D ** -0.5, None, n, None)
+    pages = torch.arange(B * (n // 64), dtype=torch.int32).view(B, -1)
+    kp = torch.randn(B * (n // 64), HK, 64, D, dtype=dtype)
+    runner.run(q4, kp, kp, seq, D ** -0.5, pages, n, None)
+    if mod.SPEC.cache_layout is not None:
+        ring = Ring(mod.SPEC.cache_layout[0], mod.SPEC.cache_layout[1] + 3)
+        kr = torch.randn(B, HK, ring.slots, D, dtype=dtype)
+        runner.run(q4, kr, kr, seq, D ** -0.5, None, ring.slots, ring)
 
 
 def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False,
-          launchers: bool = False) -> list:
+          launchers: bool = False, decode: bool = True, sms: int = 132) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
     user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
@@ -180,11 +206,13 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
         label = _label(mod, fn)
 
         def compile_instead(*args, **kw):
-            key = (label, kw.get("SEEDED"), kw.get("FUSED"))
+            key = (label, kw.get("SEEDED"), kw.get("FUSED"), kw.get("PAGE"), kw.get("RING"), kw.get("T"))
             if key in seen:
                 return
             seen.add(key)
             name = label + (" (atomic dq)" if kw.get("FUSED") else "")
+            if "PAGE" in kw:  # a decode kernel: which cache and how many new rows
+                name += f" t={kw['T']}" + (" paged" if kw["PAGE"] else " ring" if kw["RING"] else "")
             try:
                 results.append((name, *compile_launch(kernel, args, dict(kw), target, regs,
                                                       launch.launcher_guess if launchers else None), None))
@@ -206,6 +234,9 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
                 runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
             finally:
                 os.environ.pop("PATTERNC_DETERMINISTIC")
+    if decode:
+        mod._bound.decoder.launch = grab
+        decode_launches(mod, D, dtype, n, sms)
     os.environ["PATTERNC_CONFIG"] = user
     return results
 
@@ -218,6 +249,7 @@ def main() -> int:
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--fwd-only", action="store_true")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode kernels")
     ap.add_argument("--warm-cache", action="store_true", help="keep Triton's on-disk cache (default: a fresh one)")
     ap.add_argument("--regs", action="store_true", help="also registers per thread and spilled bytes (ptxas -v)")
     ap.add_argument("--launchers", action="store_true",
@@ -233,8 +265,8 @@ def main() -> int:
     failed = 0
     for path in files:
         for name, t, smem, usage, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only,
-                                               args.regs, args.launchers):
-            print(f"{os.path.basename(path):22s} {name:22s} " + (f"{usage}  " if usage else "")
+                                               args.regs, args.launchers, not args.no_decode):
+            print(f"{os.path.basename(path):22s} {name:32s} " + (f"{usage}  " if usage else "")
                   + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
             failed += err is not None or "MISMATCH" in (usage or "")
     return 1 if failed else 0

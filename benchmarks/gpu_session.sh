@@ -12,19 +12,22 @@
 #   bash benchmarks/gpu_session.sh scale                  # Longformer at n = 2^20, then training every example
 #   bash benchmarks/gpu_session.sh ab BEFORE [N...]       # benchmarks/ab.py: this checkout's kernels against the
 #                                                         # modules in BEFORE (written by an older checkout's --emit)
+#   bash benchmarks/gpu_session.sh decode [ARGS]          # benchmarks/decode.py: one decode step against Flex and SDPA,
+#                                                         #   e.g. decode --patterns causal,streaming --tag a (a subset a call)
 #
 # Results go to $OUT if set (a device tool's output folder), else to benchmarks/results/<gpu>/
 # (benchmarks/results_dir.py), under the names the tables have there: gpu-tests.txt, bench-d128.md/.json,
 # bench-d64.md/.json, sweep.jsonl (appended), kernel-times.txt, ncu-summary.md and ncu.tgz (the raw CSVs),
-# scale.txt, train.txt. Each text file starts with a line giving GPU, versions, date and command.
+# scale.txt, train.txt, decode[-TAG].md/.json. Each text file starts with a line giving GPU, versions, date and command.
 #
 # On a box that cannot install from the network, wheels in .whl/ (lark, pytest and its dependencies,
 # hypothesis, pytest-xdist, execnet, pytest-timeout) are installed into a scratch folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-}
-case "$STEP" in tests|bench|bench64|sweep|profile|ncu|scale|ab) shift ;;
-    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | sweep SWEEP ARGS | profile [PATTERNS] [N] | ncu [CASES] | scale | ab BEFORE [N...]" >&2
+case "$STEP" in tests|bench|bench64|sweep|profile|ncu|scale|ab|decode) shift ;;
+    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | sweep SWEEP ARGS | profile [PATTERNS] [N] | ncu [CASES] | scale" \
+            "| ab BEFORE [N...] | decode [ARGS]" >&2
        exit 2 ;;
 esac
 if [ -d .whl ]; then
@@ -85,4 +88,5 @@ case "$STEP" in
                  --tag ab-d128 ;;
     scale)   { provenance; timeout 120 python3 benchmarks/scale_check.py; } 2>&1 | tee "$OUT/scale.txt"
              { provenance; timeout 420 python3 benchmarks/train_check.py --examples --n 2048; } 2>&1 | tee "$OUT/train.txt" ;;
+    decode)  timeout 570 python3 benchmarks/decode.py --out "$OUT" "$@" ;;
 esac

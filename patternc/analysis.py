@@ -25,6 +25,9 @@ Conventions:
   IR has closed-form tile ranges (random picks are a hash), so it is 0; csr_layout_bytes
   is what a generic block-sparse layout (int32 offsets per query tile, int32 index and a
   state byte per non-empty tile) would need instead, for comparison.
+* kv_live_max: the most keys a decoder must keep cached at any step up to n, per batch row
+  and kv head (patternc.live_keys): a key is dead once no later query may attend it.  For a
+  per-head pattern, the union of the heads (one cache serves them all).
 * Long sequences (patternc.limits): n is at most MAX_N.  The closed form gives nnz at any
   such n in microseconds; parts whose cost grows with n (the exact count without a closed
   form, empty rows and reach when the pattern has very many row ranges, the tile map with
@@ -35,7 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Union
 
-from . import ir, limits, reach, tiles
+from . import ir, limits, live_keys, reach, tiles
 from .algebra import const, eval_int, mul
 from .closed_form import closed_form, derive, validity
 from .counting import PERIOD_LIMIT, count_nnz, engine
@@ -114,6 +117,7 @@ class Analysis:
     skipped: tuple = ()  # "what: why" for each part not computed
     kernel: Optional[KernelReport] = None
     per_head: tuple = field(default_factory=tuple)
+    live: Optional[live_keys.LiveReport] = None  # keys a decoder keeps (patternc.live_keys)
 
     # ---------------------------------------------------------- the kernel's part
     def with_kernel(self, kernel: KernelReport) -> "Analysis":
@@ -181,6 +185,8 @@ class Analysis:
             "csr_layout_bytes": self.csr_layout_bytes,
             "skipped": list(self.all_skipped),
         }
+        if self.live is not None:
+            d.update(self.live.to_dict())
         if self.per_head:
             d["per_head"] = [h.to_dict() for h in self.per_head]
         return d
@@ -197,6 +203,22 @@ class Analysis:
             if len(cell) <= FORMULA_WIDTH + 20:
                 return cell
         return f[:FORMULA_WIDTH - 1] + f"... ({len(f)} chars; see --json)"
+
+    def _live_cell(self) -> str:
+        """kv_live_max(n) with its closed form and what bounds it."""
+        v = self.live
+        if v is None or v.kv_live_max is None:
+            return "skipped (see below)"
+        parts = [f"{v.kv_live_max:,}"]
+        if v.formula is not None:
+            parts.append(f"kv_live_max(n) = {v.formula}")
+        if v.bounded and v.bound is not None:
+            parts.append(f"bounded: at most {v.bound:,} keys per row and kv head")
+        elif not v.bounded:
+            parts.append("unbounded")
+        if not v.exact:
+            parts.append("an upper bound")
+        return parts[0] + "  (" + "; ".join(parts[1:]) + ")"
 
     def format_table(self) -> str:
         """A readable, aligned text table (warnings first)."""
@@ -233,6 +255,7 @@ class Analysis:
             ("tile efficiency", skip if self.tile_efficiency is None else f"{self.tile_efficiency:.4f}"),
             ("empty query rows", skip if self.empty_rows is None else str(self.empty_rows)),
             ("layers to full reach", f"{reach_text}  ({target}; {self.reach_method})"),
+            ("kv live max", self._live_cell()),
             ("metadata bytes", f"{self.metadata_bytes}" + ("" if self.csr_layout_bytes is None else
                                                            f" (a CSR tile layout would need {self.csr_layout_bytes:,})")),
         ]
@@ -449,6 +472,9 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
         formula = piecewise_text(pieces)
         tail = (pieces[-1].lo, pieces[-1].text) if len(pieces) > 1 else None
     order_text, lead = order_of(pattern)
+    live = live_keys.report(pattern.expr, n)
+    if live.skipped:
+        skip("kv live max", live.skipped)
     fwd, bwd = (None, None) if nnz is None else flops(nnz, head_dim)
     return Analysis(
         pattern=pattern.name, params=dict(pattern.params), ir_hash=pattern.hash, n=n, heads=H, tile=(bm, bn),
@@ -457,7 +483,7 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
         tiles=tcount, tile_efficiency=None if nnz is None or visited is None else (nnz / visited if visited else 1.0),
         empty_rows=empty_total, empty_rows_first=empty_first, layers_to_full_reach=layers, reach_decided=decided,
         reach_method=method, causal=causal, metadata_bytes=0, csr_layout_bytes=csr, skipped=tuple(skipped),
-        per_head=tuple(per) if multi else (),
+        per_head=tuple(per) if multi else (), live=live,
     )
 
 

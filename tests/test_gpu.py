@@ -267,3 +267,104 @@ def test_longnet_heads_and_a_stack_on_gpu():
         res = check_module(stack.layer(i), s.layers[i], 3000, D=128, B=1, H=2, HK=1, dtype=torch.bfloat16,
                            device="cuda")
         assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (i, res)
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+def decode_reference(mod, q, k, v, ns: list, page_table=None):
+    """float64 rows n - t .. n - 1 of each batch row over keys 0..n-1 (contiguous caches)."""
+    B, H, t, D = q.shape
+    group = H // k.shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
+    for b, n in enumerate(ns):
+        rows = torch.arange(n - t, n, device=q.device)[:, None]
+        keys = torch.arange(n, device=q.device)[None, :]
+        allowed = mod.mask_rows(rows, keys, n, H).to(q.device)  # (H, t, n)
+        kk = k[b, :, :n].double().repeat_interleave(group, 0)
+        vv = v[b, :, :n].double().repeat_interleave(group, 0)
+        s = (q[b].double() @ kk.transpose(-1, -2)) / D ** 0.5
+        p = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+        out[b] = p @ vv
+    return out
+
+
+def pages_of(cache, table):
+    """A contiguous cache stored in pages: row b's k-th page is page table[b, k]."""
+    B, HK, L, D = cache.shape
+    per = table.shape[1]
+    page = L // per
+    pages = torch.empty(B * per, HK, page, D, dtype=cache.dtype, device=cache.device)
+    pages[table.view(-1).long()] = cache.view(B, HK, per, page, D).permute(0, 2, 1, 3, 4).reshape(-1, HK, page, D)
+    return pages
+
+
+@pytest.mark.parametrize("t", [1, 4, 17])
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_decode_bf16_against_float64(name, t):
+    """Every benchmark pattern, bf16, 32 query heads on 8 kv heads, ragged lengths (t itself, not a
+    tile multiple, long), contiguous and paged (64-row pages) caches."""
+    p, mod = module(name)
+    H, HK, D, L = (2, 1, 128, 20480) if name == "per_head" else (32, 8, 128, 20480)
+    ns = [t, 4099, 20000]
+    g = torch.Generator(device="cpu").manual_seed(t)
+    q = torch.randn(3, H, t, D, generator=g).cuda().bfloat16()
+    k, v = (torch.randn(3, HK, L, D, generator=g).cuda().bfloat16() for _ in range(2))
+    seq = torch.tensor(ns, dtype=torch.int32, device="cuda")
+    want = decode_reference(mod, q, k, v, ns)
+    scale = want.abs().max().item()
+    out = mod.decode(q, k, v, seq)
+    assert (out.double() - want).abs().max().item() <= TOL[torch.bfloat16] * scale
+    table = torch.randperm(3 * L // 64, generator=g).view(3, -1).to(device="cuda", dtype=torch.int32)
+    out = mod.decode(q, pages_of(k, table), pages_of(v, table), seq, page_table=table)
+    assert (out.double() - want).abs().max().item() <= TOL[torch.bfloat16] * scale
+
+
+@pytest.mark.parametrize("name", ["streaming", "causal", "bigbird", "strided"])
+def test_decode_step_captured_in_a_cuda_graph(name):
+    """A decode step (kernels, splits and the combine) captured once and replayed with new inputs
+    and new lengths gives, bit for bit, what an eager call gives: nothing is read on the host."""
+    p, mod = module(name)
+    B, H, HK, D, L = 8, 32, 8, 128, 8192
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(B, H, 1, D, generator=g).cuda().bfloat16()
+    k, v = (torch.randn(B, HK, L, D, generator=g).cuda().bfloat16() for _ in range(2))
+    seq = torch.full((B,), 5000, dtype=torch.int32, device="cuda")
+    mod.decode(q, k, v, seq)  # compile and plan outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        mod.decode(q, k, v, seq)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mod.decode(q, k, v, seq)
+    for step in range(3):
+        q.copy_(torch.randn(B, H, 1, D, generator=g).cuda().bfloat16())
+        seq.copy_(torch.tensor([100 + 997 * step + 61 * b for b in range(B)], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = mod.decode(q, k, v, seq)
+        assert torch.equal(out, eager), step
+        want = decode_reference(mod, q, k, v, seq.tolist())
+        assert (out.double() - want).abs().max().item() <= TOL[torch.bfloat16] * want.abs().max().item()
+
+
+def test_kv_cache_generation_on_gpu():
+    """StreamingLLM's cache on the GPU, bf16: 2,000 steps (a few of 4 tokens), every row against the
+    full attention's; the cache stays at 4 sinks + the 1,025-key window (+ 3 for the chunks)."""
+    p, mod = module("streaming")
+    B, H, HK, D = 2, 8, 2, 128
+    cache = mod.KVCache(B, HK, D, dtype=torch.bfloat16, device="cuda")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ks, vs, n = [], [], 0
+    for step in range(2000):
+        t = 4 if step % 97 == 0 else 1
+        q, k, v = (torch.randn(B, h, t, D, generator=g).cuda().bfloat16() for h in (H, HK, HK))
+        out = cache.attend(q, k, v)
+        ks.append(k)
+        vs.append(v)
+        n += t
+        if step % 50 == 0 or step > 1990:
+            K, V = torch.cat(ks, 2), torch.cat(vs, 2)
+            want = decode_reference(mod, q, K, V, [n] * B)
+            assert (out.double() - want).abs().max().item() <= TOL[torch.bfloat16] * want.abs().max().item(), step
+    assert cache.slots == 4 + 1025 + 3 and cache.memory_bytes() == 2 * B * HK * cache.slots * D * 2

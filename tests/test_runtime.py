@@ -40,12 +40,14 @@ def test_every_kernel_signature_is_the_abi_table(src):
     for case in mod.SPEC.cases:
         for pi, x in enumerate(case.passes):
             for kind, kernel, split in (("fwd", x.fwd, bool(x.heavy_q)), ("dq", x.dq, bool(x.heavy_q)),
-                                        ("dkdv", x.dkdv, bool(x.heavy_k))):
+                                        ("dkdv", x.dkdv, bool(x.heavy_k)), ("decode", x.decode, False)):
                 if kernel is None:
                     continue
                 seeded = kind == "fwd" and pi > 0
-                rev = {"fwd": x.rev_fwd, "dq": x.rev_dq, "dkdv": False}[kind]
-                want = abi.param_names(kind, split, mod.SPEC.arg_names, seeded, rev)
+                rev = {"fwd": x.rev_fwd, "dq": x.rev_dq}.get(kind, False)
+                # a decode kernel computes the length-dependent arguments itself, from cache_seqlens
+                args = () if kind == "decode" else mod.SPEC.arg_names
+                want = abi.param_names(kind, split, args, seeded, rev)
                 assert tuple(kernel.arg_names) == want, (src, kind, pi)
                 name = kernel.fn.__name__
                 deco = re.search(rf"(@triton\.jit[^\n]*)\ndef {name}\(", text).group(1)
@@ -67,6 +69,13 @@ def test_launches_pass_a_value_for_every_parameter(monkeypatch):
     generated = {k for k in seen if k.startswith(("_fwd", "_dq", "_dkdv"))}
     assert len(generated) >= 5
     for name in generated:
+        assert seen[name] == set(getattr(mod, name).arg_names), name
+    monkeypatch.setattr(mod._bound.decoder, "launch", LaunchSpy(mod._bound.decoder.launch, hook))
+    q, k = torch.randn(1, 2, 3, 16), torch.randn(1, 1, 40, 16)
+    mod.decode(q, k, k, torch.tensor([37], dtype=torch.int32))
+    decoded = {k for k in seen if k.startswith("_dec")}
+    assert len(decoded) == 3, seen.keys()  # one kernel per pass: 1 + 2
+    for name in decoded:
         assert seen[name] == set(getattr(mod, name).arg_names), name
 
 

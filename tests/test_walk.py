@@ -181,6 +181,11 @@ def test_standalone_module_runs_without_patternc(backend, tmp_path, cli):
         s = (q @ k.transpose(-1, -2)) / 8 ** 0.5
         ref = torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v
         assert (out - ref).abs().max() < 1e-10, (out - ref).abs().max()
+        last = sa.decode(q[:, :, -3:], k, v, torch.tensor([37], dtype=torch.int32))
+        assert (last - ref[:, :, -3:]).abs().max() < 1e-10, (last - ref[:, :, -3:]).abs().max()
+        cache = sa.KVCache(1, 2, 8, dtype=q.dtype, device="cpu")
+        steps = [cache.attend(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1]) for i in range(37)]
+        assert (torch.cat(steps, 2) - ref).abs().max() < 1e-10
         print("standalone ok")
     '''
     r = run_isolated(code, ("patternc",), tmp_path)

@@ -82,11 +82,26 @@ DKDV = (
 DKDV_CONSTS = Group("compile-time settings", _consts("ACCUM", "BM", "BN", "BD", "D", "PREC", "WIDEN", "TMA", "FUSED",
                                                      "RED_TMA"))
 
-KERNELS = {"fwd": (FWD, FWD_CONSTS), "dq": (DQ, DQ_CONSTS), "dkdv": (DKDV, DKDV_CONSTS)}
+# Decoding (runtime.decode_launch): the newest T rows of a kv head's query heads against one split
+# of their allowed cached keys.  n comes from SEQ on the device (never from the host, so a step
+# can be captured in a CUDA graph), and so do the pattern's length-dependent arguments.
+DECODE = (
+    Group("queries, caches, output (or split partials), cache_seqlens, page table",
+          _ints("Q", "K", "V", "O", "LSE", "SEQ", "PT")),
+    Group("strides", _stride_params("q", "k", "v", "o") + _ints("sop", "sl0", "sl1", "sl2", "slp", "spt")),
+    Group("shape; this launch's heads, row groups, first partial, splits",
+          _ints("T", "GROUP", "H0", "H1", "KV0", "KC", "HPT", "NHG", "PART0", "SPLITS", "CAP")),
+    Group("RING: positions < FIXED in own slots, later ones in a ring of RINGW", _ints("FIXED", "RINGW")),
+    Group("softmax scale in log2 units", _ints("qk_scale")),
+)
+DECODE_CONSTS = Group("compile-time settings", _consts("BM", "BN", "BD", "D", "PAGE", "RING", "PREC", "WIDEN"))
+
+KERNELS = {"fwd": (FWD, FWD_CONSTS), "dq": (DQ, DQ_CONSTS), "dkdv": (DKDV, DKDV_CONSTS),
+           "decode": (DECODE, DECODE_CONSTS)}
 
 
 def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
-    """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv"), in signature order; `seeded`:
+    """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv", "decode"), in signature order; `seeded`:
     a forward that continues earlier passes' state; `rev`: a kernel that may run its tiles last-first."""
     runtime, consts = KERNELS[kind]
     out = list(runtime)

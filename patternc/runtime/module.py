@@ -9,6 +9,10 @@ Every backend's module ends with one call, `bind(SPEC, backend)`, and exports wh
   PyTorch walk (runtime.walk), which costs what the pattern costs;
 - "reference": dense masked attention (runtime.dense), the executable specification;
 - "flex": torch's FlexAttention with the pattern as its mask_mod (runtime.flex_path).
+
+`decode` (the newest rows against a KV cache) and `KVCache` (a cache shaped by the pattern)
+follow the same split: the Triton decode kernels (runtime.decode_launch) where they run, else
+the exact decode walk (runtime.decode), and the dense definition for the reference backend.
 """
 from __future__ import annotations
 
@@ -17,10 +21,14 @@ from typing import Callable, Optional
 
 import torch
 
+from .decode import dense_decode, walk_decode
+from .decode_inputs import Ring, check_decode, check_lengths
+from .decode_launch import TritonDecode
 from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
 from .triton_path import TritonPath
 from .jit import HAVE_TRITON
+from .kv_cache import kv_cache_class
 from .spec import Spec
 from .validate import check_length, check_qkv, check_scale
 from .walk import walk_backward, walk_forward
@@ -50,6 +58,8 @@ class Compiled:
             self.triton = TritonPath(spec)
         self.flex = FlexPath(make_mask_mod, spec.num_heads) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
+        self.decoder = TritonDecode(spec) if self.triton is not None else None
+        self.KVCache = kv_cache_class(self)
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -104,6 +114,33 @@ class Compiled:
             out, lse = _EagerAttention.apply(self, q, k, v, scale)
         else:  # inference: no autograd bookkeeping at all
             out, lse = self.forward(q, k, v, scale)
+        return (out, lse) if return_lse else out
+
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor, *,
+               scale: Optional[float] = None, page_table: Optional[torch.Tensor] = None, return_lse: bool = False):
+        """The t newest rows of each batch row against its cache (runtime.decode has the definition)."""
+        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, None, return_lse)
+
+    def cache_decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring: Optional[Ring]):
+        """decode over a pattern-shaped cache (KVCache): positions map to slots through `ring`."""
+        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False)
+
+    def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool):
+        capacity = check_decode(q, k_cache, v_cache, cache_seqlens, page_table, self.spec.num_heads, self.spec.name)
+        scale = check_scale(scale, q.shape[-1])
+        kernels = self.decoder is not None and _kernels_run_on(q)
+        if not (kernels and cache_seqlens.is_cuda):  # reading lengths on the GPU would synchronise
+            check_lengths(cache_seqlens.tolist(), q.shape[2], capacity, ring)
+        with torch.no_grad():
+            if self.backend == "reference":
+                out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+            elif kernels:
+                out, lse = self.decoder.run(q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
+            else:
+                out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
         return (out, lse) if return_lse else out
 
 

@@ -31,6 +31,7 @@ class Pass:
     tma_dq: bool = True
     tma_dkdv: bool = True
     tma_rows: bool = True  # a query-major kernel's own rows (Q, dO) may load through TMA
+    decode: object = None  # decode kernel: the newest rows against a KV cache (runtime.decode)
 
     def value(self, x, A: dict) -> int:
         """An argument of the space (int, or the name of a length-dependent one)."""
@@ -71,3 +72,6 @@ class Spec:
     cases: tuple = ()
     schedule: Optional[Schedule] = None  # None: no Triton kernels (reference and flex backends)
     arg_names: tuple = field(default=())  # the kernels' length-dependent argument names
+    # (fixed slots, window) of a cache that holds every key the pattern can still read while
+    # decoding (patternc.live_keys); None: the live keys are unbounded
+    cache_layout: Optional[tuple] = None

@@ -128,19 +128,25 @@ def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE):
         qt = q[:, h0:h1 + 1, rows].to(ct)
         kt = k.index_select(2, keys)[:, kv].to(ct)  # (B, heads, keys, D): the tile's keys only
         vt = v.index_select(2, keys)[:, kv].to(ct)
-        s = torch.matmul(qt, kt.transpose(-1, -2)) * scale
-        s = s.masked_fill(~keep, float("-inf"))
-        t_lse = torch.logsumexp(s, -1)  # (B, hc, rows): -inf where this tile allows a row nothing
-        p = torch.exp(s - torch.where(torch.isinf(t_lse), 0.0, t_lse)[..., None])
-        t_out = torch.matmul(p, vt)
-        old_lse, old_out = lse[:, h0:h1 + 1, rows], out[:, h0:h1 + 1, rows]
-        new = torch.logaddexp(old_lse, t_lse)
-        safe = torch.where(torch.isinf(new), 0.0, new)
-        w_old = torch.exp(old_lse - safe)[..., None]
-        w_new = torch.exp(t_lse - safe)[..., None]
-        out[:, h0:h1 + 1, rows] = old_out * w_old + t_out * w_new
-        lse[:, h0:h1 + 1, rows] = new
+        out[:, h0:h1 + 1, rows], lse[:, h0:h1 + 1, rows] = fold_tile(
+            out[:, h0:h1 + 1, rows], lse[:, h0:h1 + 1, rows], qt, kt, vt, keep, scale)
     return out.to(q.dtype), lse.float() if ct != torch.float64 else lse
+
+
+def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
+    """(out, lse) of some rows after one more tile of keys: the tile's masked softmax, merged into
+    the rows' state by log-sum-exp (rows the tile allows nothing keep their state).  Shared by the
+    whole-sequence walk and the decode walk."""
+    s = torch.matmul(qt, kt.transpose(-1, -2)) * scale
+    s = s.masked_fill(~keep, float("-inf"))
+    t_lse = torch.logsumexp(s, -1)  # (..., rows): -inf where this tile allows a row nothing
+    p = torch.exp(s - torch.where(torch.isinf(t_lse), 0.0, t_lse)[..., None])
+    t_out = torch.matmul(p, vt)
+    new = torch.logaddexp(lse, t_lse)
+    safe = torch.where(torch.isinf(new), 0.0, new)
+    w_old = torch.exp(lse - safe)[..., None]
+    w_new = torch.exp(t_lse - safe)[..., None]
+    return out * w_old + t_out * w_new, new
 
 
 def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE):
