@@ -14,7 +14,7 @@ from patternc import ir
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, IntExpr
 from patternc.lower import is_causal
-from patternc.printer import ArgTable, checks_function, formula, mask_expr, py_string
+from patternc.printer import ArgTable, checks_function, formula, lengths_ok_function, mask_expr, py_string
 
 MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
 
@@ -119,6 +119,9 @@ class HostEmitter:
         kernel, so the table is complete."""
         mask = self.mask_head()
         parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + extra
+        lengths_ok = lengths_ok_function(self.pattern)
+        if lengths_ok is not None:
+            parts.insert(2, lengths_ok)
         if any("_isqrt(" in p for p in parts):
             parts.insert(0, ISQRT_SOURCE)
         return "\n\n\n".join(parts)
@@ -139,6 +142,8 @@ class HostEmitter:
                  "    length_args=_length_args, check_length=_check_length, mask_head=_mask_head,"]
         if self.table.names:
             lines.append(f"    arg_names={tuple(self.table.names.values())!r},")
+        if p.checks:
+            lines.append("    lengths_ok=_lengths_ok,")
         if cases:
             lines.append(f"    cases={cases},")
         if schedule:
@@ -159,6 +164,9 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
                   "except ImportError:  # no Triton: the module runs its exact PyTorch path",
                   "    from patternc.runtime.jit import tl, triton", ""]
     lines.append(f"from patternc.runtime import {', '.join(sorted(runtime_names))}")
+    seq = [x for x in ("seq_isqrt", "seq_max", "seq_min") if uses_name(host, x)]
+    if seq:
+        lines.append(f"from patternc.runtime.varlen import {', '.join(seq)}")
     return "\n".join(lines)
 
 

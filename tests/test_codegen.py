@@ -56,10 +56,11 @@ def test_no_random_or_residue_code_without_them():
 
 
 def test_longformer_module_size():
-    """The runtime is a library: a compiled Longformer is its kernels and a short host part."""
+    """The runtime is a library: a compiled Longformer is its kernels and a short host part (each
+    kernel carries its packed-sequence prologue, about 15 lines)."""
     text = patternc.compile(patternc.parse(os.path.join(ROOT, "examples", "longformer.attn")), "triton")
     lines = text.splitlines()
-    assert len(lines) < 600, len(lines)
+    assert len(lines) < 650, len(lines)
     start = next(i for i, x in enumerate(lines) if x.startswith("PATTERN = "))
     kernels = next(i for i, x in enumerate(lines) if x.startswith("@triton.jit"))
     bound = next(i for i, x in enumerate(lines) if x.startswith("SPEC = "))

@@ -71,3 +71,4 @@ class Spec:
     cases: tuple = ()
     schedule: Optional[Schedule] = None  # None: no Triton kernels (reference and flex backends)
     arg_names: tuple = field(default=())  # the kernels' length-dependent argument names
+    lengths_ok: Optional[Callable] = None  # tensor of lengths -> where _check_length passes (None: no checks)
