@@ -172,7 +172,7 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
 
 def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")) -> str:
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
-             '_bound = bind(SPEC, "flex", make_mask_mod)']
+             '_bound = bind(SPEC, "flex", make_mask_mod, make_seq_mask_mod)']
     lines += [f"{name} = _bound.{name}" for name in exports]
     return "\n".join(lines)
 

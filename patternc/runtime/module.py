@@ -45,7 +45,8 @@ def _kernels_run_on(q: torch.Tensor) -> bool:
 class Compiled:
     """One compiled pattern, bound to one backend: what a generated module exports."""
 
-    def __init__(self, spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None):
+    def __init__(self, spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None,
+                 make_seq_mask_mod: Optional[Callable] = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         self.spec = spec
@@ -53,7 +54,7 @@ class Compiled:
         self.triton = None
         if backend == "triton" and spec.schedule is not None and HAVE_TRITON:
             self.triton = TritonPath(spec)
-        self.flex = FlexPath(make_mask_mod, spec.num_heads) if backend == "flex" else None
+        self.flex = FlexPath(make_mask_mod, spec.num_heads, make_seq_mask_mod) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
         self._seq_op = register_seq_ops(self) if backend == "triton" else None
 
@@ -191,6 +192,7 @@ def _register_ops(compiled: Compiled):
     return fwd_op
 
 
-def bind(spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None) -> Compiled:
+def bind(spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None,
+         make_seq_mask_mod: Optional[Callable] = None) -> Compiled:
     """The public functions of a generated module (see Compiled)."""
-    return Compiled(spec, backend, make_mask_mod)
+    return Compiled(spec, backend, make_mask_mod, make_seq_mask_mod)
