@@ -67,7 +67,8 @@ def _seq_mask_mod(host: HostEmitter) -> str:
     if len(cases) == 1:
         ret = [f"        return inside & {bodies[0]}"]
     else:
-        ret = [f"        m{ci} = {body}  # heads {lo}..{hi}" for ci, ((lo, hi, _), body) in enumerate(zip(cases, bodies))]
+        ret = [f"        m{ci} = {body}  # heads {lo}..{hi}"
+               for ci, ((lo, hi, _), body) in enumerate(zip(cases, bodies))]
         sel = f"m{len(cases) - 1}"
         for ci in range(len(cases) - 2, -1, -1):
             sel = f"torch.where(h <= {cases[ci][1]}, m{ci}, {sel})"

@@ -123,7 +123,8 @@ class FlexPath:
             # so that no division in the pattern's formula sees a zero
             first = torch.full((B, n), -1, dtype=torch.int64)
             length = torch.full((B, n), some[0], dtype=torch.int64)
-            A = {name: torch.full((B, n), value, dtype=torch.int64) for name, value in spec.length_args(some[0]).items()}
+            A = {name: torch.full((B, n), value, dtype=torch.int64)
+                 for name, value in spec.length_args(some[0]).items()}
             empty = torch.ones((B, self.num_heads or 1, n), dtype=torch.bool)  # padding allows nothing
             for b, s, m in spans:
                 if m == 0:
@@ -137,6 +138,9 @@ class FlexPath:
                                          BLOCK_SIZE=128)
             if len(self.seq_masks) >= 4:
                 self.seq_masks.pop(next(iter(self.seq_masks)))
-            self.seq_masks[key] = bm, empty.to(device)
-        bm, empty = self.seq_masks[key]
+            padding = (first < 0)[:, None, :, None].to(device) if bool((first < 0).any()) else None
+            self.seq_masks[key] = bm, empty.to(device), padding
+        bm, empty, padding = self.seq_masks[key]
+        if padding is not None:  # zeroed: FlexAttention multiplies masked scores' zeros with their values
+            q, k, v = (t.masked_fill(padding, 0) for t in (q, k, v))
         return self._run(q, k, v, bm, scale, empty)
