@@ -104,6 +104,8 @@ def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = Fal
 QUERY_MAJOR_IDS = [
     "pid = tl.program_id(0)",
     "zh = tl.program_id(1)",
+    "if DOCS:  # sequences along grid axis 0 (no 65,535 limit): every sequence's first tiles launch first",
+    "    pid, zh = zh, pid",
     "z = zh // HC",
     "h = HEAD0 + zh % HC",
     "hk = h // GROUP",
@@ -655,7 +657,10 @@ class _Emitter:
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group.',
             '    FUSED: dq too, added atomically into DQ (float32), and no dq kernel runs."""',
         ]
-        ids = ["pid = tl.program_id(0)", "zk = tl.program_id(1)", "z = zk // KC", "hk = KV0 + zk % KC"] + ids
+        ids = ["pid = tl.program_id(0)", "zk = tl.program_id(1)",
+               "if DOCS:  # sequences along grid axis 0 (no 65,535 limit): every sequence's first tiles launch first",
+               "    pid, zk = zk, pid",
+               "z = zk // KC", "hk = KV0 + zk % KC"] + ids
         body = ids + seq_prologue(self.table, SEQ_TENSORS["dkdv"], p.space.kind == "diag") \
             + self.space_prologue(p.space, "k") \
             + seq_exit(p.space, "k", self.arg) + win + [

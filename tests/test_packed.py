@@ -9,7 +9,6 @@ backend run as they are.  Padding rows hold NaN: no path may read them.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import random
 
@@ -20,77 +19,13 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import patternc  # noqa: E402
-from patternc import semantics  # noqa: E402
 from patternc.runtime import module as runtime_module  # noqa: E402
 
-from kernel_check import LSE_TOL, TOL, dense_reference, rel_err  # noqa: E402
+from kernel_check import check_sequences as check, dense_reference, packed, padded_batch, rel_err, \
+    sequence_mask  # noqa: E402
 from kernel_patterns import PATTERNS, module  # noqa: E402
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-
-
-def sequence_mask(pattern, spans, B: int, n: int, H: int) -> torch.Tensor:
-    """(B, H, n, n): each sequence's pattern at its own length on its diagonal block, from the semantics."""
-    keep = torch.zeros(B, H, n, n, dtype=torch.bool)
-    for b, s, m in spans:
-        if m:
-            e = pattern.at(m)
-            block = torch.stack([semantics.dense_mask(e.for_head(h), m) for h in range(H)]) if pattern.num_heads \
-                else semantics.dense_mask(e, m)[None]
-            keep[b, :, s:s + m, s:s + m] = block
-    return keep
-
-
-def packed(lens: list) -> tuple:
-    """(cu_seqlens, spans, total) of documents of these lengths."""
-    cu = [0]
-    for m in lens:
-        cu.append(cu[-1] + m)
-    return torch.tensor(cu, dtype=torch.int32), tuple((0, a, b - a) for a, b in zip(cu, cu[1:])), cu[-1]
-
-
-def check(mod, pattern, B, H, HK, n, spans, kw, D=16, dtype=torch.float32, backward=True, seed=0):
-    """Run `mod` with the sequences `kw` on NaN-padded inputs; assert out, lse and gradients match the
-    float64 block-diagonal reference, and padding rows give 0, -inf and zero gradients."""
-    g = torch.Generator().manual_seed(seed)
-    inside = torch.zeros(B, n, dtype=torch.bool)
-    for b, s, m in spans:
-        inside[b, s:s + m] = True
-    pad = ~inside[:, None, :, None]
-
-    def make(h):
-        t = torch.randn(B, h, n, D, generator=g).masked_fill(pad, float("nan"))
-        return t.to(dtype).requires_grad_(backward)
-
-    q, k, v = make(H), make(HK), make(HK)
-    out, lse = mod.attention(q, k, v, return_lse=True, **kw)
-    keep = sequence_mask(pattern, spans, B, n, H if pattern.num_heads else 1)
-    qq, kk, vv = (t.detach().masked_fill(pad, 0).double().requires_grad_(backward) for t in (q, k, v))
-    ro, rl = dense_reference(qq, kk, vv, keep, 1 / math.sqrt(D))
-    tol = TOL.get(dtype, 1e-9)
-    assert rel_err(out, ro) <= tol, rel_err(out, ro)
-    assert torch.equal(torch.isinf(lse), torch.isinf(rl)) and not torch.isnan(lse).any()
-    fin = torch.isfinite(rl)
-    if fin.any():
-        assert (lse.double() - rl)[fin].abs().max().item() < LSE_TOL
-    assert torch.equal(out.masked_select(pad), torch.zeros_like(out).masked_select(pad))  # padding rows: 0
-    if not backward:
-        return
-    do = torch.randn(out.shape, generator=g).to(out.dtype)
-    (out.float() * do.float()).sum().backward()
-    (ro * do.double()).sum().backward()
-    for name, a, b in (("dq", q.grad, qq.grad), ("dk", k.grad, kk.grad), ("dv", v.grad, vv.grad)):
-        assert not torch.isnan(a).any(), name
-        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
-        assert (a.masked_select(pad) == 0).all(), name  # padding rows: zero gradients
-
-
-def padded_batch(n: int) -> tuple:
-    """(seq_starts, seq_lens, spans) of four rows: right padding, left padding, both, and empty."""
-    starts = [0, n - 23, 5, 3]
-    lens = [n - 9, 23, n - 12, 0]
-    spans = tuple((b, s, m) for b, (s, m) in enumerate(zip(starts, lens)))
-    return torch.tensor(starts, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), spans
 
 
 # ---- the Triton kernels (interpreter) -------------------------------------------------------------

@@ -247,7 +247,7 @@ class TritonPath:
                 self.launch(p.fwd, grid, site and site + (h0, pi, partial))(
                     **{x: values[x] for x in names}, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             final = multi and last and not parts
-            launch((progs, (seq_rows or B) * hc, 1), res if final else o, lse, n, False, o)
+            launch(_grid_of(progs, B, hc, seq_rows), res if final else o, lse, n, False, o)
             if parts:  # the global rows' other chunks, then one merge of their softmax states
                 po = self.alloc((B, H, parts * rows, D), device=q.device, dtype=torch.float32)
                 plse = self.alloc((B, H, parts * rows), device=q.device, dtype=torch.float32)
@@ -318,7 +318,7 @@ class TritonPath:
                     values.update(dq_seq)
                     self.launch(p.dq, grid, site and site + ("dq", h0, pi, partial))(
                         **{x: values[x] for x in names}, num_warps=cfg["dq_warps"], num_stages=cfg["dq_stages"])
-                launch_dq((progs, (seq_rows or B) * hc, 1), dq, n, False)
+                launch_dq(_grid_of(progs, B, hc, seq_rows), dq, n, False)
                 if parts:  # the global rows' other chunks: partial dq sums, added in a fixed order
                     pdq = self.alloc((B, H, parts * rows, D), device=q.device, dtype=torch.float32)
                     launch_dq((rows // cfg["DQ_BM"], B * hc, parts), pdq, parts * rows, True)
@@ -339,7 +339,7 @@ class TritonPath:
                 values.update(dkdv_seq)
                 self.launch(p.dkdv, grid, site and site + ("dkdv", h0, pi, partial))(
                     **{x: values[x] for x in names}, num_warps=cfg["dkv_warps"], num_stages=cfg["dkv_stages"])
-            launch_dkdv((kprogs, (seq_rows or B) * kc, 1), dk, dv, n, False)
+            launch_dkdv(_grid_of(kprogs, B, kc, seq_rows), dk, dv, n, False)
             if kparts:  # the global columns' other chunks of query tiles
                 pdk = self.alloc((B, HK, kparts * krows, D), device=q.device, dtype=torch.float32)
                 pdv = self.alloc(pdk.shape, device=q.device, dtype=torch.float32)
@@ -348,6 +348,13 @@ class TritonPath:
                     for g, part in ((dk, pdk), (dv, pdv)):
                         add_rows(self.launch, g[:, kv0:kv1 + 1], part[:, kv0:kv1 + 1], r0, count, kparts, off, krows)
         return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype)
+
+
+def _grid_of(programs: int, B: int, heads: int, seq_rows) -> tuple:
+    """A launch's grid: (tiles, rows x heads); under packing (`seq_rows` sequences) the other way
+    round, so that a batch of many documents is not held to axis 1's 65,535 and every sequence's
+    first tiles are dispatched before any sequence's later ones (the kernels swap the ids back)."""
+    return (programs, B * heads, 1) if seq_rows is None else (seq_rows * heads, programs, 1)
 
 
 def _seq_tensors(seqs) -> tuple:
