@@ -69,8 +69,9 @@ class TritonPath:
 
     def plan(self, kind: str, q, k, seqs=None) -> dict:
         """The launch plan of a call; under packing (`seqs`) it holds no length: each call sizes its
-        grids from its sequences, no pass splits global rows, and loads go through pointers (TMA
-        boxes would cross a sequence's end)."""
+        grids from its sequences (decisions.md: packed-grid), no pass splits global rows
+        (packed-no-split), and loads go through pointers, since a TMA box would cross a sequence's
+        end (packed-pointer-loads)."""
         B, H, n, D = q.shape
         docs = 0 if seqs is None else seqs.mode
         key = (kind, B, H, k.shape[1], n, D, q.dtype, q.device, docs, self.settings())

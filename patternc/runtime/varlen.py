@@ -175,7 +175,8 @@ def host_spans(spec, seqs: Seqs) -> tuple:
 
 
 def assert_on_device(spec, seqs: Seqs) -> None:
-    """Enqueue the value checks as device assertions, once per index tensor (object and version)."""
+    """Enqueue the value checks as device assertions, once per index tensor (object and version):
+    no host synchronisation (decisions.md: packed-device-checks)."""
     if seqs.host is not None:
         return
     if not seqs.starts.is_cuda:  # on the host already: check there, with the exact message
@@ -205,7 +206,8 @@ def seq_programs(spec, p, seqs: Seqs, tile: int, key_major: bool) -> tuple:
     """(programs per sequence and head, tiles per residue class) of a pass's kernel under packing:
     enough for the longest sequence.  Where the pass's index space has constant arguments its tile
     counts grow with the length, so the longest length decides; where they depend on the length
-    (a modulus like isqrt(n)), the sequences' lengths are read on the host (one synchronisation)."""
+    (a modulus like isqrt(n)), the sequences' lengths are read on the host (one synchronisation).
+    Shorter sequences' programs past their end return at once (decisions.md: packed-grid)."""
     fixed = not any(isinstance(x, str) for x in (p.m, p.l, p.c))
     lengths = (seqs.max_len,) if fixed else tuple(sorted({m for _, _, m in host_spans(spec, seqs)}))
     classes = per = 1
