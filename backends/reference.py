@@ -14,7 +14,8 @@ from .common import HostEmitter, bind_lines, imports, module_header, random_impo
 DESCRIPTION = """\
 Dense masked attention in PyTorch: the executable specification of the pattern.
 
-    attention(q, k, v, scale=None, return_lse=False)
+    attention(q, k, v, scale=None, return_lse=False, *, cu_seqlens=None, max_seqlen=None,
+              seq_lens=None, seq_starts=None)   (packed or padded: each sequence's mask on the diagonal)
     mask(n, device=None)     -> bool tensor (n, n), or (H, n, n) for a per-head pattern
     mask_rows(i, j, n, H=1)  -> the mask at query rows i, key columns j
 

@@ -708,6 +708,8 @@ DESCRIPTION = """\
 Sparse attention with this pattern compiled into Triton kernels (forward and backward).
 
     attention(q, k, v, scale=None, return_lse=False)   q: (B, Hq, n, D); k, v: (B, Hkv, n, D)
+    attention(q, k, v, cu_seqlens=..., max_seqlen=...)  packed documents (B = 1), each its own sequence
+    attention(q, k, v, seq_lens=..., seq_starts=...)    padded rows (padding gives 0)
     mask(n, device=None)                               the dense boolean mask
     mask_rows(i, j, n, H=1)                            the mask at query rows i, key columns j
 

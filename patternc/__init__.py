@@ -11,7 +11,8 @@ and the Pygments lexer stay cheap.
         Read a .attn file (a str path or a pathlib.Path) or source text and resolve one
         pattern, parameters set by keyword (w=64).
     analyze(pattern, n, heads=None, tile=128) -> Analysis
-        Cost, closed form, tile efficiency, empty rows and reachability at length n.
+        Cost, closed form, tile efficiency, empty rows and reachability at length n;
+        analyze(pattern, doc_lens=[...]) -> PackedAnalysis: the same costs for a packed batch.
     compile(pattern, backend="triton", standalone=False) -> str
         The source text of a PyTorch/Triton module for the pattern.
     load(path_or_source, pattern=None, backend="triton", *, path=None, **params) -> module

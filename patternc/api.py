@@ -11,6 +11,7 @@ from .frontend import Pattern, parse_program, resolve
 
 if TYPE_CHECKING:  # the real import is lazy (numpy)
     from .analysis import Analysis
+    from .packing import PackedAnalysis
 
 BACKENDS = ("triton", "reference", "flex")
 
@@ -119,7 +120,7 @@ def _in_file(e: PatternError, p: Pattern) -> PatternError:
 
 def analyze(pattern: Union[Pattern, str, os.PathLike], n: Optional[int] = None, heads: Optional[int] = None,
             tile: Union[int, tuple] = 128, head_dim: int = 128, kernel: bool = True,
-            doc_lens=None) -> "Analysis":
+            doc_lens=None) -> Union["Analysis", "PackedAnalysis"]:
     """Cost, closed form, tiles, reachability and kernel plan of a pattern at sequence length n;
     or, with `doc_lens` instead of n, the cost of a packed batch of documents.
 

@@ -125,21 +125,21 @@ class FlexPath:
             length = torch.full((B, n), some[0], dtype=torch.int64)
             A = {name: torch.full((B, n), value, dtype=torch.int64)
                  for name, value in spec.length_args(some[0]).items()}
-            empty = torch.ones((B, self.num_heads or 1, n), dtype=torch.bool)  # padding allows nothing
+            empty = torch.ones((B, self.num_heads or 1, n), dtype=torch.bool, device=device)  # padding: nothing
             for b, s, m in spans:
                 if m == 0:
                     continue
                 first[b, s:s + m], length[b, s:s + m] = s, m
                 for name, value in spec.length_args(m).items():
                     A[name][b, s:s + m] = value
-                empty[b, :, s:s + m] = self.empty_rows(m, "cpu")
+                empty[b, :, s:s + m] = self.empty_rows(m, device)
             mod = self.make_seq_mask_mod(first.to(device), length.to(device), {x: t.to(device) for x, t in A.items()})
             bm = _flex.create_block_mask(mod, B=B, H=self.num_heads, Q_LEN=n, KV_LEN=n, device=device,
                                          BLOCK_SIZE=128)
             if len(self.seq_masks) >= 4:
                 self.seq_masks.pop(next(iter(self.seq_masks)))
             padding = (first < 0)[:, None, :, None].to(device) if bool((first < 0).any()) else None
-            self.seq_masks[key] = bm, empty.to(device), padding
+            self.seq_masks[key] = bm, empty, padding
         bm, empty, padding = self.seq_masks[key]
         if padding is not None:  # zeroed: FlexAttention multiplies masked scores' zeros with their values
             q, k, v = (t.masked_fill(padding, 0) for t in (q, k, v))
