@@ -14,7 +14,7 @@ from patternc import __version__, ir, live_keys
 from patternc.frontend import Pattern
 from patternc.intexpr import Const, IntExpr
 from patternc.lower import is_causal
-from patternc.printer import ArgTable, checks_function, formula, mask_expr, py_string
+from patternc.printer import ArgTable, checks_function, formula, lengths_ok_function, mask_expr, py_string
 
 MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
 
@@ -117,6 +117,9 @@ class HostEmitter:
         kernel, so the table is complete."""
         mask = self.mask_head()
         parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + extra
+        lengths_ok = lengths_ok_function(self.pattern)
+        if lengths_ok is not None:
+            parts.insert(2, lengths_ok)
         if any("_isqrt(" in p for p in parts):
             parts.insert(0, ISQRT_SOURCE)
         return "\n\n\n".join(parts)
@@ -140,6 +143,8 @@ class HostEmitter:
         layout = live_keys.cache_layout(p.expr)
         if layout is not None:  # decoding keeps at most these keys (patternc.live_keys)
             lines.append(f"    cache_layout=({layout.fixed}, {layout.window}),  # fixed slots, ring window")
+        if p.checks:
+            lines.append("    lengths_ok=_lengths_ok,")
         if cases:
             lines.append(f"    cases={cases},")
         if schedule:
@@ -160,6 +165,9 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
                   "except ImportError:  # no Triton: the module runs its exact PyTorch path",
                   "    from patternc.runtime.jit import tl, triton", ""]
     lines.append(f"from patternc.runtime import {', '.join(sorted(runtime_names))}")
+    seq = [x for x in ("seq_isqrt", "seq_max", "seq_min") if uses_name(host, x)]
+    if seq:
+        lines.append(f"from patternc.runtime.varlen import {', '.join(seq)}")
     return "\n".join(lines)
 
 
@@ -168,7 +176,7 @@ EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows")  # every backe
 
 def bind_lines(backend: str, exports: tuple = EXPORTS) -> str:
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
-             '_bound = bind(SPEC, "flex", make_mask_mod)']
+             '_bound = bind(SPEC, "flex", make_mask_mod, make_seq_mask_mod)']
     lines += [f"{name} = _bound.{name}" for name in exports]
     return "\n".join(lines)
 

@@ -12,15 +12,18 @@ from patternc.lower import plan
 from patternc.printer import mask_expr
 from patternc.ranges import Args
 
-from .common import EXPORTS, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header, random_imports
+from .common import (EXPORTS, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header, random_imports,
+                     uses_name)
 from .triton import pairs_fn, space_fields, walk_fn
 
 DESCRIPTION = """\
 FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_mod.
 
     make_mask_mod(n)                         -> mask_mod(b, h, q_idx, kv_idx) for length n
+    make_seq_mask_mod(first, length, A)      -> mask_mod for packed or padded sequences
     block_mask(n, device, BLOCK_SIZE=128)    -> cached BlockMask
-    attention(q, k, v, scale=None, return_lse=False)
+    attention(q, k, v, scale=None, return_lse=False, *, cu_seqlens=None, max_seqlen=None,
+              seq_lens=None, seq_starts=None)
     decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
     KVCache(batch_size, kv_heads, head_dim, *, dtype, device, max_len=None, page_size=None)
     mask(n, device=None), mask_rows(i, j, n, H=1)
@@ -78,12 +81,45 @@ def _walk_cases(host: HostEmitter) -> tuple:
     return walks, "(\n" + "\n".join(rows) + "\n    )"
 
 
+def _seq_mask_mod(host: HostEmitter) -> str:
+    """`make_seq_mask_mod(first, length, A)`: the mask for sequences inside the rows (packed documents,
+    padded rows), each its own sequence: positions from its first row, n its length, and the
+    length-dependent arguments looked up per position (runtime.flex_path computes them per length)."""
+    cases = head_cases(host.pattern)
+    bodies = [mask_expr(expr, "i", "j", host.table, hash_fn="random_pick") for _, _, expr in cases]
+    text = "\n".join(bodies)
+    used = [v for v in host.table.names.values() if uses_name(text, v)]
+    if len(cases) == 1:
+        ret = [f"        return inside & {bodies[0]}"]
+    else:
+        ret = [f"        m{ci} = {body}  # heads {lo}..{hi}"
+               for ci, ((lo, hi, _), body) in enumerate(zip(cases, bodies))]
+        sel = f"m{len(cases) - 1}"
+        for ci in range(len(cases) - 2, -1, -1):
+            sel = f"torch.where(h <= {cases[ci][1]}, m{ci}, {sel})"
+        ret.append(f"        return inside & {sel}")
+    lines = ["def make_seq_mask_mod(first, length, A: dict):",
+             '    """A FlexAttention mask_mod for sequences inside the rows: first[b, t] is the first row of',
+             "    position t's sequence (-1 in padding), length[b, t] its length and A[name][b, t] its",
+             '    length-dependent arguments.  No query attends another sequence or padding."""']
+    lines += [f"    {v}_at = A[{v!r}]" for v in used]
+    lines += ["", "    def mask_mod(b, h, q_idx, kv_idx):",
+              "        s = first[b, q_idx]",
+              "        inside = (s >= 0) & (first[b, kv_idx] == s)",
+              "        i = (q_idx - s).to(torch.int64)  # positions from the sequence's first row",
+              "        j = (kv_idx - s).to(torch.int64)"]
+    if uses_name(text, "n"):
+        lines.append("        n = length[b, q_idx]")
+    lines += [f"        {v} = {v}_at[b, q_idx]" for v in used]
+    return "\n".join(lines + ret + ["", "    return mask_mod"])
+
+
 def emit(pattern: Pattern) -> str:
     """The module's source text; identical patterns give byte-identical text."""
     host = HostEmitter(pattern)
     mod = _mask_mod(host)
     walks, cases = _walk_cases(host)
-    host_text = host.functions([mod] + walks)
+    host_text = host.functions([mod, _seq_mask_mod(host)] + walks)
     head = imports(pattern, host_text, ["Case", "Pass", "Spec", "bind"], kernels=False) + "\n\nimport torch"
     rnd = random_imports(host_text)
     parts = [module_header(pattern, "flex", DESCRIPTION), head + ("\n" + rnd if rnd else ""),

@@ -37,3 +37,10 @@ def kernel_report(pattern: Pattern, n: int, heads: int) -> KernelReport:
                  for line in describe_plan(e, n))
     return KernelReport(tile=(bm, bn), computed_pairs=computed, plan=plan,
                         atomic_dq=any(atomic_dq(lower_plan(e)) for _, e in cases), skipped=why)
+
+
+def computed_per_length(pattern: Pattern, lengths: list, heads: int) -> tuple:
+    """((BM, BN), {length: pairs the forward computes for one sequence of it, all heads}): the kernel
+    report at each length, for packed batches (patternc.packing), whose document-aware kernels tile
+    each document like a sequence of its own; None where the simulation was skipped."""
+    return choose_forward_tiles(pattern), {m: kernel_report(pattern, m, heads).computed_pairs for m in lengths}

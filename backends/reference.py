@@ -14,7 +14,8 @@ from .common import HostEmitter, bind_lines, imports, module_header, random_impo
 DESCRIPTION = """\
 Dense masked attention in PyTorch: the executable specification of the pattern.
 
-    attention(q, k, v, scale=None, return_lse=False)
+    attention(q, k, v, scale=None, return_lse=False, *, cu_seqlens=None, max_seqlen=None,
+              seq_lens=None, seq_starts=None)   (packed or padded: each sequence's mask on the diagonal)
     decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
                              -> the t newest rows against a KV cache, by the definition: every
                                 cached key, masked by the pattern at n = cache_seqlens[b]

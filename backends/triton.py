@@ -18,7 +18,7 @@ from typing import Optional
 
 from patternc import scalar as S
 from patternc.frontend import Pattern
-from patternc.intexpr import to_python
+from patternc.intexpr import to_python, to_triton
 from patternc.lower import Pass, Plan, Space, heavy_spans, narrow_columns, plan
 from patternc.printer import ArgTable, formula, mask_expr
 from patternc.ranges import (Args, TileRanges, full_span, key_major, key_position, query_major, query_position,
@@ -105,6 +105,8 @@ def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = Fal
 QUERY_MAJOR_IDS = [
     "pid = tl.program_id(0)",
     "zh = tl.program_id(1)",
+    "if DOCS:  # sequences along grid axis 0 (no 65,535 limit): every sequence's first tiles launch first",
+    "    pid, zh = zh, pid",
     "z = zh // HC",
     "h = HEAD0 + zh % HC",
     "hk = h // GROUP",
@@ -115,6 +117,50 @@ QUERY_MAJOR_BASES = [
     "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
     "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
 ]
+
+
+# Under DOCS (packed documents, padded rows: runtime.varlen) the tensors each kernel rebases to its
+# sequence's first row, with their row strides.
+SEQ_TENSORS = {
+    "fwd": (("Q", "sq2"), ("K", "sk2"), ("V", "sv2"), ("O", "so2")),
+    "dq": (("Q", "sq2"), ("K", "sk2"), ("V", "sv2"), ("DO", "sdo2"), ("DQ", "sdq2"), ("O", "so2")),
+    "dkdv": (("Q", "sq2"), ("K", "sk2"), ("V", "sv2"), ("DO", "sdo2"), ("DK", "sdk2"), ("DV", "sdk2"),
+             ("DQ", "sdq2")),
+}
+
+
+def seq_prologue(table: ArgTable, tensors: tuple, per: bool) -> list:
+    """Under DOCS: this program's sequence (z indexes the documents, or the padded rows), its first
+    row row0 and its length n, the pattern's length-dependent arguments at that length (computed
+    here, not passed), and every tensor rebased to row0; `per`: the kernel reads PER.  DOCS = 0
+    compiles none of it."""
+    lines = ["if DOCS:  # packed documents (1) or padded rows (2): the sequence of program row z",
+             "    row0, n, z = seq_span(SEQ, SEQ_LEN, z, DOCS)  # its first row, its length, its batch row",
+             "    if n == 0:  # an empty sequence (its arguments may not even exist)",
+             "        return",
+             ]
+    if per:
+        lines.append("    PER = SPER  # PER of the longest sequence")
+    for e, name in table.names.items():
+        lines.append(f"    {name} = as_i32({to_triton(e)})  # {e}")
+    lines.append("    off = row0.to(tl.int64)")
+    lines += [f"    {t} += off * {stride}" for t, stride in tensors]
+    return lines
+
+
+def seq_exit(space: Space, major: str, arg: Args) -> list:
+    """Under DOCS the grid covers the longest sequence: programs past their own one's end return."""
+    cond = "a0 >= LQ" if major == "q" else "b0 >= L"
+    if space.kind == "diag":
+        cond = f"({cond}) | (r >= {T(arg(space.m))})"
+    return ["if DOCS:", f"    if {cond}:  # past the end of this program's sequence", "        return"]
+
+
+def seq_rows(line: str, var: str, buffer: str) -> list:
+    """`line`, then under DOCS the same row base in a (B, H, NROW) buffer, from the sequence's row0."""
+    indent = line[:len(line) - len(line.lstrip())]
+    return [line, f"{indent}if DOCS:",
+            f"{indent}    {var} = {buffer}(z.to(tl.int64) * HTOT + h) * NROW + row0"]
 
 
 class _Emitter:
@@ -503,9 +549,12 @@ class _Emitter:
         head += [f'    """Forward, {spaces}.'] + ([
             "    SEEDED: continue from the earlier passes' float32 state in OI (laid out like O;",
             '    O may be OI, or the final output in the input dtype)."""'] if seeded else ['    """'])
-        body = QUERY_MAJOR_IDS + ids + self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
+        tensors = SEQ_TENSORS["fwd"] + ((("OI", "so2"),) if seeded else ())
+        body = QUERY_MAJOR_IDS + ids + seq_prologue(self.table, tensors, p.space.kind == "diag" or rev) \
+            + self.space_prologue(p.space, "q", rev) \
+            + seq_exit(p.space, "q", self.arg) + win + QUERY_MAJOR_BASES + [
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
-            "lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT",
+        ] + seq_rows("lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT", "lse_base", "LSE + ") + [
             f"q = tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
         ]
         fresh = ["m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
@@ -564,10 +613,11 @@ class _Emitter:
             "    PRO (the first pass's normal launch): first compute and store each row's delta = sum(O * dO)",
             '    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
         ]
-        body = QUERY_MAJOR_IDS + ids + self.space_prologue(p.space, "q", rev) + win + QUERY_MAJOR_BASES + [
+        body = QUERY_MAJOR_IDS + ids + seq_prologue(self.table, SEQ_TENSORS["dq"], p.space.kind == "diag" or rev) \
+            + self.space_prologue(p.space, "q", rev) + seq_exit(p.space, "q", self.arg) + win + QUERY_MAJOR_BASES + [
             "do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
-            "row_base = (z.to(tl.int64) * HTOT + h) * n",
+        ] + seq_rows("row_base = (z.to(tl.int64) * HTOT + h) * n", "row_base", "") + [
             f"q = tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
             f"do = tile_rows(DOD, z, h, a0, r, do_base, i, row_ok, sdo2, sdo3, offs_d, D, WIDEN, {self.qtma(p)})",
             "if PRO != 0:",
@@ -608,8 +658,13 @@ class _Emitter:
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group.',
             '    FUSED: dq too, added atomically into DQ (float32), and no dq kernel runs."""',
         ]
-        ids = ["pid = tl.program_id(0)", "zk = tl.program_id(1)", "z = zk // KC", "hk = KV0 + zk % KC"] + ids
-        body = ids + self.space_prologue(p.space, "k") + win + [
+        ids = ["pid = tl.program_id(0)", "zk = tl.program_id(1)",
+               "if DOCS:  # sequences along grid axis 0 (no 65,535 limit): every sequence's first tiles launch first",
+               "    pid, zk = zk, pid",
+               "z = zk // KC", "hk = KV0 + zk % KC"] + ids
+        body = ids + seq_prologue(self.table, SEQ_TENSORS["dkdv"], p.space.kind == "diag") \
+            + self.space_prologue(p.space, "k") \
+            + seq_exit(p.space, "k", self.arg) + win + [
             "offs_d = tl.arange(0, BD)",
             "k_base = K + z.to(tl.int64) * sk0 + hk.to(tl.int64) * sk1",
             "v_base = V + z.to(tl.int64) * sv0 + hk.to(tl.int64) * sv1",
@@ -625,6 +680,9 @@ class _Emitter:
             "    do_base = DO + z.to(tl.int64) * sdo0 + h.to(tl.int64) * sdo1",
             "    lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * n",
             "    delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * n",
+            "    if DOCS:  # rows of the (B, H, NROW) buffers",
+            "        lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * NROW + row0",
+            "        delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * NROW + row0",
             "    dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
         ]
         tail = self.out_rows(p, "k", "j", "BN") + [
@@ -651,6 +709,8 @@ DESCRIPTION = """\
 Sparse attention with this pattern compiled into Triton kernels (forward and backward).
 
     attention(q, k, v, scale=None, return_lse=False)   q: (B, Hq, n, D); k, v: (B, Hkv, n, D)
+    attention(q, k, v, cu_seqlens=..., max_seqlen=...)  packed documents (B = 1), each its own sequence
+    attention(q, k, v, seq_lens=..., seq_starts=...)    padded rows (padding gives 0)
     decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
                                                        the t newest rows against a KV cache
     KVCache(batch_size, kv_heads, head_dim, *, dtype, device, max_len=None, page_size=None)
@@ -664,6 +724,7 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 `patternc compile --standalone` writes a module with the runtime included.
 """
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
+SEQ_BODIES = ("as_i32", "floor_div", "floor_mod", "int_sqrt", "seq_span")
 
 
 def walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
@@ -800,6 +861,9 @@ def emit(pattern: Pattern) -> str:
         parts[-1] += f"\nfrom patternc.runtime.tile_bodies import {', '.join(used)}"
     if decode_imports(kernel_text):
         parts[-1] += "\n" + decode_imports(kernel_text)
+    seq = [x for x in SEQ_BODIES if uses_name(kernel_text, x)]
+    if seq:
+        parts[-1] += f"\nfrom patternc.runtime.seq_bodies import {', '.join(seq)}"
     parts += [host.constants(), host_text,
               "# The pattern, compiled: a forward, a dq, a dk/dv and a decode kernel per pass.",
               kernel_text.rstrip(),

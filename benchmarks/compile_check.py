@@ -15,6 +15,7 @@ warps).
     PATTERNC_CONFIG=DKV_BM=32 python benchmarks/compile_check.py --regs examples/sliding_window.attn
     COMPILE_CHECK_PTX_DIR=/some/dir python benchmarks/compile_check.py ...    # also write each kernel's PTX
     python benchmarks/compile_check.py --launchers examples/longformer.attn  # launcher sources guessed right?
+    python benchmarks/compile_check.py --packed --all                        # the document-aware kernels too
 
 Decode kernels (one per pass) and their combine kernel are compiled too: t = 1 new token over a
 plain cache, t = 4 over a paged one and (for a bounded pattern) over the KVCache's ring, 32 query
@@ -47,6 +48,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patternc  # noqa: E402
 from patternc.runtime import config, launch, tma  # noqa: E402
+from patternc.runtime.varlen import PACKED, PADDED, Seqs  # noqa: E402
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
           torch.int64: "i64"}
@@ -169,7 +171,7 @@ def _label(mod, fn) -> str:
 
 def decode_launches(mod, D: int, dtype, n: int, sms: int) -> None:
     """Run the module's decode launches (intercepted by the caller) for the caches a server uses:
-    t = 1 over a plain cache, t = 4 over a paged one (64-row pages) and over the KVCache's ring."""
+    t = 1 over a plain cache (also split in two, for the combine kernel), t = 4 over a paged one (64-row pages) and over the KVCache's ring."""
     from patternc.runtime.decode_inputs import Ring
 
     runner = mod._bound.decoder
@@ -179,6 +181,9 @@ def decode_launches(mod, D: int, dtype, n: int, sms: int) -> None:
     q1, q4 = (torch.randn(B, H, t, D, dtype=dtype) for t in (1, 4))
     k = torch.randn(B, HK, n, D, dtype=dtype)
     runner.run(q1, k, k, seq, D ** -0.5, None, n, None)
+    runner.splits, runner.plans = 2, {}  # split-K and its combine kernel, whether or not n needs them
+    runner.run(q1, k, k, seq, D ** -0.5, None, n, None)
+    runner.splits, runner.plans = None, {}
     pages = torch.arange(B * (n // 64), dtype=torch.int32).view(B, -1)
     kp = torch.randn(B * (n // 64), HK, 64, D, dtype=dtype)
     runner.run(q4, kp, kp, seq, D ** -0.5, pages, n, None)
@@ -188,8 +193,19 @@ def decode_launches(mod, D: int, dtype, n: int, sms: int) -> None:
         runner.run(q4, kr, kr, seq, D ** -0.5, None, ring.slots, ring)
 
 
+def sequences(n: int, B: int) -> tuple:
+    """Packed documents (B = 1) and padded rows (B rows) over n positions, for the document-aware
+    launches (DOCS = 1 and 2: each compiles a kernel of its own)."""
+    lens = [n // 4, n // 2, n - n // 4 - n // 2]
+    cu = torch.tensor([0, lens[0], lens[0] + lens[1], n], dtype=torch.int32)
+    packed = Seqs(PACKED, cu, None, 3, max(lens), n, tuple((0, int(a), m) for a, m in zip(cu, lens)))
+    starts, rows = torch.zeros(B, dtype=torch.int32), torch.full((B,), n - 3, dtype=torch.int32)
+    padded = Seqs(PADDED, starts, rows, B, n, n, tuple((b, 0, n - 3) for b in range(B)))
+    return packed, padded
+
+
 def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = True, regs: bool = False,
-          launchers: bool = False, decode: bool = True, sms: int = 132) -> list:
+          launchers: bool = False, decode: bool = True, sms: int = 132, packed: bool = False) -> list:
     p = patternc.parse(path)
     mod = patternc.load(p, backend="triton")
     user = os.environ.pop("PATTERNC_CONFIG", "")  # KEY=VALUE items on top of the GPU's settings
@@ -206,11 +222,13 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
         label = _label(mod, fn)
 
         def compile_instead(*args, **kw):
-            key = (label, kw.get("SEEDED"), kw.get("FUSED"), kw.get("PAGE"), kw.get("RING"), kw.get("T"))
+            key = (label, kw.get("SEEDED"), kw.get("FUSED"), kw.get("PAGE"), kw.get("RING"), kw.get("T"),
+                   kw.get("DOCS"))
             if key in seen:
                 return
             seen.add(key)
-            name = label + (" (atomic dq)" if kw.get("FUSED") else "")
+            name = label + (" (atomic dq)" if kw.get("FUSED") else "") + \
+                {1: " (packed)", 2: " (padded)"}.get(kw.get("DOCS"), "")
             if "PAGE" in kw:  # a decode kernel: which cache and how many new rows
                 name += f" t={kw['T']}" + (" paged" if kw["PAGE"] else " ring" if kw["RING"] else "")
             try:
@@ -224,16 +242,17 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
     runner.launch = grab
     B, H = 1, 2
     q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for _ in range(3))
-    runner.forward_launches(q, k, v, D ** -0.5)  # outputs are garbage: no kernel runs
-    if backward:
-        o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
-        runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
-        if mod.SPEC.schedule.fused_dq:  # atomic dq by default: the deterministic mode's dq kernels too
-            os.environ["PATTERNC_DETERMINISTIC"] = "1"
-            try:
-                runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5)
-            finally:
-                os.environ.pop("PATTERNC_DETERMINISTIC")
+    for seqs in (None,) + (sequences(n, B) if packed else ()):
+        runner.forward_launches(q, k, v, D ** -0.5, seqs)  # outputs are garbage: no kernel runs
+        if backward:
+            o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
+            runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs)
+            if mod.SPEC.schedule.fused_dq:  # atomic dq by default: the deterministic mode's dq kernels too
+                os.environ["PATTERNC_DETERMINISTIC"] = "1"
+                try:
+                    runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs)
+                finally:
+                    os.environ.pop("PATTERNC_DETERMINISTIC")
     if decode:
         mod._bound.decoder.launch = grab
         decode_launches(mod, D, dtype, n, sms)
@@ -252,6 +271,8 @@ def main() -> int:
     ap.add_argument("--no-decode", action="store_true", help="skip the decode kernels")
     ap.add_argument("--warm-cache", action="store_true", help="keep Triton's on-disk cache (default: a fresh one)")
     ap.add_argument("--regs", action="store_true", help="also registers per thread and spilled bytes (ptxas -v)")
+    ap.add_argument("--packed", action="store_true",
+                    help="also the document-aware launches: packed documents and padded rows (DOCS = 1, 2)")
     ap.add_argument("--launchers", action="store_true",
                     help="also check the launcher source guessed before compiling against the compiled kernel's")
     args = ap.parse_args()
@@ -265,7 +286,8 @@ def main() -> int:
     failed = 0
     for path in files:
         for name, t, smem, usage, err in check(path, args.n, args.d, torch.bfloat16, target, not args.fwd_only,
-                                               args.regs, args.launchers, not args.no_decode):
+                                               args.regs, args.launchers, not args.no_decode,
+                                               packed=args.packed):
             print(f"{os.path.basename(path):22s} {name:32s} " + (f"{usage}  " if usage else "")
                   + (f"{t:6.2f} s  {smem / 1024:6.1f} KiB shared" if err is None else f"FAILED {err}"), flush=True)
             failed += err is not None or "MISMATCH" in (usage or "")

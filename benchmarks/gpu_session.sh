@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_session.sh tests [PYTEST ARGS]    # the GPU suite (pytest -m gpu), in parallel; e.g. -k longformer
 #   bash benchmarks/gpu_session.sh bench                  # every pattern against Flex and SDPA, n = 16384, 65536, D = 128
 #   bash benchmarks/gpu_session.sh bench64                # the same at D = 64
+#   bash benchmarks/gpu_session.sh packed                 # packed documents, 65,536 tokens per step (packed.py)
+#   bash benchmarks/gpu_session.sh packed262k             # the same at 262,144 tokens per step
 #   bash benchmarks/gpu_session.sh sweep SWEEP ARGS       # benchmarks/sweep.py: settings A/B, e.g.
 #                                                         #   sweep --n 65536 --patterns causal --bwd "rev=0" "rev=1" "rev=0" "rev=1"
 #   bash benchmarks/gpu_session.sh profile [PATTERNS] [N] # GPU time of each kernel of one forward+backward (torch profiler)
@@ -17,17 +19,18 @@
 #
 # Results go to $OUT if set (a device tool's output folder), else to benchmarks/results/<gpu>/
 # (benchmarks/results_dir.py), under the names the tables have there: gpu-tests.txt, bench-d128.md/.json,
-# bench-d64.md/.json, sweep.jsonl (appended), kernel-times.txt, ncu-summary.md and ncu.tgz (the raw CSVs),
-# scale.txt, train.txt, decode[-TAG].md/.json. Each text file starts with a line giving GPU, versions, date and command.
+# bench-d64.md/.json, packed-65536.md/.json, packed-262144.md/.json, sweep.jsonl (appended), kernel-times.txt,
+# ncu-summary.md and ncu.tgz (the raw CSVs), scale.txt, train.txt, decode[-TAG].md/.json. Each text file starts
+# with a line giving GPU, versions, date and command.
 #
 # On a box that cannot install from the network, wheels in .whl/ (lark, pytest and its dependencies,
 # hypothesis, pytest-xdist, execnet, pytest-timeout) are installed into a scratch folder first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-}
-case "$STEP" in tests|bench|bench64|sweep|profile|ncu|scale|ab|decode) shift ;;
-    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | sweep SWEEP ARGS | profile [PATTERNS] [N] | ncu [CASES] | scale" \
-            "| ab BEFORE [N...] | decode [ARGS]" >&2
+case "$STEP" in tests|bench|bench64|packed|packed262k|sweep|profile|ncu|scale|ab|decode) shift ;;
+    *) echo "usage: $0 tests [PYTEST ARGS] | bench | bench64 | packed | packed262k | sweep SWEEP ARGS" \
+            "| profile [PATTERNS] [N] | ncu [CASES] | scale | ab BEFORE [N...] | decode [ARGS]" >&2
        exit 2 ;;
 esac
 if [ -d .whl ]; then
@@ -79,6 +82,8 @@ case "$STEP" in
                    $PER_TEST "$@"; } 2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)   timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 128 --out "$OUT" --tag d128 ;;
     bench64) timeout 570 python3 benchmarks/bench.py --n 16384 65536 --d 64 --out "$OUT" --tag d64 ;;
+    packed)  timeout 570 python3 benchmarks/packed.py --tokens 65536 --out "$OUT" --tag 65536 ;;
+    packed262k) timeout 570 python3 benchmarks/packed.py --tokens 262144 --out "$OUT" --tag 262144 ;;
     sweep)   timeout 570 python3 benchmarks/sweep.py --out "$OUT/sweep.jsonl" "$@" ;;
     profile) { provenance; timeout 570 python3 benchmarks/host_overhead.py --backward --n "${2:-65536}" \
                    --patterns "${1:-causal,prefix_lm}" --profile none; } 2>&1 | tee "$OUT/kernel-times.txt" ;;

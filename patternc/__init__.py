@@ -12,7 +12,8 @@ and the Pygments lexer stay cheap.
         pattern (or stack of layers), parameters set by keyword (w=64).
     analyze(pattern, n, heads=None, tile=128) -> Analysis (or StackAnalysis)
         Cost, closed form, tile efficiency, empty rows and reachability at length n; for a
-        stack, each layer's cost, the totals and reach through its layers.
+        stack, each layer's cost, the totals and reach through its layers;
+        analyze(pattern, doc_lens=[...]) -> PackedAnalysis: the same costs for a packed batch.
     compile(pattern, backend="triton", standalone=False) -> str
         The source text of a PyTorch/Triton module for the pattern (for a stack: one module,
         `layer(i)` picking each layer's attention).

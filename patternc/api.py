@@ -11,6 +11,7 @@ from .frontend import Pattern, Stack, parse_program, resolve
 
 if TYPE_CHECKING:  # the real import is lazy (numpy)
     from .analysis import Analysis
+    from .packing import PackedAnalysis
     from .stack_analysis import StackAnalysis
 
 BACKENDS = ("triton", "reference", "flex")
@@ -119,11 +120,12 @@ def _in_file(e: PatternError, p: Union[Pattern, Stack]) -> PatternError:
     return e
 
 
-def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: int, heads: Optional[int] = None,
-            tile: Union[int, tuple] = 128, head_dim: int = 128,
-            kernel: bool = True) -> Union["Analysis", "StackAnalysis"]:
+def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: Optional[int] = None,
+            heads: Optional[int] = None, tile: Union[int, tuple] = 128, head_dim: int = 128,
+            kernel: bool = True, doc_lens=None) -> Union["Analysis", "StackAnalysis", "PackedAnalysis"]:
     """Cost, closed form, tiles, reachability and kernel plan of a pattern at sequence length n;
-    for a stack of layers, each layer's cost, the totals and reach through the stack.
+    for a stack of layers, each layer's cost, the totals and reach through the stack; or, with
+    `doc_lens` instead of n, the cost of a packed batch of documents.
 
     Arguments:
         pattern: a `Pattern` or `Stack` from `parse`, or what `parse` accepts (a path to a .attn
@@ -139,6 +141,10 @@ def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: int, heads: Opt
         head_dim: head dimension, used for the flop counts (default 128, at most 65536).
         kernel: also ask the Triton lowering what its kernels do (tile shape, passes, the
             pairs they compute, the backward's dq strategy); False skips it (faster).
+        doc_lens: document lengths of a packed batch (a list of ints, 0 allowed), given instead of
+            n: each document is its own sequence (as `attention(..., cu_seqlens=...)` computes), so
+            nnz, flops, tiles, tile efficiency and empty rows are sums over documents
+            (patternc.packing); returns a `PackedAnalysis`.
 
     Returns:
         An `Analysis` (patternc.analysis): nnz, density, nnz_formula (sympy syntax),
@@ -163,15 +169,29 @@ def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: int, heads: Opt
         (35642864, 'Piecewise((n**2, n <= 272), (545*n - 74256, True))', 'O(n·(w + g))')
     """
     from .analysis import analyze as analyze_ir  # lazy: numpy is not needed to check or compile
-    from .backends.kernel_report import kernel_report
+    from .backends.kernel_report import computed_per_length, kernel_report
+    from .packing import analyze_packed
     from .stack_analysis import analyze_stack
 
     if not isinstance(pattern, (Pattern, Stack)):
         pattern = parse(pattern)
+    if (n is None) == (doc_lens is None):
+        raise PatternError("give the sequence length n, or doc_lens (the document lengths of a packed batch), "
+                           "not both" if n is not None else "give the sequence length n, or doc_lens (the "
+                           "document lengths of a packed batch)")
     try:
         if isinstance(pattern, Stack):
+            if doc_lens is not None:
+                raise PatternError("doc_lens takes one pattern, not a stack: analyze a layer's pattern "
+                                   "(stack.layers[i]) with doc_lens")
             with_kernel = (lambda p, a: a.with_kernel(kernel_report(p, a.n, a.heads))) if kernel else None
             return analyze_stack(pattern, n, heads=heads, tile=tile, head_dim=head_dim, report=with_kernel)
+        if doc_lens is not None:
+            packed = analyze_packed(pattern, doc_lens, heads=heads, tile=tile, head_dim=head_dim)
+            if not kernel:
+                return packed
+            return packed.with_computed(*computed_per_length(pattern, [c.length for c in packed.lengths],
+                                                             packed.heads))
         result = analyze_ir(pattern, n, heads=heads, tile=tile, head_dim=head_dim)
         return result.with_kernel(kernel_report(pattern, result.n, result.heads)) if kernel else result
     except PatternError as e:

@@ -281,8 +281,50 @@ def _check_analyze_limits(args: argparse.Namespace) -> None:
             raise _fail(f"{option} {value} is too large: analyze accepts {option} <= {limit:,}{extra}", args.file)
 
 
+def _doc_lens(args: argparse.Namespace) -> Optional[tuple]:
+    """The document lengths of --doc-lens or --doc-lens-from (None for --n), checked."""
+    from .packing import parse_doc_lens
+
+    given = [x for x, v in (("--n", args.n), ("--doc-lens", args.doc_lens), ("--doc-lens-from", args.doc_lens_from))
+             if v is not None]
+    if len(given) != 1:
+        raise _fail("give one of --n (one sequence), --doc-lens or --doc-lens-from (a packed batch of documents)"
+                    + (f", not {' and '.join(given)}" if given else ""), args.file)
+    if args.doc_lens is not None:
+        return parse_doc_lens(args.doc_lens, "--doc-lens")
+    if args.doc_lens_from is not None:
+        path = args.doc_lens_from
+        try:
+            text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _fail(f"cannot read document lengths: {e.strerror if isinstance(e, OSError) else e}", path) \
+                from None
+        return parse_doc_lens(text, path)
+    return None
+
+
+def _cmd_analyze_packed(args: argparse.Namespace, doc_lens: tuple) -> int:
+    pattern = _load(args)
+    result = api.analyze(pattern, heads=args.heads, tile=args.tile, head_dim=args.head_dim, doc_lens=doc_lens)
+    rows = result.empty_rows
+    if rows and _empty_rows_policy(args) != "ignore":
+        message = f"{rows} query row{'s' if rows != 1 else ''} of the packed batch " \
+                  f"{'have' if rows != 1 else 'has'} no allowed key; their attention output is 0"
+        if _empty_rows_policy(args) == "error":
+            raise _fail(message, pattern.filename)
+        _warn(message + " (--empty-rows=error to refuse, --empty-rows=ignore to silence)", pattern.filename)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(result.format_table())
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     _check_analyze_limits(args)
+    doc_lens = _doc_lens(args)
+    if doc_lens is not None:
+        return _cmd_analyze_packed(args, doc_lens)
     item = _load(args)
     for pattern, _ in _patterns_of(item):
         _concrete(pattern, args.n)  # located errors for n-dependent checks come first
@@ -402,9 +444,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n (for a stack: "
-                                        "per layer, the total, and reach through its layers)")
+                                        "per layer, the total, and reach through its layers), or of a packed batch")
     common(sp)
-    sp.add_argument("--n", type=_positive("--n"), required=True, help="sequence length")
+    sp.add_argument("--n", type=_positive("--n"), help="sequence length")
+    sp.add_argument("--doc-lens", metavar="L1,L2,...",
+                    help="instead of --n: the document lengths of a packed batch, each its own sequence "
+                         "(nnz, flops, density and tile efficiency are sums over documents)")
+    sp.add_argument("--doc-lens-from", metavar="FILE",
+                    help="instead of --n: a file of document lengths (separated by commas, spaces or newlines; "
+                         "# comments; - for stdin)")
     sp.add_argument("--heads", type=_positive("--heads"), help="number of heads (default: the pattern's, or 1)")
     sp.add_argument("--tile", type=_positive("--tile"), default=128, help="kernel tile size (default 128)")
     sp.add_argument("--head-dim", type=_positive("--head-dim"), default=128, help="head dimension (default 128)")

@@ -140,22 +140,62 @@ def depends_on_n(e: IntExpr) -> bool:
     return False
 
 
-def to_python(e: IntExpr, n: str = "n") -> str:
-    """Python source for e, with the length named `n` (used by generated host code)."""
+def to_python(e: IntExpr, n: str = "n", calls: dict = None) -> str:
+    """Python source for e, with the length named `n` (used by generated host code); `calls` renames
+    the functions min, max and isqrt (e.g. to ones that also take tensors of lengths)."""
+    calls = calls or {}
     if isinstance(e, Const):
         return str(e.value)
     if isinstance(e, NVar):
         return n
-    args = [to_python(a, n) for a in e.args]
+    args = [to_python(a, n, calls) for a in e.args]
     if e.op in BINOPS:
         return f"({args[0]} {e.op} {args[1]})"
     if e.op == "neg":
         return f"(-{args[0]})"
     if e.op == "isqrt":
-        return f"_isqrt({args[0]})"
+        return f"{calls.get('isqrt', '_isqrt')}({args[0]})"
     if e.op == "cdiv":
         return f"(-(-{args[0]} // {args[1]}))"
-    return f"{e.op}({', '.join(args)})"
+    fn = calls.get(e.op, e.op)
+    if fn != e.op and len(args) > 2:  # the renamed functions take two arguments
+        out = args[0]
+        for a in args[1:]:
+            out = f"{fn}({out}, {a})"
+        return out
+    return f"{fn}({', '.join(args)})"
+
+
+# Integer operators in Triton: C division truncates, so `//` and `%` go through floor helpers
+# (runtime.seq_bodies); values are int32 like the kernel arguments they stand for.
+TRITON_CALLS = {"min": "tl.minimum", "max": "tl.maximum"}
+
+
+def to_triton(e: IntExpr, n: str = "n") -> str:
+    """Triton source for e, with the length named `n` (an int32 scalar of the kernel): the
+    document-aware kernels compute their length-dependent arguments per sequence with it.
+    Arithmetic is 64-bit, the value clamped to int32 by the caller."""
+    if isinstance(e, Const):
+        return str(e.value) if e.value >= 0 else f"({e.value})"
+    if isinstance(e, NVar):
+        return f"{n}.to(tl.int64)"
+    args = [to_triton(a, n) for a in e.args]
+    if e.op in ("+", "-", "*"):
+        return f"({args[0]} {e.op} {args[1]})"
+    if e.op == "//":
+        return f"floor_div({args[0]}, {args[1]})"
+    if e.op == "%":
+        return f"floor_mod({args[0]}, {args[1]})"
+    if e.op == "cdiv":
+        return f"(-floor_div(-{args[0]}, {args[1]}))"
+    if e.op == "neg":
+        return f"(-{args[0]})"
+    if e.op == "isqrt":
+        return f"int_sqrt({args[0]})"
+    out = args[0]
+    for a in args[1:]:
+        out = f"{TRITON_CALLS[e.op]}({out}, {a})"
+    return out
 
 
 def to_sympy(e: IntExpr, nsym):

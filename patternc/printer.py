@@ -156,6 +156,22 @@ def checks_function(pattern, table: "ArgTable", name: str = "_check_length") -> 
     return "\n".join(lines)
 
 
+LENGTH_CALLS = {"min": "seq_min", "max": "seq_max", "isqrt": "seq_isqrt"}  # runtime.varlen: ints or tensors
+
+
+def lengths_ok_function(pattern, name: str = "_lengths_ok"):
+    """`def _lengths_ok(n)`: _check_length's checks on a tensor of lengths at once (True where the
+    pattern is valid), for the device assertions of packed and padded calls; None without checks."""
+    from .intexpr import to_python
+
+    if not pattern.checks:
+        return None
+    conds = ["(n >= 1)"] + [f"({to_python(c.expr, 'n', LENGTH_CALLS)} >= {c.minimum})" for c in pattern.checks]
+    return "\n".join([f"def {name}(n):",
+                      '    """Where each length of the tensor n passes _check_length (sequences on the device)."""',
+                      "    return " + " & ".join(conds)])
+
+
 def py_string(text: str) -> str:
     """A safe Python string literal for arbitrary text (source files go in only this way).
 

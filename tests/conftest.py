@@ -15,6 +15,15 @@ import torch
 # jit helpers (tl.max, tl.sum) are decorated at import time and would not be interpretable.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The runtime's Triton functions are decorated once per process, when first imported: import
+    # them now, under the interpreter, so that a test that turns it off for a while (to take the
+    # PyTorch path) cannot leave them compiled-mode for the tests after it.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from patternc.runtime import decode_bodies, random_kernels, seq_bodies, split, tile_bodies  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).parent / "patternc"

@@ -103,3 +103,72 @@ def check_module(mod, pattern, n: int, D: int = 16, B: int = 1, H: int = 2, HK: 
         (ro * do.to(ref_dtype)).sum().backward()
         res.dq, res.dk, res.dv = rel_err(q.grad, qq.grad), rel_err(k.grad, kk.grad), rel_err(v.grad, vv.grad)
     return res
+
+
+# ---- packed documents and padded rows (runtime.varlen) -------------------------------------------
+
+def sequence_mask(pattern, spans, B: int, n: int, H: int) -> torch.Tensor:
+    """(B, H, n, n): each sequence's pattern at its own length on its diagonal block, from the semantics."""
+    keep = torch.zeros(B, H, n, n, dtype=torch.bool)
+    for b, s, m in spans:
+        if m:
+            e = pattern.at(m)
+            block = torch.stack([semantics.dense_mask(e.for_head(h), m) for h in range(H)]) if pattern.num_heads \
+                else semantics.dense_mask(e, m)[None]
+            keep[b, :, s:s + m, s:s + m] = block
+    return keep
+
+
+def packed(lens: list) -> tuple:
+    """(cu_seqlens, spans, total) of documents of these lengths."""
+    cu = [0]
+    for m in lens:
+        cu.append(cu[-1] + m)
+    return torch.tensor(cu, dtype=torch.int32), tuple((0, a, b - a) for a, b in zip(cu, cu[1:])), cu[-1]
+
+
+def check_sequences(mod, pattern, B, H, HK, n, spans, kw, D=16, dtype=torch.float32, backward=True, seed=0,
+                    device="cpu"):
+    """Run `mod` with the sequences `kw` (index tensors on `device`) on NaN-padded inputs; assert out,
+    lse and gradients match the float64 block-diagonal reference, and padding rows give 0, -inf and
+    zero gradients (the shared contract of the interpreter tests and the GPU suite)."""
+    g = torch.Generator().manual_seed(seed)
+    inside = torch.zeros(B, n, dtype=torch.bool)
+    for b, s, m in spans:
+        inside[b, s:s + m] = True
+    pad = ~inside[:, None, :, None]
+
+    def make(h):
+        t = torch.randn(B, h, n, D, generator=g).masked_fill(pad, float("nan"))
+        return t.to(device=device, dtype=dtype).requires_grad_(backward)
+
+    q, k, v = make(H), make(HK), make(HK)
+    out, lse = mod.attention(q, k, v, return_lse=True, **kw)
+    pad = pad.to(device)
+    keep = sequence_mask(pattern, spans, B, n, H if pattern.num_heads else 1).to(device)
+    qq, kk, vv = (t.detach().masked_fill(pad, 0).double().requires_grad_(backward) for t in (q, k, v))
+    ro, rl = dense_reference(qq, kk, vv, keep, 1 / math.sqrt(D))
+    tol = TOL.get(dtype, 1e-9)
+    assert rel_err(out, ro) <= tol, rel_err(out, ro)
+    assert torch.equal(torch.isinf(lse), torch.isinf(rl)) and not torch.isnan(lse).any()
+    fin = torch.isfinite(rl)
+    if fin.any():
+        assert (lse.double() - rl)[fin].abs().max().item() < LSE_TOL
+    assert torch.equal(out.masked_select(pad), torch.zeros_like(out).masked_select(pad))  # padding rows: 0
+    if not backward:
+        return
+    do = torch.randn(out.shape, generator=g).to(device=device, dtype=out.dtype)
+    (out.float() * do.float()).sum().backward()
+    (ro * do.double()).sum().backward()
+    for name, a, b in (("dq", q.grad, qq.grad), ("dk", k.grad, kk.grad), ("dv", v.grad, vv.grad)):
+        assert not torch.isnan(a).any(), name
+        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
+        assert (a.masked_select(pad) == 0).all(), name  # padding rows: zero gradients
+
+
+def padded_batch(n: int) -> tuple:
+    """(seq_starts, seq_lens, spans) of four rows: right padding, left padding, both, and empty."""
+    starts = [0, n - 23, 5, 3]
+    lens = [n - 9, 23, n - 12, 0]
+    spans = tuple((b, s, m) for b, (s, m) in enumerate(zip(starts, lens)))
+    return torch.tensor(starts, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), spans

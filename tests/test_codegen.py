@@ -56,11 +56,12 @@ def test_no_random_or_residue_code_without_them():
 
 
 def test_longformer_module_size():
-    """The runtime is a library: a compiled Longformer is its kernels (forward, dq, dk/dv, decode)
-    and a short host part."""
+    """The runtime is a library: a compiled Longformer is its kernels (forward, dq, dk/dv, decode;
+    each whole-sequence kernel carries its packed-sequence prologue, about 15 lines) and a short
+    host part."""
     text = patternc.compile(patternc.parse(os.path.join(ROOT, "examples", "longformer.attn")), "triton")
     lines = text.splitlines()
-    assert len(lines) < 700, len(lines)
+    assert len(lines) < 760, len(lines)
     start = next(i for i, x in enumerate(lines) if x.startswith("PATTERN = "))
     kernels = next(i for i, x in enumerate(lines) if x.startswith("@triton.jit"))
     bound = next(i for i, x in enumerate(lines) if x.startswith("SPEC = "))

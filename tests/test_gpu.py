@@ -268,6 +268,7 @@ def test_longnet_heads_and_a_stack_on_gpu():
                            device="cuda")
         assert res.lse_ok and res.worst() <= TOL[torch.bfloat16], (i, res)
 
+
 # ---- decoding ------------------------------------------------------------------------------------
 
 def decode_reference(mod, q, k, v, ns: list, page_table=None):
@@ -368,3 +369,131 @@ def test_kv_cache_generation_on_gpu():
             want = decode_reference(mod, q, K, V, [n] * B)
             assert (out.double() - want).abs().max().item() <= TOL[torch.bfloat16] * want.abs().max().item(), step
     assert cache.slots == 4 + 1025 + 3 and cache.memory_bytes() == 2 * B * HK * cache.slots * D * 2
+
+
+# ---- packed documents and padded rows (runtime.varlen) ------------------------------------------
+
+PACKED_LENS = [1, 2, 63, 64, 65, 127, 128, 129, 1000, 3001, 17]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("name", ["causal", "streaming", "longformer", "strided", "fixed", "bigbird", "per_head"])
+def test_packed_bf16_against_float64(name, D):
+    """Documents of lengths 1, 2, 63, 64, 65 (tile edges) up to 3001 in one packed row, bf16, GQA,
+    forward and gradients, against the float64 block-diagonal reference; NaN nowhere."""
+    from kernel_check import check_sequences, packed
+    p, mod = module(name)
+    cu, spans, total = packed(PACKED_LENS)
+    H, HK = (2, 2) if name == "per_head" else (4, 2)
+    check_sequences(mod, p, 1, H, HK, total, spans, dict(cu_seqlens=cu.cuda(), max_seqlen=max(PACKED_LENS)), D=D,
+                    dtype=torch.bfloat16, device="cuda")
+
+
+@pytest.mark.parametrize("name", ["causal", "longformer", "strided", "bigbird"])
+def test_padded_bf16_against_float64(name):
+    """Right padding, left padding, both and an empty row in one bf16 batch (padding holds NaN)."""
+    from kernel_check import check_sequences, padded_batch
+    p, mod = module(name)
+    starts, lens, spans = padded_batch(2049)
+    check_sequences(mod, p, 4, 2, 1, 2049, spans, dict(seq_lens=lens.cuda(), seq_starts=starts.cuda()), D=128,
+                    dtype=torch.bfloat16, device="cuda")
+
+
+def _compiled_kernels(mod) -> int:
+    """How many compiled variants the module's pattern kernels hold (Triton's own caches)."""
+    total = 0
+    for case in mod.SPEC.cases:
+        for x in case.passes:
+            for kernel in (x.fwd, x.dq, x.dkdv):
+                if kernel is not None:
+                    total += sum(len(cache[0]) for cache in kernel.device_caches.values())
+    return total
+
+
+@pytest.mark.parametrize("name", ["strided", "longformer"])
+def test_length_changes_compile_nothing_new_on_gpu(name):
+    """New document lengths, counts, longest documents and totals every step: after the first step
+    Triton compiles nothing (its kernel caches keep their size)."""
+    import random
+    p, mod = module(name)
+    rng = random.Random(0)
+    sizes = []
+    for step in range(6):
+        lens = [rng.randint(1, 3000) for _ in range(rng.randint(1, 9))]
+        cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
+        T = sum(lens)
+        q, k, v = (torch.randn(1, 2, T, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        mod.attention(q, k, v, cu_seqlens=cu, max_seqlen=max(lens)).float().sum().backward()
+        sl = torch.tensor([rng.randint(0, 1000) for _ in range(3)], dtype=torch.int32, device="cuda")
+        q, k, v = (torch.randn(3, 2, 1000, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        mod.attention(q, k, v, seq_lens=sl).float().sum().backward()
+        torch.cuda.synchronize()
+        sizes.append(_compiled_kernels(mod))
+    assert sizes[0] > 0 and len(set(sizes)) == 1, sizes
+
+
+def test_many_short_documents_beyond_grid_axis_limits():
+    """More documents x heads than a grid's second axis takes (65,535): equal to the plain call on
+    the same documents as a batch."""
+    p, mod = module("causal")
+    docs, m, H = 5000, 8, 16
+    cu = torch.arange(0, docs * m + 1, m, dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1, H, docs * m, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out = mod.attention(q, k, v, cu_seqlens=cu, max_seqlen=m)
+    as_batch = lambda t: t[0].reshape(H, docs, m, 64).transpose(0, 1)  # noqa: E731
+    q, k, v = as_batch(q), as_batch(k), as_batch(v)
+    want = torch.cat([mod.attention(q[i:i + 1000], k[i:i + 1000], v[i:i + 1000]) for i in range(0, docs, 1000)])
+    torch.testing.assert_close(as_batch(out), want, atol=1e-2, rtol=0)
+
+
+def test_packed_under_torch_compile_on_gpu():
+    p, mod = module("longformer")
+    cu = torch.tensor([0, 700, 701, 3000], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1, 2, 3000, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    f = torch.compile(lambda q, k, v: mod.attention(q, k, v, cu_seqlens=cu, max_seqlen=2299).float().pow(2).sum(),
+                      fullgraph=True)
+    loss = f(q, k, v)
+    eager = mod.attention(q, k, v, cu_seqlens=cu, max_seqlen=2299).float().pow(2).sum()
+    assert abs(loss.item() - eager.item()) <= 1e-4 * abs(eager.item())
+
+
+@pytest.mark.parametrize("check", ["device", "host"])
+def test_bad_cu_seqlens_on_gpu(check, tmp_path):
+    """On the fast path a bad cu_seqlens stops the process with a device-side assertion (in a
+    subprocess here: it ends the CUDA context); PATTERNC_CHECK_SEQUENCES=1 gives the clear error."""
+    import os
+    import subprocess
+    script = tmp_path / "bad.py"
+    script.write_text(
+        "import torch, patternc\n"
+        "mod = patternc.load(patternc.parse('pattern x = causal'))\n"
+        "q = torch.randn(1, 2, 100, 64, device='cuda', dtype=torch.bfloat16)\n"
+        "cu = torch.tensor([0, 60, 50, 100], dtype=torch.int32, device='cuda')\n"
+        "mod.attention(q, q, q, cu_seqlens=cu, max_seqlen=60)\n"
+        "torch.cuda.synchronize()\n")
+    env = dict(os.environ, PATTERNC_CHECK_SEQUENCES="1" if check == "host" else "0")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0
+    if check == "host":
+        assert "cu_seqlens must not decrease, got cu_seqlens[2] = 50 < cu_seqlens[1] = 60" in r.stderr, r.stderr
+    else:
+        assert "assert" in r.stderr.lower(), r.stderr
+
+
+@pytest.mark.parametrize("name", ["longformer", "causal"])
+def test_packed_backward_is_deterministic_on_gpu(name):
+    """Like the plain kernels, the document-aware backward (no atomics here) gives bit-identical
+    gradients run to run."""
+    p, mod = module(name)
+    cu = torch.tensor([0, 1000, 1001, 3500, 3600], dtype=torch.int32, device="cuda")
+    g = torch.Generator(device="cpu").manual_seed(5)
+    q, k, v, do = (torch.randn(1, 2, 3600, 128, generator=g).cuda().bfloat16() for _ in range(4))
+    runs = []
+    for _ in range(2):
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        mod.attention(qq, kk, vv, cu_seqlens=cu, max_seqlen=2500).backward(do)
+        runs.append([t.grad for t in (qq, kk, vv)])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -171,7 +171,7 @@ def test_standalone_module_runs_without_patternc(backend, tmp_path, cli):
     roots = {line.split()[1].split(".")[0] for line in text.splitlines()
              if line.lstrip().startswith(("import ", "from ")) and "__future__" not in line}
     assert "patternc" not in roots and roots <= {"torch", "triton", "math", "os", "json", "time", "typing",
-                                                "dataclasses", "functools", "concurrent"}, roots
+                                                "dataclasses", "functools", "concurrent", "weakref"}, roots
     code = '''
         import torch, sa
         assert not [m for m in sys.modules if m.startswith("patternc")]

@@ -99,6 +99,17 @@ DECODE_CONSTS = Group("compile-time settings", _consts("BM", "BN", "BD", "D", "P
 KERNELS = {"fwd": (FWD, FWD_CONSTS), "dq": (DQ, DQ_CONSTS), "dkdv": (DKDV, DKDV_CONSTS),
            "decode": (DECODE, DECODE_CONSTS)}
 
+# Packed documents and padded rows (runtime.varlen), in every whole-sequence kernel.  DOCS = 1: program axis 1
+# counts documents, whose offsets are SEQ (cu_seqlens); DOCS = 2: batch rows, whose sequences start
+# at SEQ and are SEQ_LEN long; 0: plain rows (SEQ and SEQ_LEN None).  Under DOCS each program reads
+# its own sequence's length and computes the pattern's length-dependent arguments from it, so the
+# launch passes n, NOUT, PER and those arguments as 0, and the rows per (batch, head) of the tensors
+# (NROW) and the tiles per residue class at the longest sequence (SPER) unspecialised: lengths that
+# change compile nothing new.
+SEQS = Group("packed or padded sequences (runtime.varlen)",
+             _ints("SEQ", "SEQ_LEN") + (Param("NROW", specialize=False), Param("SPER", specialize=False))
+             + _consts("DOCS"))
+
 
 def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
     """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv", "decode"), in signature order; `seeded`:
@@ -113,6 +124,8 @@ def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False,
         out.append(SPLIT)
     if args:
         out.append(Group("the pattern's length-dependent arguments", _ints(*args)))
+    if kind != "decode":  # a decode row's length is its cache_seqlens entry already
+        out.append(SEQS)
     out.append(consts)
     return tuple(out)
 
@@ -124,7 +137,8 @@ def param_names(kind: str, split: bool, args: tuple = (), seeded: bool = False, 
 
 
 def unspecialized(kind: str, split: bool) -> tuple:
-    """Names the kernel must not specialise on: only split kernels have launches that differ in them."""
-    if not split:
-        return ()
-    return tuple(p.name for g in param_groups(kind, split) for p in g.params if not p.specialize)
+    """Names the kernel must not specialise on: the sequences' sizes (they change from call to call),
+    and the split group's, and the shape's scratch rows, in split kernels (only they have launches
+    that differ in them)."""
+    return tuple(p.name for g in param_groups(kind, split) if split or g is SEQS for p in g.params
+                 if not p.specialize)

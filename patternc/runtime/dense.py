@@ -19,15 +19,19 @@ def head_masks(spec: Spec, n: int, H: int, device) -> torch.Tensor:
     return torch.stack([torch.broadcast_to(spec.mask_head(h, i, j, n), (n, n)) for h in range(H)])
 
 
-def dense_attention(spec: Spec, q, k, v, scale: float):
-    """(out, lse) by the textbook formula; autograd gives the gradients."""
+def dense_attention(spec: Spec, q, k, v, scale: float, keep=None):
+    """(out, lse) by the textbook formula; autograd gives the gradients.  `keep`: a (B, H or 1, n, n)
+    mask to use instead of the pattern's at length n (runtime.varlen.seq_masks: packed or padded
+    sequences, each its own block on the diagonal)."""
     B, H, n, D = q.shape
     HK = k.shape[1]
     group = H // HK
-    spec.check_length(n)
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    keep = head_masks(spec, n, spec.num_heads or 1, q.device)
-    keep = keep.reshape(1, HK, group, n, n) if spec.num_heads is not None else keep.reshape(1, 1, 1, n, n)
+    if keep is None:
+        spec.check_length(n)
+        keep = head_masks(spec, n, spec.num_heads or 1, q.device)[None]
+    keep = keep.reshape(keep.shape[0], HK, group, n, n) if spec.num_heads is not None else \
+        keep.reshape(keep.shape[0], 1, 1, n, n)
     qf = q.to(ct).reshape(B, HK, group, n, D)
     kf = k.to(ct)[:, :, None]  # (B, HK, 1, n, D): each k/v head serves `group` query heads
     vf = v.to(ct)[:, :, None]

@@ -13,6 +13,9 @@ Every backend's module ends with one call, `bind(SPEC, backend)`, and exports wh
 `decode` (the newest rows against a KV cache) and `KVCache` (a cache shaped by the pattern)
 follow the same split: the Triton decode kernels (runtime.decode_launch) where they run, else
 the exact decode walk (runtime.decode), and the dense definition for the reference backend.
+
+Every backend takes packed documents (cu_seqlens) and padded rows (seq_lens, seq_starts) as
+keyword arguments (runtime.varlen): each sequence is its own sequence for the pattern.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from .jit import HAVE_TRITON
 from .kv_cache import kv_cache_class
 from .spec import Spec
 from .validate import check_length, check_qkv, check_scale
+from .varlen import assert_on_device, host_spans, sequences
+from .varlen_ops import dense_seq_attention, register_seq_ops
 from .walk import walk_backward, walk_forward
 
 BACKENDS = ("triton", "reference", "flex")
@@ -48,7 +53,8 @@ def _kernels_run_on(q: torch.Tensor) -> bool:
 class Compiled:
     """One compiled pattern, bound to one backend: what a generated module exports."""
 
-    def __init__(self, spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None):
+    def __init__(self, spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None,
+                 make_seq_mask_mod: Optional[Callable] = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         self.spec = spec
@@ -56,10 +62,11 @@ class Compiled:
         self.triton = None
         if backend == "triton" and spec.schedule is not None and HAVE_TRITON:
             self.triton = TritonPath(spec)
-        self.flex = FlexPath(make_mask_mod, spec.num_heads) if backend == "flex" else None
+        self.flex = FlexPath(make_mask_mod, spec.num_heads, make_seq_mask_mod) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
         self.decoder = TritonDecode(spec) if self.triton is not None else None
         self.KVCache = kv_cache_class(self)
+        self._seq_op = register_seq_ops(self) if backend == "triton" else None
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -86,34 +93,49 @@ class Compiled:
 
     # ---- attention ---------------------------------------------------------------------------
 
-    def forward(self, q, k, v, scale: float):
-        """(out, lse) without autograd: the backend's computation."""
+    def forward(self, q, k, v, scale: float, seqs=None):
+        """(out, lse) without autograd: the backend's computation; `seqs`: packed or padded sequences
+        (runtime.varlen.Seqs)."""
         if self.backend == "reference":
+            if seqs is not None:
+                return dense_seq_attention(self.spec, q, k, v, scale, host_spans(self.spec, seqs))
             return dense_attention(self.spec, q, k, v, scale)
         if self.backend == "flex":
+            if seqs is not None:
+                return self.flex.seq_attention(q, k, v, scale, host_spans(self.spec, seqs), self.spec)
             self.spec.check_length(q.shape[2])
             return self.flex.attention(q, k, v, scale)
         if self.triton is not None and _kernels_run_on(q):
-            return self.triton.forward(q, k, v, scale)
-        return walk_forward(self.spec, q, k, v, scale)
+            if seqs is not None:
+                assert_on_device(self.spec, seqs)
+            return self.triton.forward(q, k, v, scale, seqs)
+        return walk_forward(self.spec, q, k, v, scale, spans=None if seqs is None else host_spans(self.spec, seqs))
 
-    def gradients(self, do, q, k, v, o, lse, scale: float):
+    def gradients(self, do, q, k, v, o, lse, scale: float, seqs=None):
         if self.triton is not None and _kernels_run_on(q):
-            return self.triton.backward(do, q, k, v, o, lse, scale)
-        return walk_backward(self.spec, do, q, k, v, o, lse, scale)
+            return self.triton.backward(do, q, k, v, o, lse, scale, seqs)
+        spans = None if seqs is None else host_spans(self.spec, seqs)
+        return walk_backward(self.spec, do, q, k, v, o, lse, scale, spans=spans)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
-                  return_lse: bool = False):
+                  return_lse: bool = False, *, cu_seqlens: Optional[torch.Tensor] = None,
+                  max_seqlen: Optional[int] = None, seq_lens: Optional[torch.Tensor] = None,
+                  seq_starts: Optional[torch.Tensor] = None):
+        """Attention with the pattern: q (B, Hq, n, D), k and v (B, Hkv, n, D).  Packed documents:
+        B = 1 and cu_seqlens (num_docs + 1,) int32 offsets, max_seqlen the longest document (optional:
+        finding it costs a host synchronisation).  Padded rows: seq_lens (B,) int32, seq_starts (B,)
+        int32 (default 0).  Each sequence is its own sequence for the pattern; padding rows give 0."""
         check_qkv(q, k, v, self.spec.num_heads, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
+        seqs = sequences(self.spec, q, cu_seqlens, max_seqlen, seq_lens, seq_starts)
         if self.backend != "triton":  # dense and FlexAttention: differentiable as they are
-            out, lse = self.forward(q, k, v, scale)
+            out, lse = self.forward(q, k, v, scale, seqs)
         elif torch.compiler.is_compiling():
-            out, lse = self._op(q, k, v, scale)
+            out, lse = self._op(q, k, v, scale) if seqs is None else self._seq_op(q, k, v, scale, seqs)
         elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            out, lse = _EagerAttention.apply(self, q, k, v, scale)
+            out, lse = _EagerAttention.apply(self, q, k, v, scale, seqs)
         else:  # inference: no autograd bookkeeping at all
-            out, lse = self.forward(q, k, v, scale)
+            out, lse = self.forward(q, k, v, scale, seqs)
         return (out, lse) if return_lse else out
 
 
@@ -150,18 +172,18 @@ class _EagerAttention(torch.autograd.Function):
     outside torch.compile; under it, the custom op keeps the graph whole."""
 
     @staticmethod
-    def forward(ctx, compiled, q, k, v, scale):
-        o, lse = compiled.forward(q, k, v, scale)
+    def forward(ctx, compiled, q, k, v, scale, seqs=None):
+        o, lse = compiled.forward(q, k, v, scale, seqs)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.compiled, ctx.scale = compiled, scale
+        ctx.compiled, ctx.scale, ctx.seqs = compiled, scale, seqs
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, dlse):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.compiled.gradients(do, q, k, v, o, lse, ctx.scale)
-        return None, dq, dk, dv, None
+        dq, dk, dv = ctx.compiled.gradients(do, q, k, v, o, lse, ctx.scale, ctx.seqs)
+        return None, dq, dk, dv, None, None
 
 
 def _register_ops(compiled: Compiled):
@@ -207,6 +229,7 @@ def _register_ops(compiled: Compiled):
     return fwd_op
 
 
-def bind(spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None) -> Compiled:
+def bind(spec: Spec, backend: str, make_mask_mod: Optional[Callable] = None,
+         make_seq_mask_mod: Optional[Callable] = None) -> Compiled:
     """The public functions of a generated module (see Compiled)."""
-    return Compiled(spec, backend, make_mask_mod)
+    return Compiled(spec, backend, make_mask_mod, make_seq_mask_mod)

@@ -26,16 +26,17 @@ def _mix(x):
 
 
 def random_pick(i, j, r, b, seed, n):
-    """Does query i's block pick key j's block?  On int64 tensors and Python ints alike."""
+    """Does query i's block pick key j's block?  On int64 tensors and Python ints alike, n and r
+    included (packed sequences give each position its own length): no branch on a value."""
     nkb = -(-n // b)
-    picks = min(r, nkb)
-    if picks <= 0:  # an n-dependent count can be 0 at some lengths: random(0) allows nothing
-        return (i < 0) & (j < 0)
+    picks = nkb - (nkb - r) * (nkb > r)  # min(r, nkb)
+    some = picks > 0  # an n-dependent count can be 0 at some lengths: random(0) allows nothing
+    picks = picks + (1 - picks) * (picks <= 0)  # 1 where there is none, so that the divisions are defined
     qb, kb = i // b, j // b
     t = ((kb + 1) * picks - 1) // nkb
     start = t * nkb // picks
     length = (t + 1) * nkb // picks - start
-    return kb == start + _mix((seed_key(seed) + qb * HASH_QB + t * HASH_T) & MASK32) % length
+    return some & (kb == start + _mix((seed_key(seed) + qb * HASH_QB + t * HASH_T) & MASK32) % length)
 
 
 def picked_blocks(qb: int, r: int, b: int, seed: int, n: int) -> list:

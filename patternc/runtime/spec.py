@@ -75,3 +75,4 @@ class Spec:
     # (fixed slots, window) of a cache that holds every key the pattern can still read while
     # decoding (patternc.live_keys); None: the live keys are unbounded
     cache_layout: Optional[tuple] = None
+    lengths_ok: Optional[Callable] = None  # tensor of lengths -> where _check_length passes (None: no checks)

@@ -21,6 +21,7 @@ from .spec import Pass, Spec
 from .split import add_rows, block_d, cdiv, merge_rows, split
 from .tile_bodies import bwd_prologue
 from .tma import tma_desc, tma_on, tma_pair
+from .varlen import PADDED, seq_launch_values, seq_programs
 
 LOG2E = 1.4426950408889634
 _KIND_KEYS = {"fwd": ("BM", "BN", "num_stages"), "dq": ("DQ_BM", "DQ_BN", "dq_stages"),
@@ -66,18 +67,24 @@ class TritonPath:
         return (env.get("PATTERNC_CONFIG"), env.get("PATTERNC_TMA"), env.get("PATTERNC_DIRECT_LAUNCH"),
                 deterministic(), self.version)
 
-    def plan(self, kind: str, q, k) -> dict:
+    def plan(self, kind: str, q, k, seqs=None) -> dict:
+        """The launch plan of a call; under packing (`seqs`) it holds no length: each call sizes its
+        grids from its sequences (decisions.md: packed-grid), no pass splits global rows
+        (packed-no-split), and loads go through pointers, since a TMA box would cross a sequence's
+        end (packed-pointer-loads)."""
         B, H, n, D = q.shape
-        key = (kind, B, H, k.shape[1], n, D, q.dtype, q.device, self.settings())
+        docs = 0 if seqs is None else seqs.mode
+        key = (kind, B, H, k.shape[1], n, D, q.dtype, q.device, docs, self.settings())
         pl = self.plans.get(key)
         if pl is not None:
             return pl
-        self.spec.check_length(n)
-        args = self.spec.length_args(n)
+        if not docs:
+            self.spec.check_length(n)
+        args = self.spec.length_args(n) if not docs else dict.fromkeys(self.spec.arg_names, 0)
         cfg = self.tiles(D, q.dtype, q.device, n)
         group = H // k.shape[1]
         cases = self.spec.cases
-        pl = dict(key=key, cfg=cfg, args=args, group=group, BD=block_d(D), tma=tma_on(q.device),
+        pl = dict(key=key, cfg=cfg, args=args, group=group, BD=block_d(D), tma=tma_on(q.device) and not docs,
                   direct=key[-1][2] != "0",  # PATTERNC_DIRECT_LAUNCH=0: every launch through the JIT
                   prec="ieee" if q.dtype == torch.float32 else "tf32",
                   widen=q.dtype == torch.bfloat16 and not q.is_cuda,
@@ -92,18 +99,19 @@ class TritonPath:
             hc = h1 - h0 + 1
             last_fwd = max((pi for pi, p in enumerate(case.passes) if p.fwd is not None), default=-1)
             for pi, p in enumerate(case.passes):
+                heavy_q, heavy_k = (None, None) if docs else (p.heavy_q, p.heavy_k)
                 if kind == "fwd":
                     if p.fwd is not None:
-                        passes.append((h0, h1, hc, pi, p, self._programs(p, n, cfg["BM"], args),
-                                       split(p.heavy_q, n, cfg["BM"], cfg["BN"], cfg["split_chunk"]),
+                        passes.append((h0, h1, hc, pi, p, None if docs else self._programs(p, n, cfg["BM"], args),
+                                       split(heavy_q, n, cfg["BM"], cfg["BN"], cfg["split_chunk"]),
                                        pi == last_fwd))
                 else:
                     kv0, kv1 = h0 // group, h1 // group
                     passes.append((h0, h1, hc, kv0, kv1, kv1 - kv0 + 1, pi, p,
-                                   self._programs(p, n, cfg["DQ_BM"], args),
-                                   split(p.heavy_q, n, cfg["DQ_BM"], cfg["DQ_BN"], cfg["split_chunk"]),
-                                   self._key_programs(p, n, cfg["DKV_BN"], args),
-                                   split(p.heavy_k, n, cfg["DKV_BN"], cfg["DKV_BM"], cfg["split_chunk"])))
+                                   None if docs else self._programs(p, n, cfg["DQ_BM"], args),
+                                   split(heavy_q, n, cfg["DQ_BM"], cfg["DQ_BN"], cfg["split_chunk"]),
+                                   None if docs else self._key_programs(p, n, cfg["DKV_BN"], args),
+                                   split(heavy_k, n, cfg["DKV_BN"], cfg["DKV_BM"], cfg["split_chunk"])))
         pl["passes"] = passes
         if kind == "bwd":
             pl["single"] = len(cases) == 1 and len(cases[0].passes) == 1
@@ -180,35 +188,45 @@ class TritonPath:
                     raise
                 self.shrink((D, dtype, device.type), change)
 
-    def _run(self, kind: str, q, k, launches, *args):
-        self.launch.precompile(launches, q, self.plan(kind, q, k), *args)
+    def _run(self, kind: str, q, k, seqs, launches, *args):
+        self.launch.precompile(launches, q, self.plan(kind, q, k, seqs), *args)
         if self.tuner.wanted(q):
             self.tuner.tune(kind, q, lambda: self.fitted(launches, q, *args), triton.runtime.errors.OutOfResources)
         return self.fitted(launches, q, *args)
 
-    def forward(self, q, k, v, scale: float):
-        return self._run("fwd", q, k, self.forward_launches, q, k, v, scale)
+    def forward(self, q, k, v, scale: float, seqs=None):
+        return self._run("fwd", q, k, seqs, self.forward_launches, q, k, v, scale, seqs)
 
-    def backward(self, do, q, k, v, o, lse, scale: float):
-        return self._run("bwd", q, k, self.backward_launches, do, q, k, v, o, lse, scale)
+    def backward(self, do, q, k, v, o, lse, scale: float, seqs=None):
+        return self._run("bwd", q, k, seqs, self.backward_launches, do, q, k, v, o, lse, scale, seqs)
+
+    def _grid(self, p: Pass, seqs, programs, tile: int, key_major: bool) -> tuple:
+        """(programs per row and head, tiles per residue class, program rows, launch values): the
+        plan's for plain rows; under packing sized from this call's sequences (runtime.varlen)."""
+        if seqs is None:
+            return programs[0], programs[1], None, {}
+        progs, per = seq_programs(self.spec, p, seqs, tile, key_major)
+        return progs, per, seqs.count, dict(seq_launch_values(seqs, self.spec.arg_names), SPER=per)
 
     # ---- the forward -------------------------------------------------------------------------
 
-    def forward_launches(self, q, k, v, scale: float):
+    def forward_launches(self, q, k, v, scale: float, seqs=None):
         B, H, n, D = q.shape
-        pl = self.plan("fwd", q, k)
+        pl = self.plan("fwd", q, k, seqs)
         cfg, BD, args = pl["cfg"], pl["BD"], pl["args"]
-        site = self.site(pl, q, q, k, v)
-        alloc = torch.zeros if pl["empty"] else self.alloc
+        site = self.site(pl, q, q, k, v, *_seq_tensors(seqs))
+        padded = seqs is not None and seqs.mode == PADDED  # padding rows: 0 and lse = -inf, never written
+        alloc = torch.zeros if pl["empty"] or padded else self.alloc
         # Several passes carry the softmax state between them in a float32 o; a head range's last
         # pass reads that state and writes the result in the input dtype directly (no conversion
         # pass over o afterwards), unless split global rows still have to be merged into it.
         multi = pl["multi"]
         o = alloc((B, H, n, D), device=q.device, dtype=torch.float32 if multi else q.dtype)
         res = alloc((B, H, n, D), device=q.device, dtype=q.dtype) if multi else o
-        lse = torch.full((B, H, n), float("-inf"), device=q.device) if pl["empty"] else \
+        lse = torch.full((B, H, n), float("-inf"), device=q.device) if pl["empty"] or padded else \
             torch.empty((B, H, n), device=q.device, dtype=torch.float32)
-        for h0, h1, hc, pi, p, (progs, per), (bounds, ch, parts, rows, segments), last in pl["passes"]:
+        for h0, h1, hc, pi, p, programs, (bounds, ch, parts, rows, segments), last in pl["passes"]:
+            progs, per, seq_rows, seq_values = self._grid(p, seqs, programs, cfg["BM"], False)
             m = self._class_m(p, args, cfg)
             kd, vd, tma = tma_pair(p.tma_fwd and pl["tma"] and m is not False, k, v, cfg["BN"], BD, m)
             qd = tma_desc(q, cfg["BM"], BD, True) if p.tma_rows and pl["tma"] and cfg["row_tma"] else None
@@ -224,11 +242,13 @@ class TritonPath:
                     SPLIT0=bounds[0], SPLIT1=bounds[1], SPLIT2=bounds[2], SPLIT3=bounds[3], CH=ch, RS=rows,
                     PARTIAL=int(partial), qk_scale=scale * LOG2E, **args,
                     SEEDED=pi > 0 and not partial, BM=cfg["BM"], BN=cfg["BN"], BD=BD, D=D, PREC=pl["prec"],
-                    WIDEN=pl["widen"], TMA=tma, QTMA=qd is not None, REV=bool(cfg["rev"] and p.rev_fwd))
+                    WIDEN=pl["widen"], TMA=tma, QTMA=qd is not None, REV=bool(cfg["rev"] and p.rev_fwd),
+                    SEQ=None, SEQ_LEN=None, NROW=0, SPER=0, DOCS=0)
+                values.update(seq_values)
                 self.launch(p.fwd, grid, site and site + (h0, pi, partial))(
                     **{x: values[x] for x in names}, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             final = multi and last and not parts
-            launch((progs, B * hc, 1), res if final else o, lse, n, False, o)
+            launch(_grid_of(progs, B, hc, seq_rows), res if final else o, lse, n, False, o)
             if parts:  # the global rows' other chunks, then one merge of their softmax states
                 po = self.alloc((B, H, parts * rows, D), device=q.device, dtype=torch.float32)
                 plse = self.alloc((B, H, parts * rows), device=q.device, dtype=torch.float32)
@@ -241,15 +261,16 @@ class TritonPath:
 
     # ---- the backward ------------------------------------------------------------------------
 
-    def backward_launches(self, do, q, k, v, o, lse, scale: float):
+    def backward_launches(self, do, q, k, v, o, lse, scale: float, seqs=None):
         B, H, n, D = q.shape
         HK = k.shape[1]
-        pl = self.plan("bwd", q, k)
+        pl = self.plan("bwd", q, k, seqs)
         cfg, BD, args, group = pl["cfg"], pl["BD"], pl["args"], pl["group"]
         prec, widen, fused = pl["prec"], pl["widen"], pl["fused"]
         do = do.contiguous() if do.stride(-1) != 1 else do
         lse = lse.contiguous()
-        site = self.site(pl, q, do, q, k, v, o)
+        site = self.site(pl, q, do, q, k, v, o, *_seq_tensors(seqs))
+        padded = seqs is not None and seqs.mode == PADDED  # padding rows' gradients: 0, never written
         delta = torch.empty((B, H, n), device=q.device, dtype=torch.float32)
         lse2 = torch.empty_like(delta)
         # delta = rowsum(O * dO) and the log2-unit lse: computed by each head range's first dq launch
@@ -262,21 +283,23 @@ class TritonPath:
         # One launch per (head range, pass).  When a single launch covers every row of dq and every
         # key of dk/dv, it writes the final gradients directly; otherwise launches add up in float32.
         single, accum_dkdv, partial_keys = pl["single"], pl["accum_dkdv"], pl["partial_keys"]
-        dq = self.alloc((B, H, n, D), device=q.device, dtype=q.dtype) if single and not fused else \
+        dq = self.alloc((B, H, n, D), device=q.device, dtype=q.dtype) if single and not fused and not padded else \
             torch.zeros((B, H, n, D), device=q.device, dtype=torch.float32)
         dqd = tma_desc(dq, cfg["DKV_BM"], BD, True) if pl["red_tma"] else None
         if accum_dkdv:
             dk = torch.zeros((B, HK, n, D), device=q.device, dtype=torch.float32)
         else:
-            dk = (torch.zeros if partial_keys else self.alloc)((B, HK, n, D), device=q.device, dtype=k.dtype)
-        dv = torch.zeros_like(dk) if accum_dkdv or partial_keys else \
+            dk = (torch.zeros if partial_keys or padded else self.alloc)((B, HK, n, D), device=q.device, dtype=k.dtype)
+        dv = torch.zeros_like(dk) if accum_dkdv or partial_keys or padded else \
             self.alloc((B, HK, n, D), device=q.device, dtype=v.dtype)
         if pl["nothing"]:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         shared = dict(**_stride_values("q", q), **_stride_values("k", k), **_stride_values("v", v), **_stride_values("do", do), n=n, HTOT=H,
                       GROUP=group, qk_scale=scale * LOG2E, sm_scale=scale, BD=BD, D=D, PREC=prec, WIDEN=widen, **args)
-        for (h0, h1, hc, kv0, kv1, kc, pi, p, (progs, per), (bounds, ch, parts, rows, segments),
-             (kprogs, kper), (kbounds, kch, kparts, krows, ksegments)) in pl["passes"]:
+        for (h0, h1, hc, kv0, kv1, kc, pi, p, programs, (bounds, ch, parts, rows, segments),
+             key_programs, (kbounds, kch, kparts, krows, ksegments)) in pl["passes"]:
+            progs, per, seq_rows, dq_seq = self._grid(p, seqs, programs, cfg["DQ_BM"], False)
+            kprogs, kper, _, dkdv_seq = self._grid(p, seqs, key_programs, cfg["DKV_BN"], True)
             m = self._class_m(p, args, cfg, fused)
             if not fused:
                 kd, vd, tma_dq = tma_pair(p.tma_dq and pl["tma"] and m is not False, k, v, cfg["DQ_BN"], BD, m)
@@ -291,10 +314,12 @@ class TritonPath:
                         NOUT=nout, SPLIT0=bounds[0], SPLIT1=bounds[1], SPLIT2=bounds[2], SPLIT3=bounds[3], CH=ch,
                         RS=rows, PARTIAL=int(partial), PRO=int(pro and pi == 0 and not partial),
                         ACCUM=not single and not partial, BM=cfg["DQ_BM"], BN=cfg["DQ_BN"], TMA=tma_dq,
-                        QTMA=qd is not None, REV=bool(cfg["rev"] and p.rev_dq))
+                        QTMA=qd is not None, REV=bool(cfg["rev"] and p.rev_dq),
+                        SEQ=None, SEQ_LEN=None, NROW=0, SPER=0, DOCS=0)
+                    values.update(dq_seq)
                     self.launch(p.dq, grid, site and site + ("dq", h0, pi, partial))(
                         **{x: values[x] for x in names}, num_warps=cfg["dq_warps"], num_stages=cfg["dq_stages"])
-                launch_dq((progs, B * hc, 1), dq, n, False)
+                launch_dq(_grid_of(progs, B, hc, seq_rows), dq, n, False)
                 if parts:  # the global rows' other chunks: partial dq sums, added in a fixed order
                     pdq = self.alloc((B, H, parts * rows, D), device=q.device, dtype=torch.float32)
                     launch_dq((rows // cfg["DQ_BM"], B * hc, parts), pdq, parts * rows, True)
@@ -311,10 +336,11 @@ class TritonPath:
                     H0=h0, H1=h1, KV0=kv0, PER=kper, NOUT=nout, SPLIT0=kbounds[0], SPLIT1=kbounds[1],
                     SPLIT2=kbounds[2], SPLIT3=kbounds[3], CH=kch, RS=krows, PARTIAL=int(partial),
                     ACCUM=accum_dkdv and not partial, BM=cfg["DKV_BM"], BN=cfg["DKV_BN"], TMA=tma_dkdv, FUSED=fused,
-                    RED_TMA=tma_dkdv is True and dqd is not None)
+                    RED_TMA=tma_dkdv is True and dqd is not None, SEQ=None, SEQ_LEN=None, NROW=0, SPER=0, DOCS=0)
+                values.update(dkdv_seq)
                 self.launch(p.dkdv, grid, site and site + ("dkdv", h0, pi, partial))(
                     **{x: values[x] for x in names}, num_warps=cfg["dkv_warps"], num_stages=cfg["dkv_stages"])
-            launch_dkdv((kprogs, B * kc, 1), dk, dv, n, False)
+            launch_dkdv(_grid_of(kprogs, B, kc, seq_rows), dk, dv, n, False)
             if kparts:  # the global columns' other chunks of query tiles
                 pdk = self.alloc((B, HK, kparts * krows, D), device=q.device, dtype=torch.float32)
                 pdv = self.alloc(pdk.shape, device=q.device, dtype=torch.float32)
@@ -323,6 +349,18 @@ class TritonPath:
                     for g, part in ((dk, pdk), (dv, pdv)):
                         add_rows(self.launch, g[:, kv0:kv1 + 1], part[:, kv0:kv1 + 1], r0, count, kparts, off, krows)
         return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype)
+
+
+def _grid_of(programs: int, B: int, heads: int, seq_rows) -> tuple:
+    """A launch's grid: (tiles, rows x heads); under packing (`seq_rows` sequences) the other way
+    round, so that a batch of many documents is not held to axis 1's 65,535 and every sequence's
+    first tiles are dispatched before any sequence's later ones (the kernels swap the ids back)."""
+    return (programs, B * heads, 1) if seq_rows is None else (seq_rows * heads, programs, 1)
+
+
+def _seq_tensors(seqs) -> tuple:
+    """The index tensors of packed or padded sequences (part of a launch site's key)."""
+    return () if seqs is None else tuple(t for t in (seqs.starts, seqs.lens) if t is not None)
 
 
 def _stride_values(name: str, t: torch.Tensor) -> dict:

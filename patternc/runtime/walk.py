@@ -8,6 +8,8 @@ pass's pairs and folds it into the rows' softmax state by log-sum-exp.  Passes a
 pattern: linear in n for windows, where the dense path is quadratic whatever the pattern.
 
 It runs wherever torch does: the CPU, and CUDA inputs the kernels do not take (float64).
+Packed documents and padded rows (runtime.varlen) are walked one sequence at a time, a host
+loop over sequences whose positions are offset by each one's start.
 The backward recomputes each tile's probabilities from the saved log-sum-exp and adds dk and
 dv into their key rows with index_add_, in a fixed order (deterministic).
 """
@@ -115,21 +117,34 @@ def _kv_heads(h0: int, h1: int, group: int, device) -> torch.Tensor:
     return torch.arange(h0, h1 + 1, device=device) // group
 
 
-def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE):
-    """(out, lse) of the pattern, exactly, visiting only the keys its closed forms allow."""
+def _sequences(spans, n: int) -> tuple:
+    """(batch rows, first position, length) of each sequence the walk visits: every batch row's
+    whole length at once, or each packed document / padded row's span (runtime.varlen)."""
+    if spans is None:
+        return ((slice(None), 0, n),)
+    return tuple((slice(b, b + 1), s, m) for b, s, m in spans if m > 0)
+
+
+def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None):
+    """(out, lse) of the pattern, exactly, visiting only the keys its closed forms allow.  `spans`:
+    ((batch row, start, length), ...) of packed or padded sequences, each walked as a sequence of
+    its own (positions from its start); rows outside them give 0 and lse = -inf."""
     B, H, n, D = q.shape
     group = H // k.shape[1]
-    spec.check_length(n)
+    if spans is None:
+        spec.check_length(n)
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.zeros((B, H, n, D), dtype=ct, device=q.device)
     lse = torch.full((B, H, n), float("-inf"), dtype=ct, device=q.device)
-    for h0, h1, rows, keys, keep in _walk_steps(spec, n, H, q.device, tile):
-        kv = _kv_heads(h0, h1, group, q.device)
-        qt = q[:, h0:h1 + 1, rows].to(ct)
-        kt = k.index_select(2, keys)[:, kv].to(ct)  # (B, heads, keys, D): the tile's keys only
-        vt = v.index_select(2, keys)[:, kv].to(ct)
-        out[:, h0:h1 + 1, rows], lse[:, h0:h1 + 1, rows] = fold_tile(
-            out[:, h0:h1 + 1, rows], lse[:, h0:h1 + 1, rows], qt, kt, vt, keep, scale)
+    for bs, start, length in _sequences(spans, n):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile):
+            rows, keys = rows + start, keys + start
+            kv = _kv_heads(h0, h1, group, q.device)
+            qt = q[bs, h0:h1 + 1, rows].to(ct)
+            kt = k[bs].index_select(2, keys)[:, kv].to(ct)  # (B, heads, keys, D): the tile's keys only
+            vt = v[bs].index_select(2, keys)[:, kv].to(ct)
+            out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows] = fold_tile(
+                out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows], qt, kt, vt, keep, scale)
     return out.to(q.dtype), lse.float() if ct != torch.float64 else lse
 
 
@@ -149,8 +164,9 @@ def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
     return out * w_old + t_out * w_new, new
 
 
-def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE):
-    """(dq, dk, dv) by the same walk: each tile's probabilities recomputed from the saved lse."""
+def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE, spans=None):
+    """(dq, dk, dv) by the same walk: each tile's probabilities recomputed from the saved lse;
+    `spans` as for walk_forward (padding rows and keys get zero gradients)."""
     B, H, n, D = q.shape
     HK = k.shape[1]
     group = H // HK
@@ -160,16 +176,19 @@ def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TIL
     dq = torch.zeros((B, H, n, D), dtype=ct, device=q.device)
     dk = torch.zeros((B, HK * n, D), dtype=ct, device=q.device)
     dv = torch.zeros((B, HK * n, D), dtype=ct, device=q.device)
-    for h0, h1, rows, keys, keep in _walk_steps(spec, n, H, q.device, tile):
-        kv = _kv_heads(h0, h1, group, q.device)
-        qt, dot = q[:, h0:h1 + 1, rows].to(ct), do[:, h0:h1 + 1, rows].to(ct)
-        kt = k.index_select(2, keys)[:, kv].to(ct)
-        vt = v.index_select(2, keys)[:, kv].to(ct)
-        s = torch.matmul(qt, kt.transpose(-1, -2)) * scale
-        p = torch.exp(s - safe_lse[:, h0:h1 + 1, rows, None]).masked_fill(~keep, 0.0)
-        ds = p * (torch.matmul(dot, vt.transpose(-1, -2)) - delta[:, h0:h1 + 1, rows, None])
-        dq[:, h0:h1 + 1, rows] += torch.matmul(ds, kt) * scale
-        where = (kv[:, None] * n + keys[None, :]).reshape(-1)  # (heads x keys) rows of dk and dv
-        dk.index_add_(1, where, (torch.matmul(ds.transpose(-1, -2), qt) * scale).reshape(B, -1, D))
-        dv.index_add_(1, where, torch.matmul(p.transpose(-1, -2), dot).reshape(B, -1, D))
+    for bs, start, length in _sequences(spans, n):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile):
+            rows, keys = rows + start, keys + start
+            kv = _kv_heads(h0, h1, group, q.device)
+            qt, dot = q[bs, h0:h1 + 1, rows].to(ct), do[bs, h0:h1 + 1, rows].to(ct)
+            kt = k[bs].index_select(2, keys)[:, kv].to(ct)
+            vt = v[bs].index_select(2, keys)[:, kv].to(ct)
+            s = torch.matmul(qt, kt.transpose(-1, -2)) * scale
+            p = torch.exp(s - safe_lse[bs, h0:h1 + 1, rows, None]).masked_fill(~keep, 0.0)
+            ds = p * (torch.matmul(dot, vt.transpose(-1, -2)) - delta[bs, h0:h1 + 1, rows, None])
+            dq[bs, h0:h1 + 1, rows] += torch.matmul(ds, kt) * scale
+            where = (kv[:, None] * n + keys[None, :]).reshape(-1)  # (heads x keys) rows of dk and dv
+            nb = qt.shape[0]
+            dk[bs].index_add_(1, where, (torch.matmul(ds.transpose(-1, -2), qt) * scale).reshape(nb, -1, D))
+            dv[bs].index_add_(1, where, torch.matmul(p.transpose(-1, -2), dot).reshape(nb, -1, D))
     return dq.to(q.dtype), dk.view(B, HK, n, D).to(k.dtype), dv.view(B, HK, n, D).to(v.dtype)
