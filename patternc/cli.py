@@ -446,11 +446,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("analyze", help="cost, density, tile efficiency and reach at length n (for a stack: "
                                         "per layer, the total, and reach through its layers), or of a packed batch")
     common(sp)
-    sp.add_argument("--n", type=_positive("--n"), help="sequence length")
-    sp.add_argument("--doc-lens", metavar="L1,L2,...",
+    size = sp.add_mutually_exclusive_group(required=True)  # a usage error (exit 2) without one
+    size.add_argument("--n", type=_positive("--n"), help="sequence length")
+    size.add_argument("--doc-lens", metavar="L1,L2,...",
                     help="instead of --n: the document lengths of a packed batch, each its own sequence "
                          "(nnz, flops, density and tile efficiency are sums over documents)")
-    sp.add_argument("--doc-lens-from", metavar="FILE",
+    size.add_argument("--doc-lens-from", metavar="FILE",
                     help="instead of --n: a file of document lengths (separated by commas, spaces or newlines; "
                          "# comments; - for stdin)")
     sp.add_argument("--heads", type=_positive("--heads"), help="number of heads (default: the pattern's, or 1)")

@@ -214,7 +214,8 @@ def test_generated_text_is_deterministic_and_binds_the_runtime():
     assert a == b
     imports = sorted(line for line in a.splitlines() if line.startswith(("import ", "from ")))
     assert imports == ["from __future__ import annotations", "from patternc.runtime import Spec, bind",
-                       "from patternc.runtime.random_blocks import random_pick", "import math"]
+                       "from patternc.runtime.random_blocks import random_pick",
+                       "from patternc.runtime.varlen import seq_isqrt", "import math"]
     assert p.hash in a and "params:   w=8" in a and "pattern:  p" in a
     ns: dict = {}
     exec(compile(a, "<generated>", "exec"), ns)  # runs without patternc's help
