@@ -10,7 +10,9 @@ from __future__ import annotations
 from patternc.frontend import Pattern
 from patternc.printer import mask_expr
 
-from .common import HostEmitter, bind_args, bind_lines, head_cases, imports, module_header, random_imports
+from .common import (CP_EXPORTS, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header,
+                     random_imports)
+from .walk_text import walk_cases
 
 DESCRIPTION = """\
 FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_mod.
@@ -19,10 +21,14 @@ FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_
     block_mask(n, device, BLOCK_SIZE=128)    -> cached BlockMask
     attention(q, k, v, scale=None, return_lse=False)
     mask(n, device=None), mask_rows(i, j, n, H=1)
+    cp_positions(n, world_size, rank, layout="contiguous")
+    context_parallel_attention(q, k, v, *, group=None, layout="contiguous", n=None)
 
 On CUDA flex_attention runs through torch.compile (static shapes: one compile per length
 and dtype); elsewhere it runs eagerly.  Importing this module works without FlexAttention;
-attention() then raises RuntimeError.
+attention() then raises RuntimeError.  The walk functions serve context parallelism: they say
+which key rows each rank needs, and each rank computes its part with the runtime's exact
+sparse walk (FlexAttention takes positions from 0 only).
 """
 
 
@@ -58,10 +64,11 @@ def emit(pattern: Pattern) -> str:
     """The module's source text; identical patterns give byte-identical text."""
     host = HostEmitter(pattern)
     mod = _mask_mod(host)
-    host_text = host.functions([mod])
-    head = imports(pattern, host_text, ["Spec", "bind"], kernels=False) + "\n\nimport torch"
+    walks, cases = walk_cases(pattern, host)
+    host_text = host.functions([mod] + walks)
+    head = imports(pattern, host_text, ["Case", "Pass", "Spec", "bind"], kernels=False) + "\n\nimport torch"
     rnd = random_imports(host_text)
     parts = [module_header(pattern, "flex", DESCRIPTION), head + ("\n" + rnd if rnd else ""),
-             host.constants(), host_text, host.spec("flex"),
-             bind_lines("flex", ("attention", "mask", "mask_rows", "block_mask"))]
+             host.constants(), host_text, host.spec("flex", cases),
+             bind_lines("flex", ("attention", "mask", "mask_rows", "block_mask") + CP_EXPORTS)]
     return "\n\n\n".join(parts).rstrip() + "\n"
