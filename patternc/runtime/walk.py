@@ -13,8 +13,8 @@ dv into their key rows with index_add_, in a fixed order (deterministic).
 
 The walk also takes the query and key positions explicitly (`q_pos`, `k_pos`: sorted token
 positions that q and k hold, the pattern at a length `n` of which they are a part): a context
-parallel rank's queries against the key rows it holds or received.  Query tiles are then cut
-from the given positions' runs, and each tile keeps the keys of its ranges that are present.
+parallel rank's queries against the key rows it holds or received.  Query tiles are then the
+given positions' runs, cut into tiles, and each tile keeps the keys of its ranges that are present.
 """
 from __future__ import annotations
 
