@@ -179,8 +179,8 @@ def analyze_cp(pattern: Union[Pattern, str, os.PathLike], n: int, world_size: in
     in float32, or float64) size the rows.  Returns a `CPReport` (`format_table()`, `to_dict()`).
 
     Example:
-        >>> import patternc
-        >>> r = patternc.api.analyze_cp("pattern p = local(256) | global(16)", 1 << 20, 8)
+        >>> from patternc.api import analyze_cp
+        >>> r = analyze_cp("pattern p = local(256) | global(16)", 1 << 20, 8)
         >>> r.ring_ratio < 0.01
         True
     """
