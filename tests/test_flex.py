@@ -60,7 +60,8 @@ def test_text_is_deterministic_and_binds_the_runtime():
     a = patternc.compile(resolve_source(PATTERNS["heads"]), "flex")
     assert a == patternc.compile(resolve_source(PATTERNS["heads"]), "flex")
     imports = sorted(x.strip() for x in a.splitlines() if x.lstrip().startswith(("import ", "from ")))
-    assert imports == ["from __future__ import annotations", "from patternc.runtime import Spec, bind", "import torch"]
+    assert imports == ["from __future__ import annotations", "from patternc.runtime import Case, Pass, Spec, bind",
+                       "import torch"]
     assert "torch.where(h <= 0, m0, torch.where(h <= 2, m1, m2))" in a
 
 
