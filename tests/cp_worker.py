@@ -34,19 +34,23 @@ LENGTHS = {2: 203, 4: 301}  # ragged: neither divides by the world size nor by a
 
 
 def cases(world: int) -> list:
-    """(name, pattern, layout, exchange, backend, H, HK, B, pass n) of every run at this world size."""
+    """(name, pattern, layout, exchange, backend, H, HK, B, pass n, n) of every run at this world size."""
+    n = LENGTHS[world]
     out = []
     for name in PATTERNS:
         H = 4 if name == "per_head" else 2
         for layout in ("contiguous", "balanced"):
-            out.append((name, name, layout, "plan", "reference", H, H if name != "longformer" else 1, 1, True))
-    out.append(("ring_longformer", "longformer", "contiguous", "ring", "reference", 2, 2, 2, True))
-    out.append(("plan_longformer", "longformer", "contiguous", "plan", "reference", 2, 2, 2, True))
-    out.append(("ring_causal_balanced", "causal", "balanced", "ring", "reference", 2, 1, 1, True))
-    out.append(("n_default", "sink_local", "balanced", "plan", "reference", 2, 2, 1, False))
+            out.append((name, name, layout, "plan", "reference", H, H if name != "longformer" else 1, 1, True, n))
+    out.append(("ring_longformer", "longformer", "contiguous", "ring", "reference", 2, 2, 2, True, n))
+    out.append(("plan_longformer", "longformer", "contiguous", "plan", "reference", 2, 2, 2, True, n))
+    out.append(("ring_causal_balanced", "causal", "balanced", "ring", "reference", 2, 1, 1, True, n))
+    out.append(("n_default", "sink_local", "balanced", "plan", "reference", 2, 2, 1, False, n))
+    # three tokens: with 4 ranks one holds none
+    out.append(("tiny_plan", "longformer", "contiguous", "plan", "reference", 2, 2, 1, False, 3))
+    out.append(("tiny_ring", "causal", "balanced", "ring", "reference", 2, 2, 1, True, 3))
     if world == 2:  # the other backends bind the same runtime: one run each
-        out.append(("triton_module", "longformer", "balanced", "plan", "triton", 2, 2, 1, True))
-        out.append(("flex_module", "strided", "contiguous", "plan", "flex", 2, 2, 1, True))
+        out.append(("triton_module", "longformer", "balanced", "plan", "triton", 2, 2, 1, True, n))
+        out.append(("flex_module", "strided", "contiguous", "plan", "flex", 2, 2, 1, True, n))
     return out
 
 
@@ -70,8 +74,7 @@ def _err(a, b) -> float:
 
 
 def run_case(case: tuple, rank: int, world: int, group=None) -> dict:
-    name, pat, layout, exchange, backend, H, HK, B, pass_n = case
-    n = LENGTHS[world]
+    name, pat, layout, exchange, backend, H, HK, B, pass_n, n = case
     mod = patternc.load(PATTERNS[pat], backend=backend)
     ref_mod = patternc.load(PATTERNS[pat], backend="reference")
     q, k, v, do = _inputs(n, H, HK, B)
@@ -85,7 +88,7 @@ def run_case(case: tuple, rank: int, world: int, group=None) -> dict:
     plan = exchange_plan(mod.SPEC, n, world, layout, exchange == "ring")
     want = plan_bytes(plan, B, H, HK, q.shape[-1], 8, 8)[rank]
     got = (out.detach(), qs.grad, ks.grad, vs.grad)
-    return {"errors": [_err(a, b[:, :, pos]) for a, b in zip(got, ref)], "rows": int(pos.numel()),
+    return {"errors": [_err(a, b[:, :, pos]) for a, b in zip(got, ref)], "n": n,
             "positions": pos.tolist(), "sent": [sent.forward, sent.backward],
             "predicted": [want["forward"], want["backward"]]}
 
