@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import patternc
+from patternc.api import analyze_cp
 from patternc.runtime.context_parallel import cp_traffic, ulysses_to_heads, ulysses_to_sequence
 from patternc.runtime.cp_plan import exchange_plan, plan_bytes
 
@@ -87,10 +88,13 @@ def run_case(case: tuple, rank: int, world: int, group=None) -> dict:
         out.backward(do[:, :, pos])
     plan = exchange_plan(mod.SPEC, n, world, layout, exchange == "ring")
     want = plan_bytes(plan, B, H, HK, q.shape[-1], 8, 8)[rank]
+    report = analyze_cp(PATTERNS[pat], n, world, layout, heads=H, kv_heads=HK, head_dim=q.shape[-1], batch=B,
+                        dtype="float64").ranks[rank]  # what `patternc analyze --cp` prints
     got = (out.detach(), qs.grad, ks.grad, vs.grad)
     return {"errors": [_err(a, b[:, :, pos]) for a, b in zip(got, ref)], "n": n,
             "positions": pos.tolist(), "sent": [sent.forward, sent.backward],
-            "predicted": [want["forward"], want["backward"]]}
+            "predicted": [want["forward"], want["backward"]],
+            "analyzed": report.ring_bytes_total if exchange == "ring" else report.bytes_total}
 
 
 def run_ulysses(rank: int, world: int) -> dict:

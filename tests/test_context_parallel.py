@@ -240,12 +240,14 @@ def _case_ids():
 @pytest.mark.parametrize("world,case", _case_ids(), ids=[f"P{w}-{c}" for w, c in _case_ids()])
 def test_context_parallel_matches_one_process(runs, world, case):
     """Forward and gradients of q, k and v equal the single-process result on every rank, the
-    ranks' rows are their cp_positions, and each rank sent exactly the plan's bytes."""
+    ranks' rows are their cp_positions, and each rank sent exactly the plan's bytes, which are
+    those `patternc analyze --cp` reports for it."""
     got = [runs[world][r][case] for r in range(world)]
     for r, res in enumerate(got):
         assert "error" not in res, res.get("error")
         assert max(res["errors"]) < TOL, (r, res["errors"])
         assert res["sent"] == res["predicted"], r
+        assert sum(res["sent"]) == res["analyzed"], r
     assert sorted(x for res in got for x in res["positions"]) == list(range(got[0]["n"]))
 
 

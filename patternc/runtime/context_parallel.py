@@ -127,11 +127,10 @@ def _sorting(pos: torch.Tensor) -> tuple:
 
 
 def rank_view(plan: ExchangePlan, rank: int, device) -> CPRank:
+    """What `rank` sends and receives under `plan`, as index tensors on `device`."""
     P = plan.world
     pos = _positions(plan.shards[rank])
     heavy_pos = _positions(plan.heavy[rank])
-    light = torch.searchsorted(pos, _positions(plan.light[rank]))
-    heavy = torch.searchsorted(pos, heavy_pos)
     kv_out = [_positions(plan.pull[r][rank]) for r in range(P)]
     kv_in = [_positions(plan.pull[rank][s]) for s in range(P)]
     q_out = [_positions(plan.push[rank][s]) for s in range(P)]
@@ -142,12 +141,17 @@ def rank_view(plan: ExchangePlan, rank: int, device) -> CPRank:
 
     def dev(t):
         return t.to(device)
-    return CPRank(plan, rank, dev(pos), dev(light), dev(heavy), dev(torch.searchsorted(pos, torch.cat(kv_out))),
-                  [x.numel() for x in kv_out], [x.numel() for x in kv_in], dev(kv_pos), dev(kv_order), dev(kv_back),
-                  dev(torch.searchsorted(pos, sent_q)), dev(torch.searchsorted(heavy_pos, sent_q)),
-                  [x.numel() for x in q_out], [x.numel() for x in q_in], dev(q_pos), dev(q_order), dev(q_back),
-                  any(plan.pull[r][s] for r in range(P) for s in range(P)),
-                  any(plan.push[r][s] for r in range(P) for s in range(P)))
+    return CPRank(plan=plan, rank=rank, pos=dev(pos),
+                  light=dev(torch.searchsorted(pos, _positions(plan.light[rank]))),
+                  heavy=dev(torch.searchsorted(pos, heavy_pos)),
+                  kv_send_idx=dev(torch.searchsorted(pos, torch.cat(kv_out))),
+                  kv_send=[x.numel() for x in kv_out], kv_recv=[x.numel() for x in kv_in],
+                  kv_pos=dev(kv_pos), kv_order=dev(kv_order), kv_back=dev(kv_back),
+                  q_send_idx=dev(torch.searchsorted(pos, sent_q)), q_home=dev(torch.searchsorted(heavy_pos, sent_q)),
+                  q_send=[x.numel() for x in q_out], q_recv=[x.numel() for x in q_in],
+                  q_pos=dev(q_pos), q_order=dev(q_order), q_back=dev(q_back),
+                  any_kv=any(plan.pull[r][s] for r in range(P) for s in range(P)),
+                  any_q=any(plan.push[r][s] for r in range(P) for s in range(P)))
 
 
 # ---- transport ---------------------------------------------------------------------------------
