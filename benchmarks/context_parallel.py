@@ -158,15 +158,17 @@ def run_torch_cp(args, n: int, device) -> dict:
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         mesh = init_device_mesh("cuda", (dist.get_world_size(),))
-        q, k, v = _inputs((1, args.heads, n, args.d), (1, args.heads, n, args.d), args.dtype, device, True)
+        q, k, v = _inputs((1, args.heads, n, args.d), (1, args.heads, n, args.d), args.dtype, device, False)
         do = torch.randn_like(q)
-        with context_parallel(mesh, buffers=[q, k, v, do], buffer_seq_dims=[2, 2, 2, 2]):
+        with context_parallel(mesh, buffers=[q, k, v, do], buffer_seq_dims=[2, 2, 2, 2]):  # sharded in place
+            qs, ks, vs = (t.detach().requires_grad_() for t in (q, k, v))
+
             def fwd():
                 with torch.no_grad():
-                    sdpa(q, k, v, is_causal=True)
+                    sdpa(qs, ks, vs, is_causal=True)
 
             def fwd_bwd():
-                torch.autograd.grad(sdpa(q, k, v, is_causal=True), (q, k, v), do)
+                torch.autograd.grad(sdpa(qs, ks, vs, is_causal=True), (qs, ks, vs), do)
             fwd_bwd()
             row["ms_fwd"] = timed(fwd, args.reps, device)
             row["ms_fwd_bwd"] = timed(fwd_bwd, args.reps, device)
