@@ -17,6 +17,7 @@ from patternc.lower import is_causal
 from patternc.printer import ArgTable, checks_function, formula, lengths_ok_function, mask_expr, py_string
 
 MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
+WIDTH = 110  # generated lines are broken before this many characters
 
 ISQRT_SOURCE = '''\
 def _isqrt(x: int) -> int:
@@ -68,6 +69,20 @@ def head_cases(pattern: Pattern) -> list:
     if isinstance(pattern.expr, ir.Heads):
         return [(c.lo, c.hi, c.expr) for c in pattern.expr.cases]
     return [(0, None, pattern.expr)]
+
+
+def call_lines(fn: str, args: list, prefix: str = "") -> list:
+    """`prefix + fn(args...)`, continued on lines indented 8 past the prefix's own indentation
+    once a line would pass WIDTH (the caller's later indentation aside)."""
+    cont = " " * (len(prefix) - len(prefix.lstrip()) + 8)
+    lines, line = [], f"{prefix}{fn}("
+    for k, a in enumerate(args):
+        piece = a + (", " if k + 1 < len(args) else ")")
+        if len(line) + len(piece.rstrip()) > WIDTH - 24 and not line.endswith("("):
+            lines.append(line.rstrip())
+            line = cont
+        line += piece
+    return lines + [line]
 
 
 def uses_name(code: str, name: str) -> bool:
@@ -171,7 +186,8 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
     return "\n".join(lines)
 
 
-EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows")  # every backend's public functions
+CP_EXPORTS = ("cp_positions", "context_parallel_attention")  # context parallelism (runtime.context_parallel)
+EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows") + CP_EXPORTS  # every backend's public functions
 
 
 def bind_lines(backend: str, exports: tuple = EXPORTS) -> str:

@@ -8,13 +8,11 @@ allowed key give output 0 and lse = -inf, as in every patternc backend.
 from __future__ import annotations
 
 from patternc.frontend import Pattern
-from patternc.lower import plan
 from patternc.printer import mask_expr
-from patternc.ranges import Args
 
 from .common import (EXPORTS, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header, random_imports,
                      uses_name)
-from .triton import pairs_fn, space_fields, walk_fn
+from .walk_text import walk_cases
 
 DESCRIPTION = """\
 FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_mod.
@@ -27,12 +25,16 @@ FlexAttention (torch.nn.attention.flex_attention) with this pattern as its mask_
     decode(q, k_cache, v_cache, cache_seqlens, *, scale=None, page_table=None, return_lse=False)
     KVCache(batch_size, kv_heads, head_dim, *, dtype, device, max_len=None, page_size=None)
     mask(n, device=None), mask_rows(i, j, n, H=1)
+    cp_positions(n, world_size, rank, layout="contiguous")
+    context_parallel_attention(q, k, v, *, group=None, layout="contiguous", n=None)
 
 On CUDA flex_attention runs through torch.compile (static shapes: one compile per length
 and dtype); elsewhere it runs eagerly.  Importing this module works without FlexAttention;
 attention() then raises RuntimeError.  decode() takes patternc's exact sparse PyTorch walk
 (the closed-form key ranges of the pattern's passes, printed below): FlexAttention reads keys
-by position in a contiguous tensor, not through a cache's slots or pages.
+by position in a contiguous tensor, not through a cache's slots or pages.  The same walk
+functions serve context parallelism: they say which key rows each rank needs, and each rank
+computes its part with the walk (FlexAttention takes positions from 0 only).
 """
 
 
@@ -62,23 +64,6 @@ def _mask_mod(host: HostEmitter) -> str:
               "        i = q_idx.to(torch.int64)  # the index arithmetic (and the random hash) must not overflow",
               "        j = kv_idx.to(torch.int64)"] + ret + ["", "    return mask_mod"]
     return "\n".join(lines)
-
-
-def _walk_cases(host: HostEmitter) -> tuple:
-    """(walk functions, `cases=` text): each head case's passes with their closed-form walks and
-    masks, for the decode walk (no kernels)."""
-    arg = Args(host.table)
-    cases = head_cases(host.pattern)
-    walks, rows = [], []
-    for ci, (h0, h1, expr) in enumerate(cases):
-        passes = []
-        for pi, p in enumerate(plan(expr).passes):
-            tag = f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}"
-            walks += ["\n".join(walk_fn(f"_walk_{tag}", p, host, arg)), "\n".join(pairs_fn(f"_pairs_{tag}", p, host))]
-            passes.append(f'            Pass("{p.space.kind}"{space_fields(p, host)}, walk=_walk_{tag}, '
-                          f'mask=_pairs_{tag}),')
-        rows.append(f"        Case({h0}, {'None' if h1 is None else h1}, (\n" + "\n".join(passes) + "\n        )),")
-    return walks, "(\n" + "\n".join(rows) + "\n    )"
 
 
 def _seq_mask_mod(host: HostEmitter) -> str:
@@ -118,7 +103,7 @@ def emit(pattern: Pattern) -> str:
     """The module's source text; identical patterns give byte-identical text."""
     host = HostEmitter(pattern)
     mod = _mask_mod(host)
-    walks, cases = _walk_cases(host)
+    walks, cases = walk_cases(pattern, host)
     host_text = host.functions([mod, _seq_mask_mod(host)] + walks)
     head = imports(pattern, host_text, ["Case", "Pass", "Spec", "bind"], kernels=False) + "\n\nimport torch"
     rnd = random_imports(host_text)

@@ -18,7 +18,7 @@ from typing import Optional
 
 from patternc import scalar as S
 from patternc.frontend import Pattern
-from patternc.intexpr import to_python, to_triton
+from patternc.intexpr import to_triton
 from patternc.lower import Pass, Plan, Space, heavy_spans, narrow_columns, plan
 from patternc.printer import ArgTable, formula, mask_expr
 from patternc.ranges import (Args, TileRanges, full_span, key_major, key_position, query_major, query_position,
@@ -26,11 +26,13 @@ from patternc.ranges import (Args, TileRanges, full_span, key_major, key_positio
 from patternc.runtime import abi
 from patternc.runtime.random_blocks import seed_key
 
-from .common import (HostEmitter, bind_args, bind_lines, describe_formula, head_cases, imports, module_header,
-                     random_imports, uses_name)
+from .common import (WIDTH, HostEmitter, bind_lines, head_cases, imports, module_header, random_imports,
+                     uses_name)
+from .common import call_lines as _call
 from .schedule import atomic_dq, choose_bwd_settings, choose_forward_tiles, choose_union_walks, fused_forward, \
     longest_walks_first
 from .triton_decode import decode_kernel, imports as decode_imports
+from .walk_text import heavy_lambda, pairs_fn, space_fields, walk_fn
 
 # Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
 # what schedule.choose_union_walks decides per kernel.
@@ -39,7 +41,6 @@ UNION_WALK = os.environ.get("PATTERNC_UNION_WALK", "")
 # key tiles (decisions.md: narrow-columns).
 NARROW = os.environ.get("PATTERNC_NARROW", "") != "0"
 BIG = "2147483647"
-WIDTH = 110  # generated lines are broken before this many characters
 
 
 def T(e) -> str:
@@ -65,20 +66,6 @@ def _open_mask(keep: str, query_major: bool) -> list:
     uniform branch: the mask's arithmetic runs on partial tiles only)."""
     shape = "[BM, BN]" if query_major else "[BN, BM]"
     return ["if full:  # every pair allowed", f"    keep = tl.full({shape}, 1, tl.int1)", "else:", f"    {keep}"]
-
-
-def _call(fn: str, args: list, prefix: str = "") -> list:
-    """`prefix + fn(args...)`, continued on lines indented 8 past the prefix's own indentation
-    once a line would pass WIDTH (the caller's later indentation aside)."""
-    cont = " " * (len(prefix) - len(prefix.lstrip()) + 8)
-    lines, line = [], f"{prefix}{fn}("
-    for k, a in enumerate(args):
-        piece = a + (", " if k + 1 < len(args) else ")")
-        if len(line) + len(piece.rstrip()) > WIDTH - 24 and not line.endswith("("):
-            lines.append(line.rstrip())
-            line = cont
-        line += piece
-    return lines + [line]
 
 
 def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = False, rev: bool = False) -> list:
@@ -717,6 +704,8 @@ Sparse attention with this pattern compiled into Triton kernels (forward and bac
                                                        a cache that keeps only the keys still read
     mask(n, device=None)                               the dense boolean mask
     mask_rows(i, j, n, H=1)                            the mask at query rows i, key columns j
+    cp_positions(n, world_size, rank, layout="contiguous")       a rank's token positions
+    context_parallel_attention(q, k, v, *, group=None, layout="contiguous", n=None)
 
 On CUDA (and on the CPU under TRITON_INTERPRET=1) the kernels run; elsewhere, and for inputs
 the kernels do not take (float64, D > 256), an exact sparse PyTorch path that visits only the
@@ -725,44 +714,6 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 """
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
 SEQ_BODIES = ("as_i32", "floor_div", "floor_mod", "int_sqrt", "seq_span")
-
-
-def walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
-    """`name(a0, a1, r, n, L, LQ, A)`: each term's key index range for query tile [a0, a1] of the
-    pass, from the same trees as the kernels' bounds (for the PyTorch path's walk)."""
-    rows = []
-    for t in p.terms:
-        tr = query_major(t, p.space, arg)
-        rnd = "None"
-        if tr.random is not None:
-            rnd = f"({S.python(arg(tr.random.r))}, {S.python(arg(tr.random.b))}, {tr.random.seed})"
-        rows.append(f"        # {formula(t.expr())}")
-        rows += _call("", [S.python(tr.lo), S.python(tr.hi), S.python(tr.applies), rnd], " " * 8)
-        rows[-1] += ","
-    text = "\n".join(rows)
-    return ([f"def {name}(a0: int, a1: int, r: int, n: int, L: int, LQ: int, A: dict) -> list:",
-             '    """Each term\'s key range [lo, hi] for query tile [a0, a1], whether it applies, and its random',
-             '    blocks (r, block, seed): the kernels\' bounds, for the PyTorch path."""']
-            + bind_args(text, host.table, "A") + ["    return ["] + rows + ["    ]"])
-
-
-def pairs_fn(name: str, p: Pass, host: HostEmitter) -> list:
-    body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_pick")
-    return ([f"def {name}(i, j, n: int, A: dict):",
-             f'    """This pass\'s pairs: {describe_formula(p.mask)}"""']
-            + bind_args(body, host.table, "A") + [f"    return {body}"])
-
-
-def space_fields(p: Pass, host: HostEmitter) -> str:
-    if p.space.kind == "diag":
-        return f", m={host.arg(p.space.m)}"
-    if p.space.kind == "keys":
-        return f", l={host.arg(p.space.l)}, c={host.arg(p.space.c)}"
-    return ""
-
-
-def _heavy(spans: list) -> str:
-    return "lambda n: [" + ", ".join(f"({to_python(a)}, {to_python(b)})" for a, b in spans) + "]"
 
 
 def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
@@ -815,9 +766,9 @@ def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
             fields.append(f"fwd=_fwd_{tag}" if pi == 0 or not fuse else "fwd=None")
             fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}", f"decode=_dec_{tag}"]
             if heavy_spans(p, "q"):
-                fields.append(f"heavy_q={_heavy(heavy_spans(p, 'q'))}")
+                fields.append(f"heavy_q={heavy_lambda(heavy_spans(p, 'q'))}")
             if heavy_spans(p, "k"):
-                fields.append(f"heavy_k={_heavy(heavy_spans(p, 'k'))}")
+                fields.append(f"heavy_k={heavy_lambda(heavy_spans(p, 'k'))}")
             if grow_fused if fuse else grow[pi]:
                 fields.append("rev_fwd=True")
             if grow[pi]:

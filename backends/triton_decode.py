@@ -25,8 +25,7 @@ from patternc.runtime.random_blocks import seed_key
 
 from .common import uses_name
 
-BODIES = ("cache_bases", "decode_tile", "load_new_rows", "new_rows", "store_new_rows", "floordiv", "floormod",
-          "isqrt")
+BODIES = ("cache_bases", "decode_tile", "load_new_rows", "new_rows", "store_new_rows")
 
 
 def T(e) -> str:
@@ -58,8 +57,8 @@ def _rows(p: Pass, arg: Args) -> list:
         lines = ["cls = rg // NHG  # new rows of q cls, cls + m, ...: one residue class",
                  "hg = rg % NHG",
                  f"m = {T(arg(p.space.m))}",
-                 "r = floormod(n - T + cls, m)  # the class: positions r, r + m, r + 2*m, ...",
-                 "a0 = floordiv(n - T + cls, m)",
+                 "r = floor_mod(n - T + cls, m)  # the class: positions r, r + m, r + 2*m, ...",
+                 "a0 = floor_div(n - T + cls, m)",
                  "TR = tl.maximum((T - cls + m - 1) // m, 1)  # new rows in this class (if cls < m)",
                  "a1 = a0 + TR - 1",
                  "qrow, i, h, row_ok = new_rows(n, T, cls, m, TR, hg, hk, GROUP, HPT, H0, H1, BM)"]
@@ -144,8 +143,7 @@ def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
 
 def _length_args(arg: Args, text: str) -> list:
     """The pattern's length-dependent arguments that `text` names, computed from n on the device."""
-    lines = [f"{name} = {to_triton(e, 'n64')}  # {e}" for e, name in arg.table.names.items() if uses_name(text, name)]
-    return ["n64 = n.to(tl.int64)"] + lines if lines else []
+    return [f"{name} = as_i32({to_triton(e)})  # {e}" for e, name in arg.table.names.items() if uses_name(text, name)]
 
 
 def _random_loop(ti: int, tr, spans: list, earlier: list, arg: Args, pos: str, keep: str) -> list:

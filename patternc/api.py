@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the real import is lazy (numpy)
     from .analysis import Analysis
     from .packing import PackedAnalysis
     from .stack_analysis import StackAnalysis
+    from .cp_report import CPReport
 
 BACKENDS = ("triton", "reference", "flex")
 
@@ -196,6 +197,51 @@ def analyze(pattern: Union[Pattern, Stack, str, os.PathLike], n: Optional[int] =
         return result.with_kernel(kernel_report(pattern, result.n, result.heads)) if kernel else result
     except PatternError as e:
         raise _in_file(e, pattern) from None
+
+
+def analyze_cp(pattern: Union[Pattern, str, os.PathLike], n: int, world_size: int, layout: str = "contiguous",
+               heads: Optional[int] = None, head_dim: int = 128, kv_heads: Optional[int] = None, batch: int = 1,
+               dtype: str = "bfloat16") -> "CPReport":
+    """Context parallelism over `world_size` ranks at length n: per rank, the tokens it holds, the
+    allowed pairs it computes, the key rows it pulls, the global rows it sends out, and the bytes
+    it sends (forward, backward) under the exchange plan, beside a ring exchange of whole shards.
+
+    The plan is the one `context_parallel_attention` follows (patternc.runtime.cp_plan), so these
+    are the bytes it sends.  heads (default: the pattern's, or 1), kv_heads (default: heads),
+    head_dim, batch and dtype ("bfloat16", "float16", "float32", "float64"; partial results travel
+    in float32, or float64) size the rows.  Returns a `CPReport` (`format_table()`, `to_dict()`).
+
+    Example:
+        >>> from patternc.api import analyze_cp
+        >>> r = analyze_cp("pattern p = local(256) | global(16)", 1 << 20, 8)
+        >>> r.ring_ratio < 0.01
+        True
+    """
+    from .cp_report import cp_report  # lazy: numpy
+    from .limits import MAX_CP, MAX_HEAD_DIM, MAX_HEADS, MAX_N
+
+    if not isinstance(pattern, Pattern):
+        pattern = parse(pattern)
+    for what, value, top in (("n", n, MAX_N), ("world_size", world_size, MAX_CP), ("head_dim", head_dim, MAX_HEAD_DIM),
+                             ("batch", batch, MAX_HEADS), ("heads", heads, MAX_HEADS), ("kv_heads", kv_heads, MAX_HEADS)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
+            raise PatternError(f"{what} must be an int in 1..{top:,}, got {value!r}", None, "", pattern.filename)
+    own = pattern.num_heads
+    if own is not None and heads is not None and heads != own:
+        raise PatternError(f"pattern '{pattern.name}' defines {own} heads, but heads={heads} was requested",
+                           None, "", pattern.filename)
+    heads = own or heads or 1
+    kv_heads = heads if kv_heads is None else kv_heads
+    if heads % kv_heads:
+        raise PatternError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})", None, "", pattern.filename)
+    try:
+        pattern.at(n)  # located errors for n-dependent checks
+        spec = load(pattern, backend="reference").SPEC
+        return cp_report(pattern, spec, n, world_size, layout, heads, kv_heads, head_dim, batch, dtype)
+    except PatternError as e:
+        raise _in_file(e, pattern) from None
+    except ValueError as e:
+        raise PatternError(str(e), None, "", pattern.filename) from None
 
 
 def compile(pattern: Union[Pattern, Stack, str, os.PathLike], backend: str = "triton",  # noqa: A001

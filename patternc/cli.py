@@ -275,7 +275,8 @@ def _check_analyze_limits(args: argparse.Namespace) -> None:
     """The documented limits of `analyze` (patternc.limits), checked before any work."""
     for option, value, limit in (("--n", args.n, limits.MAX_N), ("--heads", args.heads, limits.MAX_HEADS),
                                  ("--tile", args.tile, limits.MAX_TILE), ("--head-dim", args.head_dim,
-                                                                          limits.MAX_HEAD_DIM)):
+                                                                          limits.MAX_HEAD_DIM),
+                                 ("--cp", args.cp, limits.MAX_CP)):
         if value is not None and value > limit:
             extra = " (2^30; the closed form in nnz(n) holds for every n)" if option == "--n" else ""
             raise _fail(f"{option} {value} is too large: analyze accepts {option} <= {limit:,}{extra}", args.file)
@@ -333,10 +334,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     reports = data["patterns"] if isinstance(item, Stack) else [data]
     for (pattern, what), report in zip(_patterns_of(item), reports):
         _check_empty_rows(pattern, args.n, report.get("empty_rows"), _empty_rows_policy(args), what)
+    cp = None
+    if args.cp is not None:
+        if isinstance(item, Stack):
+            raise _fail(f"--cp plans one pattern, not a stack: give a layer's pattern with -p "
+                        f"(the stack's patterns: {', '.join(p.name for p in item.distinct)})", item.filename)
+        cp = api.analyze_cp(item, args.n, args.cp, layout=args.cp_layout, heads=result.heads,
+                            head_dim=args.head_dim, dtype=args.cp_dtype)
+        data["context_parallel"] = cp.to_dict()
     if args.json:
         print(json.dumps(data, indent=2, default=str))
     else:
-        print(result.format_table())
+        print(result.format_table() + ("" if cp is None else "\n" + cp.format_table()))
     return 0
 
 
@@ -458,6 +467,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tile", type=_positive("--tile"), default=128, help="kernel tile size (default 128)")
     sp.add_argument("--head-dim", type=_positive("--head-dim"), default=128, help="head dimension (default 128)")
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sp.add_argument("--cp", type=_positive("--cp"), metavar="P",
+                    help="also plan context parallelism over P ranks: bytes sent and pairs computed per rank")
+    sp.add_argument("--cp-layout", choices=("contiguous", "balanced"), default="contiguous",
+                    help="with --cp: how the sequence is split over the ranks (default contiguous)")
+    sp.add_argument("--cp-dtype", choices=("bfloat16", "float16", "float32", "float64"), default="bfloat16",
+                    help="with --cp: dtype of q, k, v (default bfloat16; partial results travel in float32)")
     empty_rows(sp, "at length n")
     sp.add_argument("--allow-empty-rows", action="store_true", help="the same as --empty-rows=ignore")
     sp.set_defaults(func=cmd_analyze)

@@ -173,8 +173,9 @@ TRITON_CALLS = {"min": "tl.minimum", "max": "tl.maximum"}
 
 def to_triton(e: IntExpr, n: str = "n") -> str:
     """Triton source for e, with the length named `n` (an int32 scalar of the kernel): the
-    document-aware kernels compute their length-dependent arguments per sequence with it.
-    Arithmetic is 64-bit, the value clamped to int32 by the caller."""
+    document-aware kernels compute their length-dependent arguments per sequence with it, and the
+    decode kernels per cache row.  Arithmetic is 64-bit, the value clamped to int32 by the caller
+    (runtime.seq_bodies.as_i32)."""
     if isinstance(e, Const):
         return str(e.value) if e.value >= 0 else f"({e.value})"
     if isinstance(e, NVar):
@@ -228,31 +229,3 @@ def to_sympy(e: IntExpr, nsym):
     if e.op == "cdiv":
         return sp.ceiling(a[0] / a[1])
     raise ValueError(e.op)
-
-
-def to_triton(e: IntExpr, n: str = "n") -> str:
-    """Triton source for e inside a kernel that knows the length as `n`: division, remainder and
-    isqrt through runtime.decode_bodies' floordiv, floormod and isqrt (Python's floor semantics;
-    Triton's own // truncates)."""
-    if isinstance(e, Const):
-        return str(e.value) if e.value >= 0 else f"({e.value})"
-    if isinstance(e, NVar):
-        return n
-    args = [to_triton(a, n) for a in e.args]
-    if e.op in ("+", "-", "*"):
-        return f"({args[0]} {e.op} {args[1]})"
-    if e.op == "//":
-        return f"floordiv({args[0]}, {args[1]})"
-    if e.op == "%":
-        return f"floormod({args[0]}, {args[1]})"
-    if e.op == "cdiv":
-        return f"(0 - floordiv(0 - {args[0]}, {args[1]}))"
-    if e.op == "neg":
-        return f"(0 - {args[0]})"
-    if e.op == "isqrt":
-        return f"isqrt({args[0]})"
-    fn = "tl.minimum" if e.op == "min" else "tl.maximum"
-    out = args[0]
-    for a in args[1:]:
-        out = f"{fn}({out}, {a})"
-    return out

@@ -10,6 +10,7 @@ MAX_N = 1 << 30  # sequence length: closed forms are exact far beyond, the exact
 MAX_HEADS = 1 << 16
 MAX_TILE = 1 << 30
 MAX_HEAD_DIM = 1 << 16
+MAX_CP = 1024  # ranks of `analyze --cp`: the plan has P^2 (rank, rank) pairs
 
 # Parts of the analysis whose cost grows with n are bounded rather than refused: above these,
 # the report says what it skipped and why (Analysis.skipped).

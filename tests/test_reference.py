@@ -213,7 +213,7 @@ def test_generated_text_is_deterministic_and_binds_the_runtime():
         "pattern p(w = 8) = causal & (local(w) | stride(isqrt(n)) | random(1, block=4))"), "reference")
     assert a == b
     imports = sorted(line for line in a.splitlines() if line.startswith(("import ", "from ")))
-    assert imports == ["from __future__ import annotations", "from patternc.runtime import Spec, bind",
+    assert imports == ["from __future__ import annotations", "from patternc.runtime import Case, Pass, Spec, bind",
                        "from patternc.runtime.random_blocks import random_pick",
                        "from patternc.runtime.varlen import seq_isqrt", "import math"]
     assert p.hash in a and "params:   w=8" in a and "pattern:  p" in a

@@ -3,34 +3,13 @@
 A generated decode kernel decides which key tiles its rows need (the pattern's closed-form
 ranges, evaluated on the device from cache_seqlens); these functions read a tile of cached
 keys and values by position (through a ring of slots, a page table, or neither), fold it
-into the rows' online softmax, and merge the partial results of split walks.  The integer
-helpers give Python's floor semantics to the pattern's length-dependent arguments, which the
-kernel computes from n itself (patternc.intexpr.to_triton prints them).
+into the rows' online softmax, and merge the partial results of split walks.  The pattern's
+length-dependent arguments, which the kernel computes from n itself, use runtime.seq_bodies'
+integer helpers, as the document-aware kernels do.
 """
 from __future__ import annotations
 
 from .jit import tl, triton
-
-
-@triton.jit
-def floordiv(a, b):
-    """a // b rounded towards minus infinity, as in Python (Triton's // truncates)."""
-    q = a // b
-    return q - ((q * b != a) & ((a < 0) != (b < 0))).to(q.dtype)
-
-
-@triton.jit
-def floormod(a, b):
-    """a % b with the sign of b, as in Python."""
-    return a - floordiv(a, b) * b
-
-
-@triton.jit
-def isqrt(x):
-    """floor(sqrt(x)) of an integer x >= 0, exactly (a float square root, then corrected)."""
-    r = tl.sqrt(tl.maximum(x, 0).to(tl.float64)).to(tl.int64)
-    r = tl.where(r * r > x, r - 1, r)
-    return tl.where((r + 1) * (r + 1) <= x, r + 1, r)
 
 
 @triton.jit

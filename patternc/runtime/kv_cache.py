@@ -156,7 +156,7 @@ class KVCacheBase:
         n = self._n
         kept = list(range(min(self._fixed, n))) + list(range(max(self._fixed, n - self.ring.window), n)) \
             if self.bounded else list(range(n))
-        parts = [range(a, b + 1) for a, b in _ranges(kept)]
+        parts = [range(a, b + 1) for a, b in _slot_runs(kept)]
         saved = [(r, *self._read(r)) for r in parts]
         self._chunk = chunk
         self._allocate(slots)
@@ -223,7 +223,7 @@ class KVCacheBase:
                 f"head_dim={self.head_dim}, {shape}, {self.memory_bytes():,} bytes)")
 
 
-def _ranges(xs: list) -> list:
+def _slot_runs(xs: list) -> list:
     """[(first, last)] of the runs of consecutive integers in a sorted list."""
     out: list = []
     for x in xs:

@@ -27,6 +27,8 @@ import torch
 from .decode import dense_decode, walk_decode
 from .decode_inputs import Ring, check_decode, check_lengths
 from .decode_launch import TritonDecode
+from .context_parallel import cp_attention
+from .cp_layout import layout_positions
 from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
 from .triton_path import TritonPath
@@ -164,6 +166,26 @@ class Compiled:
             else:
                 out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
         return (out, lse) if return_lse else out
+
+
+    # ---- context parallelism (runtime.context_parallel) ------------------------------------------
+
+    def cp_positions(self, n: int, world_size: int, rank: int, layout: str = "contiguous", device=None):
+        """The int64 token positions (ascending, on the CPU) that `rank` of `world_size` holds:
+        "contiguous" (consecutive ranges; the last may be shorter) or "balanced" (the same allowed
+        pairs per rank, within one tile's; a zigzag for causal patterns).  device: where the balanced
+        layout's pair counts are computed, once per (n, world_size)."""
+        return layout_positions(self.spec, n, world_size, rank, layout, device)
+
+    def context_parallel_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group=None,
+                                   layout: str = "contiguous", n: Optional[int] = None,
+                                   scale: Optional[float] = None, exchange: str = "plan") -> torch.Tensor:
+        """This rank's shard of the attention over the whole sequence: q (B, H, m, D) and k, v
+        (B, Hkv, m, D) hold the rows cp_positions(n, world_size, rank, layout) of the sequence, on
+        every rank of `group` (default: the world).  n defaults to the sum of the shards' lengths.
+        Only the key rows the pattern needs travel (exchange="ring" sends every shard to every
+        rank, for comparison); gradients flow back to every rank's q, k and v."""
+        return cp_attention(self.spec, q, k, v, group=group, layout=layout, n=n, scale=scale, exchange=exchange)
 
 
 class _EagerAttention(torch.autograd.Function):

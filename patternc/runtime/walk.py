@@ -12,10 +12,15 @@ Packed documents and padded rows (runtime.varlen) are walked one sequence at a t
 loop over sequences whose positions are offset by each one's start.
 The backward recomputes each tile's probabilities from the saved log-sum-exp and adds dk and
 dv into their key rows with index_add_, in a fixed order (deterministic).
+
+The walk also takes the query and key positions explicitly (`q_pos`, `k_pos`: sorted token
+positions that q and k hold, the pattern at a length `n` of which they are a part): a context
+parallel rank's queries against the key rows it holds or received.  Query tiles are then the
+given positions' runs, cut into tiles, and each tile keeps the keys of its ranges that are present.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -58,13 +63,45 @@ def positions(p: Pass, idx: torch.Tensor, r: int, A: dict, query: bool) -> torch
     return idx
 
 
-def query_tiles(p: Pass, n: int, A: dict, tile: int) -> Iterator[tuple]:
-    """(a0, a1, r, LQ, L) of every query tile of the pass, in its space's order."""
-    classes = range(min(p.value(p.m, A), n)) if p.space == "diag" else (0,)
-    for r in classes:
+def index_runs(idx: torch.Tensor) -> list:
+    """[(lo, hi), ...]: the runs of consecutive values of a sorted integer tensor."""
+    if idx.numel() == 0:
+        return []
+    cut = (torch.nonzero(idx[1:] - idx[:-1] != 1).flatten() + 1).tolist()
+    starts, ends = [0] + cut, cut + [idx.numel()]
+    lo, hi = idx[starts].tolist(), idx[[e - 1 for e in ends]].tolist()
+    return list(zip(lo, hi))
+
+
+def _class_runs(p: Pass, q_pos: torch.Tensor, A: dict) -> Iterator[tuple]:
+    """(r, runs of query indices of class r) for the given sorted query positions."""
+    if p.space != "diag":
+        yield 0, index_runs(q_pos)
+        return
+    m = p.value(p.m, A)
+    cls = q_pos % m
+    order = torch.sort(cls, stable=True).indices
+    counts = torch.bincount(cls, minlength=1).tolist()
+    idx = q_pos[order] // m
+    start = 0
+    for r, c in enumerate(counts):
+        if c:
+            yield r, index_runs(idx[start:start + c])
+        start += c
+
+
+def query_tiles(p: Pass, n: int, A: dict, tile: int, q_pos: Optional[torch.Tensor] = None) -> Iterator[tuple]:
+    """(a0, a1, r, LQ, L) of every query tile of the pass, in its space's order; with q_pos (sorted
+    token positions), the tiles of those positions only, cut at their gaps."""
+    if q_pos is None:
+        classes = [(r, None) for r in range(min(p.value(p.m, A), n))] if p.space == "diag" else [(0, None)]
+    else:
+        classes = list(_class_runs(p, q_pos, A))
+    for r, runs in classes:
         lq, lk = space_sizes(p, n, r, A)
-        for a0 in range(0, lq, tile):
-            yield a0, min(a0 + tile, lq) - 1, r, lq, lk
+        for lo, hi in ([(0, lq - 1)] if runs is None else runs):
+            for a0 in range(lo, hi + 1, tile):
+                yield a0, min(a0 + tile - 1, hi), r, lq, lk
 
 
 def tile_keys(p: Pass, a0: int, a1: int, r: int, n: int, lq: int, lk: int, A: dict, device) -> torch.Tensor:
@@ -94,14 +131,28 @@ def _heads(case, H: int) -> tuple:
     return case.first, (H - 1 if case.last is None else case.last)
 
 
-def _walk_steps(spec: Spec, n: int, H: int, device, tile: int) -> Iterator[tuple]:
-    """Every (heads h0..h1, pass, query positions, key positions) step of the walk."""
+def _present(k_pos: Optional[torch.Tensor], keys: torch.Tensor) -> tuple:
+    """(keys, their indices in k_pos): the keys that k_pos holds (all of them when it is None)."""
+    if k_pos is None:
+        return keys, keys
+    if k_pos.numel() == 0:
+        return keys[:0], keys[:0]
+    at = torch.searchsorted(k_pos, keys).clamp_(max=k_pos.numel() - 1)
+    hit = k_pos[at] == keys
+    return keys[hit], at[hit]
+
+
+def _walk_steps(spec: Spec, n: int, H: int, device, tile: int, q_pos: Optional[torch.Tensor] = None,
+                k_pos: Optional[torch.Tensor] = None) -> Iterator[tuple]:
+    """Every (heads h0..h1, query indices, key indices, keep) step of the walk: indices into q's and
+    k's rows (token positions, or indices into q_pos and k_pos where given); keep is the tile's
+    pairs, from the pass's printed mask at the token positions."""
     A = spec.length_args(n)
     for case in spec.cases:
         h0, h1 = _heads(case, H)
         for p in case.passes:
-            for a0, a1, r, lq, lk in query_tiles(p, n, A, tile):
-                keys = tile_keys(p, a0, a1, r, n, lq, lk, A, device)
+            for a0, a1, r, lq, lk in query_tiles(p, n, A, tile, q_pos):
+                keys, ki = _present(k_pos, tile_keys(p, a0, a1, r, n, lq, lk, A, device))
                 if keys.numel() == 0:
                     continue
                 rows = positions(p, torch.arange(a0, a1 + 1, device=device), r, A, query=True)
@@ -110,7 +161,7 @@ def _walk_steps(spec: Spec, n: int, H: int, device, tile: int) -> Iterator[tuple
                 if not live.all():
                     rows, keep = rows[live], keep[live]
                 if rows.numel():
-                    yield h0, h1, rows, keys, keep
+                    yield h0, h1, rows if q_pos is None else torch.searchsorted(q_pos, rows), ki, keep
 
 
 def _kv_heads(h0: int, h1: int, group: int, device) -> torch.Tensor:
@@ -125,19 +176,33 @@ def _sequences(spans, n: int) -> tuple:
     return tuple((slice(b, b + 1), s, m) for b, s, m in spans if m > 0)
 
 
-def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None):
-    """(out, lse) of the pattern, exactly, visiting only the keys its closed forms allow.  `spans`:
-    ((batch row, start, length), ...) of packed or padded sequences, each walked as a sequence of
-    its own (positions from its start); rows outside them give 0 and lse = -inf."""
-    B, H, n, D = q.shape
+def _at(q_pos, k_pos, n, q) -> tuple:
+    """(n, q_pos, k_pos on q's device): the length and positions a walk works at."""
+    if q_pos is None:
+        return q.shape[2], None, None
+    return n, q_pos.to(q.device), k_pos.to(q.device)
+
+
+def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None, *, q_pos=None, k_pos=None,
+                 n: Optional[int] = None, acc: bool = False):
+    """(out, lse) of the pattern, exactly, visiting only the keys its closed forms allow.
+
+    spans: ((batch row, start, length), ...) of packed or padded sequences, each walked as a
+    sequence of its own (positions from its start); rows outside them give 0 and lse = -inf.
+    q_pos and k_pos (sorted token positions of q's and k's rows, in a sequence of length n; not
+    with spans): the part of the attention of those queries that falls on those keys, with its
+    own lse (-inf and out 0 where a row meets none of them).  acc: out in the accumulation dtype
+    (float32, or float64), for merging partial results without rounding."""
+    B, H, m, D = q.shape
     group = H // k.shape[1]
+    n, q_pos, k_pos = _at(q_pos, k_pos, n, q)
     if spans is None:
         spec.check_length(n)
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = torch.zeros((B, H, n, D), dtype=ct, device=q.device)
-    lse = torch.full((B, H, n), float("-inf"), dtype=ct, device=q.device)
+    out = torch.zeros((B, H, m, D), dtype=ct, device=q.device)
+    lse = torch.full((B, H, m), float("-inf"), dtype=ct, device=q.device)
     for bs, start, length in _sequences(spans, n):
-        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos):
             rows, keys = rows + start, keys + start
             kv = _kv_heads(h0, h1, group, q.device)
             qt = q[bs, h0:h1 + 1, rows].to(ct)
@@ -145,7 +210,7 @@ def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None
             vt = v[bs].index_select(2, keys)[:, kv].to(ct)
             out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows] = fold_tile(
                 out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows], qt, kt, vt, keep, scale)
-    return out.to(q.dtype), lse.float() if ct != torch.float64 else lse
+    return out if acc else out.to(q.dtype), lse.float() if ct != torch.float64 else lse
 
 
 def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
@@ -164,20 +229,26 @@ def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
     return out * w_old + t_out * w_new, new
 
 
-def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE, spans=None):
-    """(dq, dk, dv) by the same walk: each tile's probabilities recomputed from the saved lse;
-    `spans` as for walk_forward (padding rows and keys get zero gradients)."""
-    B, H, n, D = q.shape
-    HK = k.shape[1]
+def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE, spans=None, *, q_pos=None,
+                  k_pos=None, n: Optional[int] = None, delta=None, acc: bool = False):
+    """(dq, dk, dv) by the same walk: each tile's probabilities recomputed from the saved lse.
+
+    spans as for walk_forward (padding rows and keys get zero gradients).  With q_pos, k_pos and
+    n (as for walk_forward): the gradients of those queries' pairs with those keys, given the
+    rows' final lse and delta = rowsum(do * out) (o may then be None).  acc: gradients in the
+    accumulation dtype, for adding partial results without rounding."""
+    B, H, m, D = q.shape
+    HK, nk = k.shape[1], k.shape[2]
     group = H // HK
+    n, q_pos, k_pos = _at(q_pos, k_pos, n, q)
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    delta = (do.to(ct) * o.to(ct)).sum(-1)
+    delta = (do.to(ct) * o.to(ct)).sum(-1) if delta is None else delta.to(ct)
     safe_lse = torch.where(torch.isinf(lse), float("inf"), lse.to(ct))  # exp(s - inf) = 0: empty rows
-    dq = torch.zeros((B, H, n, D), dtype=ct, device=q.device)
-    dk = torch.zeros((B, HK * n, D), dtype=ct, device=q.device)
-    dv = torch.zeros((B, HK * n, D), dtype=ct, device=q.device)
+    dq = torch.zeros((B, H, m, D), dtype=ct, device=q.device)
+    dk = torch.zeros((B, HK * nk, D), dtype=ct, device=q.device)
+    dv = torch.zeros((B, HK * nk, D), dtype=ct, device=q.device)
     for bs, start, length in _sequences(spans, n):
-        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos):
             rows, keys = rows + start, keys + start
             kv = _kv_heads(h0, h1, group, q.device)
             qt, dot = q[bs, h0:h1 + 1, rows].to(ct), do[bs, h0:h1 + 1, rows].to(ct)
@@ -187,8 +258,27 @@ def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TIL
             p = torch.exp(s - safe_lse[bs, h0:h1 + 1, rows, None]).masked_fill(~keep, 0.0)
             ds = p * (torch.matmul(dot, vt.transpose(-1, -2)) - delta[bs, h0:h1 + 1, rows, None])
             dq[bs, h0:h1 + 1, rows] += torch.matmul(ds, kt) * scale
-            where = (kv[:, None] * n + keys[None, :]).reshape(-1)  # (heads x keys) rows of dk and dv
+            where = (kv[:, None] * nk + keys[None, :]).reshape(-1)  # (heads x keys) rows of dk and dv
             nb = qt.shape[0]
             dk[bs].index_add_(1, where, (torch.matmul(ds.transpose(-1, -2), qt) * scale).reshape(nb, -1, D))
             dv[bs].index_add_(1, where, torch.matmul(p.transpose(-1, -2), dot).reshape(nb, -1, D))
-    return dq.to(q.dtype), dk.view(B, HK, n, D).to(k.dtype), dv.view(B, HK, n, D).to(v.dtype)
+    dk, dv = dk.view(B, HK, nk, D), dv.view(B, HK, nk, D)
+    if acc:
+        return dq, dk, dv
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def pair_counts(spec: Spec, n: int, by_key: torch.Tensor, device=None, tile: int = TILE) -> tuple:
+    """(per query row, per key column) allowed pairs of the pattern at length n, each head counted
+    (a per-head pattern's cases weigh their head counts): the pairs of a row where by_key (a bool
+    tensor of n rows) is False count on that row, those of a row where it is True on their key."""
+    H = spec.num_heads or 1
+    by_key = by_key.to(device)
+    rows_w = torch.zeros(n, dtype=torch.int64, device=device)
+    keys_w = torch.zeros(n, dtype=torch.int64, device=device)
+    for h0, h1, rows, keys, keep in _walk_steps(spec, n, H, device, tile):
+        heads = h1 - h0 + 1
+        on_key = by_key[rows]
+        rows_w.index_add_(0, rows, keep.sum(1) * ~on_key * heads)
+        keys_w.index_add_(0, keys, keep[on_key].sum(0) * heads)
+    return rows_w, keys_w
