@@ -19,7 +19,7 @@ __all__ = ["AttnLexer", "KEYWORDS", "PRIMITIVES", "FUNCTIONS", "LENGTH"]
 
 KEYWORDS = ("pattern", "heads")
 PRIMITIVES = ("all", "none", "causal", "local", "band", "global", "sink", "queries", "keys",
-              "stride", "block", "summary", "fixed", "random")
+              "stride", "block", "summary", "fixed", "random", "select")
 FUNCTIONS = ("min", "max", "isqrt", "cdiv")  # integer functions (patternc.intexpr.FUNCS)
 LENGTH = "n"  # the sequence length, the one predefined integer name
 

@@ -65,6 +65,7 @@ class TileRanges:
     applies: S.Expr  # the term can contribute to this tile at all
     full: S.Expr  # (query-major) given key tile [b0, b1] too: every pair is allowed
     random: Optional[ir.Random] = None
+    select: Optional[ir.Select] = None  # the term's key blocks come from the run-time selection
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,11 @@ def query_major(t: Term, space: Space, arg: Args) -> TileRanges:
     if t.filters or len(t.diag) > 1 or len(t.keymods) > 1:
         full.append(S.FALSE)
     rnd = t.randoms[0] if t.randoms else None
+    sel = t.selects[0] if t.selects else None
     # a random term: BM and BN divide its block, so a query tile sits in one query block and a
-    # visited key tile lies inside a picked key block
-    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.all_of(full), rnd)
+    # visited key tile lies inside a picked key block (likewise a selected term: BM divides qblock,
+    # BN divides block)
+    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.all_of(full), rnd, sel)
 
 
 def key_major(t: Term, space: Space, arg: Args) -> TileRanges:
@@ -252,14 +255,15 @@ def key_major(t: Term, space: Space, arg: Args) -> TileRanges:
             lows.append(S.mul(S.div(j0, bsa), bsa))
             highs.append(_block_hull_hi(j1, bsa))
     rnd = t.randoms[0] if t.randoms else None
-    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.FALSE, rnd)
+    sel = t.selects[0] if t.selects else None
+    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.FALSE, rnd, sel)
 
 
 def full_span(t: Term, space: Space, arg: Args, major: str) -> Optional[FullSpan]:
     """Closed-form range of full tiles for one term: key tiles of query tile [a0, a1] (major 'q',
     tile size BN), or query tiles of key tile [b0, b1] (major 'k', size BM).  None when the
-    term's pairs are never certified full (filters, random, extra moduli, blocks in classes)."""
-    if t.filters or t.randoms or len(t.diag) > 1 or len(t.keymods) > 1:
+    term's pairs are never certified full (filters, random, selected, extra moduli, blocks in classes)."""
+    if t.filters or t.picked or len(t.diag) > 1 or len(t.keymods) > 1:
         return None
     q = major == "q"
     T = BN if q else BM
