@@ -16,7 +16,9 @@ from patternc.intexpr import Const, IntExpr
 from patternc.lower import is_causal
 from patternc.printer import ArgTable, checks_function, formula, mask_expr, py_string
 
-MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
+MAX_IR_CHARS = 1500
+# How host code asks about a `select` atom: `sel` is one batch element's and head's blocks
+SELECT_HOST = "select_pairs({i}, {j}, sel, {qb}, {b})"  # longer normal forms are cut in the header; the hash still identifies them
 
 ISQRT_SOURCE = '''\
 def _isqrt(x: int) -> int:
@@ -93,11 +95,19 @@ class HostEmitter:
         """A pattern argument in host code: a literal, or the name of a length-dependent one."""
         return str(e.value) if isinstance(e, Const) else repr(self.table(e))
 
+    @property
+    def selected(self) -> bool:
+        """Whether the pattern has `select(...)`: its mask functions then take `sel=`."""
+        return ir.has_select(self.pattern.expr)
+
     def mask_head(self) -> str:
-        """`_mask_head(h, i, j, n)`: the whole pattern of head h, on index tensors."""
+        """`_mask_head(h, i, j, n)`: the whole pattern of head h, on index tensors (with `select`:
+        also `sel`, that head's blocks for one batch element)."""
         cases = head_cases(self.pattern)
-        bodies = [mask_expr(expr, "i", "j", self.table, hash_fn="random_pick") for _, _, expr in cases]
-        lines = ["def _mask_head(h: int, i, j, n: int):",
+        bodies = [mask_expr(expr, "i", "j", self.table, hash_fn="random_pick", select=SELECT_HOST)
+                  for _, _, expr in cases]
+        sel = ", sel=None" if self.selected else ""
+        lines = [f"def _mask_head(h: int, i, j, n: int{sel}):",
                  '    """Allowed (i, j) pairs of head h, from the same printed formula as the kernels."""']
         text = "\n".join(bodies)
         if any(uses_name(text, v) for v in self.table.names.values()):
@@ -113,12 +123,35 @@ class HostEmitter:
         lines.append(f"    return ({bodies[-1]}) & (i >= 0) & (j >= 0)  # heads {cases[-1][0]}..{last}")
         return "\n".join(lines)
 
+    def candidates(self) -> Optional[str]:
+        """`_select_candidates(a0, a1, b0, b1, n)` for a pattern with `select(...)`: whether selecting
+        key block [b0, b1] for query block [a0, a1] can add a pair (the indexer's candidates; any
+        head's, for a per-head pattern).  On index tensors that broadcast."""
+        if not self.selected:
+            return None
+        from patternc import scalar as S
+        from patternc.lower import to_terms
+        from patternc.ranges import Args, select_candidates
+
+        rule = S.any_of([select_candidates(to_terms(e), Args(self.table)) for _, _, e in head_cases(self.pattern)
+                         if ir.has_select(e)])
+        body = S.python(rule)
+        lines = ["def _select_candidates(a0, a1, b0, b1, n: int):",
+                 '    """Whether selecting key block [b0, b1] for query block [a0, a1] can add a pair: a selected term',
+                 '    meets it and no static term covers it (select_blocks spends no slot elsewhere)."""']
+        if any(uses_name(body, v) for v in self.table.names.values()):
+            lines.append("    A = _length_args(n)")
+            lines += bind_args(body, self.table, "A")
+        return "\n".join(lines + [f"    return {body}"])
+
     def functions(self, extra: list) -> str:
         """_length_args, _check_length and _mask_head, then `extra` (more host functions that may name
         arguments); `_isqrt` first where any of them uses it.  Call after printing every mask and
         kernel, so the table is complete."""
         mask = self.mask_head()
-        parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + extra
+        cand = self.candidates()
+        parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + \
+            ([cand] if cand else []) + extra
         if any("_isqrt(" in p for p in parts):
             parts.insert(0, ISQRT_SOURCE)
         return "\n\n\n".join(parts)
@@ -130,8 +163,8 @@ class HostEmitter:
                           f"NUM_HEADS = {p.num_heads!r}  # None: the same pattern for every head",
                           f"IS_CAUSAL = {is_causal(p.expr)!r}  # no query attends a later key"])
 
-    def spec(self, backend: str, cases: str = "", schedule: str = "") -> str:
-        """`SPEC = Spec(...)`: the pattern as data for the runtime."""
+    def spec(self, backend: str, cases: str = "", schedule: str = "", more: tuple = ()) -> str:
+        """`SPEC = Spec(...)`: the pattern as data for the runtime (`more`: further `field=value` items)."""
         p = self.pattern
         lines = ["SPEC = Spec(",
                  f"    name=PATTERN_NAME, source=PATTERN, namespace={('patternc_' + p.hash + '_' + backend)!r},",
@@ -139,10 +172,15 @@ class HostEmitter:
                  "    length_args=_length_args, check_length=_check_length, mask_head=_mask_head,"]
         if self.table.names:
             lines.append(f"    arg_names={tuple(self.table.names.values())!r},")
+        found = ir.selects(p.expr)
+        if found:  # (k, block, qblock): the run-time selection's shape; the indexer's candidates
+            lines.append(f"    select={tuple(e.value for e in ir.int_args(found[0]))!r}, "
+                         "select_candidates=_select_candidates,")
         if cases:
             lines.append(f"    cases={cases},")
         if schedule:
             lines.append(f"    schedule={schedule},")
+        lines += [f"    {x}," for x in more]
         lines.append(")")
         return "\n".join(lines)
 
@@ -162,16 +200,21 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
     return "\n".join(lines)
 
 
-def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")) -> str:
+def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows"), selected: bool = False) -> str:
+    """The binding and the module's public names; a pattern with `select(...)` also exports
+    `select_blocks` (its fused indexer) and `Selection`."""
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
              '_bound = bind(SPEC, "flex", make_mask_mod)']
-    lines += [f"{name} = _bound.{name}" for name in exports]
+    lines += [f"{name} = _bound.{name}" for name in exports + (("select_blocks", "Selection") if selected else ())]
     return "\n".join(lines)
 
 
 def random_imports(text: str) -> Optional[str]:
     names = [x for x in ("random_block", "random_mask", "random_pick", "random_picked") if uses_name(text, x)]
-    return f"from patternc.runtime.random_blocks import {', '.join(names)}" if names else None
+    lines = [f"from patternc.runtime.random_blocks import {', '.join(names)}"] if names else []
+    if uses_name(text, "select_pairs"):
+        lines.append("from patternc.runtime.selection import select_pairs")
+    return "\n".join(lines) or None
 
 
 def describe_formula(expr) -> str:

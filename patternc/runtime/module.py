@@ -21,6 +21,9 @@ from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
 from .triton_path import TritonPath
 from .jit import HAVE_TRITON
+from .select_index import select_blocks
+from .selected_attention import register_selected_ops, selected_attention
+from .selection import Selection
 from .spec import Spec
 from .validate import check_length, check_qkv, check_scale
 from .walk import walk_backward, walk_forward
@@ -50,6 +53,9 @@ class Compiled:
             self.triton = TritonPath(spec)
         self.flex = FlexPath(make_mask_mod, spec.num_heads) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
+        # a pattern with select(...): calls take blocks= (runtime.selected_attention)
+        self.selected_op = register_selected_ops(self) if backend == "triton" and spec.select else None
+        self.Selection = Selection
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -74,7 +80,18 @@ class Compiled:
         n = check_length(n, self.spec.check_length)
         return self.flex.block_mask(n, device_key(device), int(BLOCK_SIZE))
 
+    # ---- run-time selection (patterns with select(...)) ---------------------------------------
+
+    def select_blocks(self, q_index: torch.Tensor, k_index: torch.Tensor, *, weights=None) -> Selection:
+        """The pattern's fused indexer: for every query block, the k key blocks of highest score
+        among those the outer terms allow and the static terms do not cover (runtime.select_index)."""
+        return select_blocks(self.spec, q_index, k_index, weights=weights)
+
     # ---- attention ---------------------------------------------------------------------------
+
+    def uses_kernels(self, q) -> bool:
+        """Whether this call runs the Triton kernels (else the exact PyTorch walk)."""
+        return self.triton is not None and _kernels_run_on(q)
 
     def forward(self, q, k, v, scale: float):
         """(out, lse) without autograd: the backend's computation."""
@@ -93,9 +110,15 @@ class Compiled:
         return walk_backward(self.spec, do, q, k, v, o, lse, scale)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
-                  return_lse: bool = False):
+                  return_lse: bool = False, *, blocks=None, return_block_mass: bool = False):
+        """(B, Hq, n, D) attention; with return_lse also the log-sum-exp (B, Hq, n).  A pattern with
+        select(...) takes `blocks` (an int32 tensor (B, Hs, ceil(n / qblock), k) or a Selection)
+        and, with return_block_mass, also returns each selected block's probability mass
+        (B, Hq, ceil(n / qblock), k): out, then lse if asked, then the mass."""
         check_qkv(q, k, v, self.spec.num_heads, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
+        if self.spec.select is not None or blocks is not None or return_block_mass:
+            return selected_attention(self, q, k, v, scale, blocks, return_lse, return_block_mass)
         if self.backend != "triton":  # dense and FlexAttention: differentiable as they are
             out, lse = self.forward(q, k, v, scale)
         elif torch.compiler.is_compiling():

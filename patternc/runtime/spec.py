@@ -54,6 +54,7 @@ class Schedule:
     bwd_tiles: dict  # D bucket (64, 128) -> dq and dk/dv tiles, warps and stages
     fused_dq: bool  # the dk/dv kernel adds dq atomically (no dq kernel)
     random_block: Optional[int] = None  # tiles must divide it when the pattern has random blocks
+    select_blocks: Optional[tuple] = None  # (block, qblock): key tiles divide block, query tiles qblock
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,7 @@ class Spec:
     cases: tuple = ()
     schedule: Optional[Schedule] = None  # None: no Triton kernels (reference and flex backends)
     arg_names: tuple = field(default=())  # the kernels' length-dependent argument names
+    select: Optional[tuple] = None  # (k, block, qblock) of the pattern's select(...): calls take blocks=
+    select_candidates: Optional[Callable] = None  # (a0, a1, b0, b1, n) -> may selecting key block [b0, b1]
+                                                   # for query block [a0, a1] add a pair (select_blocks)
+    select_index: object = None  # the Triton indexer kernel (select_blocks on the GPU)
