@@ -186,7 +186,10 @@ class HostEmitter:
 
 
 def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> str:
-    """The module's imports: only what its text uses."""
+    """The module's imports: only what its text uses (and `Selection`, a public name of a module
+    whose pattern has `select(...)`)."""
+    if ir.has_select(pattern.expr):
+        runtime_names = list(runtime_names) + ["Selection"]
     lines = ["from __future__ import annotations", ""]
     if "math." in host:
         lines += ["import math", ""]
@@ -202,10 +205,12 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
 
 def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows"), selected: bool = False) -> str:
     """The binding and the module's public names; a pattern with `select(...)` also exports
-    `select_blocks` (its fused indexer) and `Selection`."""
+    `select_blocks` (its fused indexer) and `block_scores` (the indexer's differentiable scores);
+    it imports `Selection` from the runtime (`imports`)."""
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
              '_bound = bind(SPEC, "flex", make_mask_mod)']
-    lines += [f"{name} = _bound.{name}" for name in exports + (("select_blocks", "Selection") if selected else ())]
+    exports += ("select_blocks", "block_scores") if selected else ()
+    lines += [f"{name} = _bound.{name}" for name in exports]
     return "\n".join(lines)
 
 

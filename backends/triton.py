@@ -163,7 +163,7 @@ class _Emitter:
         K, BLK, QBLK = self.K, self.BLK, self.QBLK
         if p.space.kind == "diag":
             i, j = ("i[:, None]", "j[None, :]") if q else ("i[None, :]", "j[:, None]")
-            return f"select_pairs(sel_head, {i}, {j}, NQB, {QBLK}, {BLK}, {K})"
+            return f"select_hits(sel_head, {i}, {j}, NQB, {QBLK}, {BLK}, {K})"
         if q:
             return f"select_keys(selu, j, {BLK})[None, :]"
         return f"select_keys(select_row(sel_head, a0 // {QBLK}, {K}, {self.KPAD}), j, {BLK})[:, None]"
@@ -770,7 +770,7 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 `patternc compile --standalone` writes a module with the runtime included.
 """
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
-SELECT_TILES = ("fwd_tile_sel", "select_keys", "select_pairs", "select_row")
+SELECT_TILES = ("fwd_tile_sel", "select_hits", "select_keys", "select_row")
 
 
 def _index_kernel(e: _Emitter, host: HostEmitter) -> list:
@@ -826,7 +826,7 @@ def _index_kernel(e: _Emitter, host: HostEmitter) -> list:
         "            worst = tl.min(best_v, 0)",
         "            wi = tl.max(tl.where(best_v == worst, best_i, -1), 0)",
         "            take = (m > float('-inf')) & ((m > worst) | ((m == worst) & (mi < wi)))",
-        "            hit = (best_v == worst) & (best_i == wi) & take",
+        "            hit = tl.where(take, (best_v == worst) & (best_i == wi), False)",
         "            best_v = tl.where(hit, m, best_v)",
         "            best_i = tl.where(hit, mi, best_i)",
         "            score = tl.where(kbs == mi, float('-inf'), score)",

@@ -365,11 +365,15 @@ def _meets(t: Term, arg: Args) -> S.Expr:
 
 def _covers(static: Term, sel: Term, arg: Args) -> S.Expr:
     """Every pair of `sel` in the rectangle is a pair of `static` (provably; False where unsure):
-    the differences i - j that sel's band leaves in the rectangle lie in static's band, and
-    static's row and key ranges hold the whole rectangle."""
-    if static.filters or static.blocks or static.diag or static.keymods or static.picked:
+    the differences i - j that sel's band leaves in the rectangle lie in static's band, static's
+    row and key ranges hold the whole rectangle, and its blocks hold it in one block."""
+    if static.filters or static.diag or static.keymods or static.picked:
         return S.FALSE
     conds = []
+    for bs in static.blocks:  # the rectangle's rows and keys all in one block of bs
+        blk = arg(bs)
+        qa, qb, ka, kb = (S.div(x, blk) for x in (A0, A1, B0, B1))
+        conds += [S.le(qb, qa), S.le(kb, ka), S.le(qa, ka), S.le(ka, qa)]
     if static.lo is not None:  # lo_s <= max(a0 - b1, lo_t)
         lo_s = arg(static.lo)
         conds.append(S.any_of([S.le(lo_s, S.sub(A0, B1))] + ([S.le(lo_s, arg(sel.lo))] if sel.lo is not None else [])))

@@ -21,8 +21,9 @@ from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
 from .triton_path import TritonPath
 from .jit import HAVE_TRITON
-from .select_index import select_blocks
-from .selected_attention import register_selected_ops, selected_attention
+from .select_index import index_blocks, index_scores
+from .selected_attention import check_selection_args, register_selected_ops, selected_attention
+from .selected_paths import selected_masks
 from .selection import Selection
 from .spec import Spec
 from .validate import check_length, check_qkv, check_scale
@@ -55,7 +56,6 @@ class Compiled:
         self._op = _register_ops(self) if backend == "triton" else None
         # a pattern with select(...): calls take blocks= (runtime.selected_attention)
         self.selected_op = register_selected_ops(self) if backend == "triton" and spec.select else None
-        self.Selection = Selection
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -66,10 +66,15 @@ class Compiled:
         return torch.stack([torch.broadcast_to(self.spec.mask_head(h, i, j, n), (i.shape[0], j.shape[-1]))
                             for h in range(H)])
 
-    def mask(self, n: int, device=None) -> torch.Tensor:
+    def mask(self, n: int, device=None, blocks=None) -> torch.Tensor:
         """The dense boolean mask, True where query i may attend key j: (n, n), or (NUM_HEADS, n, n)
-        for a per-head pattern."""
+        for a per-head pattern.  A pattern with select(...) needs its selection: blocks (B, Hs,
+        ceil(n / qblock), k) gives (B, Hs, n, n), or (B, NUM_HEADS, n, n) for a per-head pattern."""
         n = check_length(n, self.spec.check_length)
+        if self.spec.select is not None or blocks is not None:
+            check_selection_args(self.spec, blocks, False)
+            t = blocks.blocks if isinstance(blocks, Selection) else blocks
+            return selected_masks(self.spec, n, self.spec.num_heads or t.shape[1], t.to(device))
         m = head_masks(self.spec, n, self.spec.num_heads or 1, device)
         return m[0] if self.spec.num_heads is None else m
 
@@ -85,7 +90,12 @@ class Compiled:
     def select_blocks(self, q_index: torch.Tensor, k_index: torch.Tensor, *, weights=None) -> Selection:
         """The pattern's fused indexer: for every query block, the k key blocks of highest score
         among those the outer terms allow and the static terms do not cover (runtime.select_index)."""
-        return select_blocks(self.spec, q_index, k_index, weights=weights)
+        return index_blocks(self.spec, q_index, k_index, weights=weights)
+
+    def block_scores(self, q_index: torch.Tensor, k_index: torch.Tensor, blocks, *, weights=None) -> torch.Tensor:
+        """The indexer's score of each listed block, differentiable (runtime.select_index.index_scores):
+        train it towards the block mass of attention(..., return_block_mass=True)."""
+        return index_scores(self.spec, q_index, k_index, blocks, weights=weights)
 
     # ---- attention ---------------------------------------------------------------------------
 

@@ -47,36 +47,36 @@ INDEX_KEYS = 64  # key blocks per step of the Triton indexer
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_index(spec: Spec, q_index, k_index, weights) -> tuple:
+def _check_index(spec: Spec, q_index, k_index, weights, what: str = "select_blocks") -> tuple:
     """(B, Hi, n, Di, Hs) of valid indexer inputs; one clear error otherwise."""
     if spec.select is None:
-        raise ValueError(f"select_blocks: pattern {spec.name!r} has no select(...)")
-    for what, t in (("q_index", q_index), ("k_index", k_index)):
+        raise ValueError(f"{what}: pattern {spec.name!r} has no select(...)")
+    for name, t in (("q_index", q_index), ("k_index", k_index)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"select_blocks: {what} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"select_blocks: {what} must be a floating tensor (float16, bfloat16, float32 or "
+            raise TypeError(f"{what}: {name} must be a floating tensor (float16, bfloat16, float32 or "
                             f"float64), got {t.dtype}")
     if q_index.dim() != 4:
-        raise ValueError(f"select_blocks: q_index must have shape (B, Hi, n, Di), got {tuple(q_index.shape)}")
+        raise ValueError(f"{what}: q_index must have shape (B, Hi, n, Di), got {tuple(q_index.shape)}")
     B, Hi, n, Di = q_index.shape
     if k_index.dim() not in (3, 4) or k_index.shape[0] != B or k_index.shape[-2] != n or k_index.shape[-1] != Di:
-        raise ValueError(f"select_blocks: k_index must have shape ({B}, {n}, {Di}) or ({B}, Hs, {n}, {Di}) to match "
+        raise ValueError(f"{what}: k_index must have shape ({B}, {n}, {Di}) or ({B}, Hs, {n}, {Di}) to match "
                          f"q_index {tuple(q_index.shape)}, got {tuple(k_index.shape)}")
     Hs = 1 if k_index.dim() == 3 else k_index.shape[1]
     if Hs < 1 or Hi % Hs:
-        raise ValueError(f"select_blocks: indexer query heads ({Hi}) must be a multiple of the key heads ({Hs})")
+        raise ValueError(f"{what}: indexer query heads ({Hi}) must be a multiple of the key heads ({Hs})")
     if k_index.device != q_index.device or k_index.dtype != q_index.dtype:
-        raise ValueError(f"select_blocks: q_index and k_index must share one device and dtype, got "
+        raise ValueError(f"{what}: q_index and k_index must share one device and dtype, got "
                          f"{q_index.device}/{q_index.dtype} and {k_index.device}/{k_index.dtype}")
     if n == 0 or B == 0 or Di == 0 or Hi == 0:
-        raise ValueError(f"select_blocks: empty input, q_index has shape {tuple(q_index.shape)}")
+        raise ValueError(f"{what}: empty input, q_index has shape {tuple(q_index.shape)}")
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or weights.device != q_index.device:
-            raise TypeError(f"select_blocks: weights must be a tensor on {q_index.device} of shape ({Hi},) or "
+            raise TypeError(f"{what}: weights must be a tensor on {q_index.device} of shape ({Hi},) or "
                             f"({B}, {Hi}, {n}), or None")
         if tuple(weights.shape) not in ((Hi,), (B, Hi, n)):
-            raise ValueError(f"select_blocks: weights must have shape ({Hi},) or ({B}, {Hi}, {n}), "
+            raise ValueError(f"{what}: weights must have shape ({Hi},) or ({B}, {Hi}, {n}), "
                              f"got {tuple(weights.shape)}")
     spec.check_length(n)
     return B, Hi, n, Di, Hs
@@ -103,7 +103,7 @@ def _candidates(spec: Spec, n: int, qb0: int, qb1: int, kb0: int, kb1: int, devi
     return torch.broadcast_to(torch.as_tensor(got, device=device), (qb1 - qb0, kb1 - kb0))
 
 
-def _merge(best_v, best_i, vals, idx, k: int) -> tuple:
+def _keep_best(best_v, best_i, vals, idx, k: int) -> tuple:
     """The k best of both, ties to the lower block index (two stable sorts)."""
     v = torch.cat([best_v, vals], -1)
     i = torch.cat([best_i, idx], -1)
@@ -142,11 +142,12 @@ def topk_blocks(spec: Spec, q_index, keys, weights: Optional[torch.Tensor]) -> t
             ok = _candidates(spec, n, q0, q1, k0, k1, dev)
             score = torch.where(ok, score, torch.full((), float("-inf"), dtype=ct, device=dev))
             idx = torch.arange(k0, k1, device=dev).expand(B, Hs, q1 - q0, k1 - k0)
-            best_v[:, :, q0:q1], best_i[:, :, q0:q1] = _merge(best_v[:, :, q0:q1], best_i[:, :, q0:q1], score, idx, K)
+            kept = _keep_best(best_v[:, :, q0:q1], best_i[:, :, q0:q1], score, idx, K)
+            best_v[:, :, q0:q1], best_i[:, :, q0:q1] = kept
     return torch.where(best_v > float("-inf"), best_i, -1).to(torch.int32)
 
 
-def select_blocks(spec: Spec, q_index: torch.Tensor, k_index: torch.Tensor, *,
+def index_blocks(spec: Spec, q_index: torch.Tensor, k_index: torch.Tensor, *,
                   weights: Optional[torch.Tensor] = None) -> Selection:
     """The k key blocks of highest score for every query block (module doc), as a Selection that
     every layer using this pattern may share.  No gradient flows through the choice; train the
@@ -159,6 +160,38 @@ def select_blocks(spec: Spec, q_index: torch.Tensor, k_index: torch.Tensor, *,
         else:
             blocks = topk_blocks(spec, q_index, keys, weights)
     return Selection(blocks)
+
+
+def index_scores(spec: Spec, q_index: torch.Tensor, k_index: torch.Tensor, blocks, *,
+                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The score of every listed block (module doc), differentiable: (B, Hs, query blocks, k),
+    -inf in empty slots.  What an indexer is trained with: a KL (or cross-entropy) between the
+    softmax of these scores and the normalised block mass that attention(..., blocks=...,
+    return_block_mass=True) gives for the same slots (summed over the query heads a selection
+    head serves), as DSA trains its lightning indexer."""
+    B, Hi, n, Di, Hs = _check_index(spec, q_index, k_index, weights, "block_scores")
+    t = blocks.blocks if isinstance(blocks, Selection) else blocks
+    _, block, qblock = spec.select
+    nqb = -(-n // qblock)
+    if not isinstance(t, torch.Tensor) or tuple(t.shape[:3]) != (B, Hs, nqb) or t.dim() != 4:
+        raise ValueError(f"block_scores: blocks must have shape ({B}, {Hs}, {nqb}, k) to match the indexer inputs, "
+                         f"got {tuple(getattr(t, 'shape', ()))}")
+    keys = k_index[:, None] if k_index.dim() == 3 else k_index
+    per = Hi // Hs
+    means = block_means(keys, block, q_index.dtype if q_index.dtype == torch.float64 else torch.float32)
+    listed = t.to(torch.int64)
+    picked = means.gather(2, listed.clamp(min=0).flatten(2)[..., None].expand(-1, -1, -1, Di))
+    picked = picked.view(B, Hs, nqb, t.shape[3], Di).repeat_interleave(per, 1)  # (B, Hi, nqb, k, Di)
+    rows = q_index.new_zeros((B, Hi, nqb * qblock, Di), dtype=means.dtype)
+    rows[:, :, :n] = q_index.to(means.dtype)
+    s = torch.relu(torch.einsum("bhqrd,bhqkd->bhqrk", rows.view(B, Hi, nqb, qblock, Di), picked))
+    if weights is not None:
+        w = weights.to(means.dtype)
+        w = w[None, :, None, None] if w.dim() == 1 else \
+            torch.nn.functional.pad(w, (0, nqb * qblock - n)).view(B, Hi, nqb, qblock)
+        s = s * w[..., None]
+    score = s.sum(3).view(B, Hs, per, nqb, -1).sum(2)
+    return torch.where(listed >= 0, score, torch.full((), float("-inf"), dtype=score.dtype, device=score.device))
 
 
 def launch_index(spec: Spec, q_index, keys, weights: Optional[torch.Tensor]) -> torch.Tensor:
@@ -178,7 +211,7 @@ def launch_index(spec: Spec, q_index, keys, weights: Optional[torch.Tensor]) -> 
     A = spec.length_args(n)
     kpad = max(16, 1 << (K - 1).bit_length())
     spec.select_index[(nqb, B * Hs)](
-        q, means, w, out, n, nkb, Hs, **A,
+        QI=q, KM=means, W=w, OUT=out, n=n, NKB=nkb, HS=Hs, **A,
         HI=Hi, PER=Hi // Hs, DI=Di, BDI=max(16, 1 << (Di - 1).bit_length()), QBLK=qblock, BLK=block, K=K,
         KPAD=kpad, BKB=INDEX_KEYS, W_MODE=w_mode, num_warps=4)
     return out

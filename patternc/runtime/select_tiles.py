@@ -4,7 +4,7 @@ A query tile lies inside one query block (its tiles divide qblock), so the forwa
 kernels load that block's selection once (`select_row`: k entries, a repeated block and empty
 slots read -1) and ask per key tile which keys are in a listed block (`select_keys`).  The
 dk/dv kernel asks per query tile; residue-class passes, whose tiles mix query blocks, ask per
-pair (`select_pairs`).  `fwd_tile_sel` is the forward's tile step with the block mass: a
+pair (`select_hits`).  `fwd_tile_sel` is the forward's tile step with the block mass: a
 (rows x slots) accumulator rescaled with the online softmax like the output, so the mass comes
 from the same pass.
 """
@@ -31,7 +31,7 @@ def select_keys(row, j, BLK: tl.constexpr):
 
 
 @triton.jit
-def select_pairs(sel_head, i, j, NQB, QBLK: tl.constexpr, BLK: tl.constexpr, K: tl.constexpr):
+def select_hits(sel_head, i, j, NQB, QBLK: tl.constexpr, BLK: tl.constexpr, K: tl.constexpr):
     """Per pair (i and j broadcast): does i's query block list j's key block?  For tiles whose
     rows lie in several query blocks (residue classes): K loads per row."""
     qb = i // QBLK
