@@ -51,7 +51,7 @@ def reference(src: str, q, k, v, blocks: torch.Tensor, scale: float):
     K, b, qb = (e.value for e in ir.int_args(atom))
     e = p.at(n)
     keep = torch.stack([torch.stack([semantics.dense_mask(e, n, head=h, selection=blocks[z, h // (H // Hs)].long())
-                                     for h in range(H)]) for z in range(B)])
+                                     for h in range(H)]) for z in range(B)]).to(q.device)
     group = H // k.shape[1]
     s = q.double() @ k.double().repeat_interleave(group, 1).transpose(-1, -2) * scale
     s = s.masked_fill(~keep, -math.inf)
