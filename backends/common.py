@@ -211,6 +211,8 @@ def bind_lines(backend: str, exports: tuple = ("attention", "mask", "mask_rows")
              '_bound = bind(SPEC, "flex", make_mask_mod)']
     exports += ("select_blocks", "block_scores") if selected else ()
     lines += [f"{name} = _bound.{name}" for name in exports]
+    if selected:  # Selection is imported for users of the module: a re-export
+        lines.append(f"__all__ = {list(exports + ('Selection', 'PATTERN', 'PATTERN_NAME', 'NUM_HEADS', 'IS_CAUSAL'))!r}")
     return "\n".join(lines)
 
 

@@ -135,7 +135,7 @@ def test_select_model_indexer_learns_where_attention_looks():
     """examples/select_model.py, short: the indexer trained on the block mass finds more of the true
     top-mass blocks than it did at the start (as a subprocess: the example runs as users run it)."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", TRITON_INTERPRET="0")
-    r = subprocess.run([sys.executable, str(EXAMPLES / "select_model.py"), "--steps", 40], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, str(EXAMPLES / "select_model.py"), "--steps", "40"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     got = [float(x) for x in re.findall(r"overlap with the true top-2 mass blocks (\S+)", r.stdout)]
