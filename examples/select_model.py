@@ -106,7 +106,7 @@ def overlap(pred: torch.Tensor, mass_all: torch.Tensor, cand: torch.Tensor, k: i
     return hit / max(total, 1)
 
 
-def run(steps: int = 120, n: int = 256, batch: int = 4, dim: int = 32, heads: int = 2, k: int = 2,
+def run(steps: int = 200, n: int = 256, batch: int = 4, dim: int = 32, heads: int = 2, k: int = 2,
         lr: float = 3e-2, device: str = "cpu", seed: int = 0, every: int = 20, quiet: bool = False) -> list:
     """Train the indexer; returns [(step, overlap)] measured every `every` steps on fresh data."""
     torch.manual_seed(seed)
@@ -161,7 +161,7 @@ def run(steps: int = 120, n: int = 256, batch: int = 4, dim: int = 32, heads: in
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--k", type=int, default=2, help="selected blocks per query block")
