@@ -346,3 +346,18 @@ def test_block_scores_are_the_documented_score_and_differentiable():
             assert torch.isclose(got[0, 0, Q, s], want, atol=1e-12)
     got.masked_fill(~torch.isfinite(got), 0).sum().backward()
     assert torch.isfinite(qi.grad).all() and qi.grad.abs().sum() > 0
+
+
+def test_custom_ops_for_torch_compile():
+    """Under torch.compile the call goes through the pattern's custom ops (the backward rebuilds the
+    inverse from the blocks it is given): same values and gradients as the eager call."""
+    mod = load(NSA)
+    q, k, v = inputs(1, 2, 1, 50, 8, torch.float64)
+    blocks = adversarial_blocks(50, 3, 16, 16, 1, 1)
+    out, lse, mass = mod._bound.selected_op(q, k, v, 0.3, blocks, True)
+    want, want_lse, want_mass = mod.attention(q, k, v, 0.3, return_lse=True, blocks=blocks, return_block_mass=True)
+    assert torch.equal(out, want) and torch.equal(mass, want_mass)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(want.sum(), (q, k, v))))
+    compiled = torch.compile(lambda q, k, v: mod.attention(q, k, v, blocks=Selection(blocks)), backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), mod.attention(q, k, v, blocks=blocks), rtol=0, atol=0)

@@ -83,11 +83,6 @@ def selection_inverse(blocks: torch.Tensor, nkb: int) -> tuple:
     return offsets, (code % nqb).to(torch.int32)
 
 
-def selection_heads(Hq: int, Hkv: int, Hs: int) -> int:
-    """Query heads per selection head, for Hs in (1, Hkv, Hq)."""
-    return Hq // Hs
-
-
 def check_blocks(blocks, q: torch.Tensor, k: torch.Tensor, select: tuple, name: str) -> Selection:
     """`blocks` (a tensor or a Selection) checked against q (B, Hq, n, D), k (B, Hkv, n, D) and the
     pattern's (k, block, qblock); the Selection to use.  One clear error per bad input."""
