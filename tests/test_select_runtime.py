@@ -72,7 +72,7 @@ def reference(src: str, q, k, v, blocks: torch.Tensor, scale: float):
                 for s_ in range(K):
                     kb = int(blocks[z, h // (H // Hs), Q, s_])
                     if 0 <= kb < nkb and kb not in seen:
-                        mass[z, h, Q, s_] = pr[z, h, Q * qb:(Q + 1) * qb, kb * b:(kb + 1) * b].sum()
+                        mass[z, h, Q, s_] = pr[z, h, Q * qb:(Q + 1) * qb, kb * b:(kb + 1) * b].sum().item()
                     seen.add(kb)
     return out, lse, mass
 
