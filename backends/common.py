@@ -18,6 +18,8 @@ from patternc.printer import ArgTable, checks_function, formula, lengths_ok_func
 
 MAX_IR_CHARS = 1500  # longer normal forms are cut in the header; the hash still identifies them
 WIDTH = 110  # generated lines are broken before this many characters
+# How host code asks about a `select` atom: `sel` is one batch element's and head's blocks
+SELECT_HOST = "select_pairs({i}, {j}, sel, {qb}, {b})"
 
 ISQRT_SOURCE = '''\
 def _isqrt(x: int) -> int:
@@ -106,11 +108,19 @@ class HostEmitter:
         """A pattern argument in host code: a literal, or the name of a length-dependent one."""
         return str(e.value) if isinstance(e, Const) else repr(self.table(e))
 
+    @property
+    def selected(self) -> bool:
+        """Whether the pattern has `select(...)`: its mask functions then take `sel=`."""
+        return ir.has_select(self.pattern.expr)
+
     def mask_head(self) -> str:
-        """`_mask_head(h, i, j, n)`: the whole pattern of head h, on index tensors."""
+        """`_mask_head(h, i, j, n)`: the whole pattern of head h, on index tensors (with `select`:
+        also `sel`, that head's blocks for one batch element)."""
         cases = head_cases(self.pattern)
-        bodies = [mask_expr(expr, "i", "j", self.table, hash_fn="random_pick") for _, _, expr in cases]
-        lines = ["def _mask_head(h: int, i, j, n: int):",
+        bodies = [mask_expr(expr, "i", "j", self.table, hash_fn="random_pick", select=SELECT_HOST)
+                  for _, _, expr in cases]
+        sel = ", sel=None" if self.selected else ""
+        lines = [f"def _mask_head(h: int, i, j, n: int{sel}):",
                  '    """Allowed (i, j) pairs of head h, from the same printed formula as the kernels."""']
         text = "\n".join(bodies)
         if any(uses_name(text, v) for v in self.table.names.values()):
@@ -126,12 +136,35 @@ class HostEmitter:
         lines.append(f"    return ({bodies[-1]}) & (i >= 0) & (j >= 0)  # heads {cases[-1][0]}..{last}")
         return "\n".join(lines)
 
+    def candidates(self) -> Optional[str]:
+        """`_select_candidates(a0, a1, b0, b1, n)` for a pattern with `select(...)`: whether selecting
+        key block [b0, b1] for query block [a0, a1] can add a pair (the indexer's candidates; any
+        head's, for a per-head pattern).  On index tensors that broadcast."""
+        if not self.selected:
+            return None
+        from patternc import scalar as S
+        from patternc.lower import to_terms
+        from patternc.ranges import Args, select_candidates
+
+        rule = S.any_of([select_candidates(to_terms(e), Args(self.table)) for _, _, e in head_cases(self.pattern)
+                         if ir.has_select(e)])
+        body = S.python(rule)
+        lines = ["def _select_candidates(a0, a1, b0, b1, n: int):",
+                 '    """Whether selecting key block [b0, b1] for query block [a0, a1] can add a pair: a selected term',
+                 '    meets it and no static term covers it (select_blocks spends no slot elsewhere)."""']
+        if any(uses_name(body, v) for v in self.table.names.values()):
+            lines.append("    A = _length_args(n)")
+            lines += bind_args(body, self.table, "A")
+        return "\n".join(lines + [f"    return {body}"])
+
     def functions(self, extra: list) -> str:
         """_length_args, _check_length and _mask_head, then `extra` (more host functions that may name
         arguments); `_isqrt` first where any of them uses it.  Call after printing every mask and
         kernel, so the table is complete."""
         mask = self.mask_head()
-        parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + extra
+        cand = self.candidates()
+        parts = [self.table.host_function(), checks_function(self.pattern, self.table), mask] + \
+            ([cand] if cand else []) + extra
         lengths_ok = lengths_ok_function(self.pattern)
         if lengths_ok is not None:
             parts.insert(2, lengths_ok)
@@ -146,8 +179,8 @@ class HostEmitter:
                           f"NUM_HEADS = {p.num_heads!r}  # None: the same pattern for every head",
                           f"IS_CAUSAL = {is_causal(p.expr)!r}  # no query attends a later key"])
 
-    def spec(self, backend: str, cases: str = "", schedule: str = "") -> str:
-        """`SPEC = Spec(...)`: the pattern as data for the runtime."""
+    def spec(self, backend: str, cases: str = "", schedule: str = "", more: tuple = ()) -> str:
+        """`SPEC = Spec(...)`: the pattern as data for the runtime (`more`: further `field=value` items)."""
         p = self.pattern
         lines = ["SPEC = Spec(",
                  f"    name=PATTERN_NAME, source=PATTERN, namespace={('patternc_' + p.hash + '_' + backend)!r},",
@@ -160,16 +193,24 @@ class HostEmitter:
             lines.append(f"    cache_layout=({layout.fixed}, {layout.window}),  # fixed slots, ring window")
         if p.checks:
             lines.append("    lengths_ok=_lengths_ok,")
+        found = ir.selects(p.expr)
+        if found:  # (k, block, qblock): the run-time selection's shape; the indexer's candidates
+            lines.append(f"    select={tuple(e.value for e in ir.int_args(found[0]))!r}, "
+                         "select_candidates=_select_candidates,")
         if cases:
             lines.append(f"    cases={cases},")
         if schedule:
             lines.append(f"    schedule={schedule},")
+        lines += [f"    {x}," for x in more]
         lines.append(")")
         return "\n".join(lines)
 
 
 def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> str:
-    """The module's imports: only what its text uses."""
+    """The module's imports: only what its text uses (and `Selection`, a public name of a module
+    whose pattern has `select(...)`)."""
+    if ir.has_select(pattern.expr):
+        runtime_names = list(runtime_names) + ["Selection"]
     lines = ["from __future__ import annotations", ""]
     if "math." in host:
         lines += ["import math", ""]
@@ -190,10 +231,16 @@ CP_EXPORTS = ("cp_positions", "context_parallel_attention")  # context paralleli
 EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows") + CP_EXPORTS  # every backend's public functions
 
 
-def bind_lines(backend: str, exports: tuple = EXPORTS) -> str:
+def bind_lines(backend: str, exports: tuple = EXPORTS, selected: bool = False) -> str:
+    """The binding and the module's public names; a pattern with `select(...)` also exports
+    `select_blocks` (its fused indexer) and `block_scores` (the indexer's differentiable scores);
+    it imports `Selection` from the runtime (`imports`)."""
     lines = [f'_bound = bind(SPEC, "{backend}")' if backend != "flex" else
-             '_bound = bind(SPEC, "flex", make_mask_mod, make_seq_mask_mod)']
+             f'_bound = bind(SPEC, "flex", make_mask_mod{"" if selected else ", make_seq_mask_mod"})']
+    exports += ("select_blocks", "block_scores") if selected else ()
     lines += [f"{name} = _bound.{name}" for name in exports]
+    if selected:  # Selection is imported for users of the module: a re-export
+        lines.append(f"__all__ = {list(exports + ('Selection', 'PATTERN', 'PATTERN_NAME', 'NUM_HEADS', 'IS_CAUSAL'))!r}")
     return "\n".join(lines)
 
 
@@ -206,6 +253,8 @@ def random_imports(text: str) -> Optional[str]:
         used = [x for x in names if uses_name(text, x)]
         if used:
             lines.append(f"from patternc.runtime.{module} import {', '.join(used)}")
+    if uses_name(text, "select_pairs"):
+        lines.append("from patternc.runtime.selection import select_pairs")
     return "\n".join(lines) or None
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from patternc.frontend import Pattern
 from patternc.printer import mask_expr
 
-from .common import (EXPORTS, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header, random_imports,
-                     uses_name)
+from .common import (EXPORTS, SELECT_HOST, HostEmitter, bind_args, bind_lines, head_cases, imports, module_header,
+                     random_imports, uses_name)
 from .walk_text import walk_cases
 
 DESCRIPTION = """\
@@ -41,7 +41,7 @@ computes its part with the walk (FlexAttention takes positions from 0 only).
 def _mask_mod(host: HostEmitter) -> str:
     """`make_mask_mod(n)`: the mask as a closure over this length's arguments."""
     cases = head_cases(host.pattern)
-    bodies = [mask_expr(expr, "i", "j", host.table, hash_fn="random_pick") for _, _, expr in cases]
+    bodies = [mask_expr(expr, "i", "j", host.table, hash_fn="random_pick", select=SELECT_HOST) for _, _, expr in cases]
     if len(cases) == 1:
         ret = [f"        return {bodies[0]}"]
     else:
@@ -51,18 +51,23 @@ def _mask_mod(host: HostEmitter) -> str:
             sel = f"torch.where(h <= {cases[ci][1]}, m{ci}, {sel})"
         ret.append(f"        return {sel}")
     text = "\n".join(bodies)
-    lines = ["def make_mask_mod(n: int):",
+    sel = host.selected
+    lines = ["def make_mask_mod(n: int" + (", blocks=None, group: int = 1):" if sel else "):"),
              '    """A FlexAttention mask_mod for sequence length n: True where query q_idx may attend key',
              '    kv_idx.  Length-dependent pattern arguments are computed here, once; mask_mod reads only',
              "    closure variables (TorchDynamo traces it, and cannot resolve the globals of a module",
-             '    missing from sys.modules)."""',
-             "    _check_length(n)"]
+             '    missing from sys.modules).' + ('  blocks: the run-time selection (B, Hs, query blocks, k);' if sel else '"""')]
+    if sel:
+        lines.append('    query head h reads blocks[b, h // group]."""')
+    lines.append("    _check_length(n)")
     if any(bind_args(text, host.table, "A")):
         lines.append("    A = _length_args(n)")
         lines += bind_args(text, host.table, "A")
-    lines += ["", "    def mask_mod(b, h, q_idx, kv_idx):",
+    lines += (["", "    def mask_mod(b, h, q_idx, kv_idx):",
               "        i = q_idx.to(torch.int64)  # the index arithmetic (and the random hash) must not overflow",
-              "        j = kv_idx.to(torch.int64)"] + ret + ["", "    return mask_mod"]
+              "        j = kv_idx.to(torch.int64)"]
+              + (["        sel = None if blocks is None else blocks[b, h // group]"] if sel else [])
+              + ret + ["", "    return mask_mod"])
     return "\n".join(lines)
 
 
@@ -104,10 +109,11 @@ def emit(pattern: Pattern) -> str:
     host = HostEmitter(pattern)
     mod = _mask_mod(host)
     walks, cases = walk_cases(pattern, host)
-    host_text = host.functions([mod, _seq_mask_mod(host)] + walks)
+    seq = [] if host.selected else [_seq_mask_mod(host)]  # no packing with a run-time selection (runtime.module)
+    host_text = host.functions([mod] + seq + walks)
     head = imports(pattern, host_text, ["Case", "Pass", "Spec", "bind"], kernels=False) + "\n\nimport torch"
     rnd = random_imports(host_text)
     parts = [module_header(pattern, "flex", DESCRIPTION), head + ("\n" + rnd if rnd else ""),
              host.constants(), host_text, host.spec("flex", cases),
-             bind_lines("flex", EXPORTS + ("block_mask",))]
+             bind_lines("flex", EXPORTS + ("block_mask",), selected=host.selected)]
     return "\n\n\n".join(parts).rstrip() + "\n"

@@ -21,10 +21,11 @@ from .walks import computed_pairs
 def kernel_report(pattern: Pattern, n: int, heads: int) -> KernelReport:
     """The Triton kernels' plan and work for `pattern` at length n on `heads` heads (a pattern
     without `heads { ... }` runs the same kernel on each).  The simulation of the visited tiles
-    is skipped beyond limits.TILE_ROWS query tiles."""
-    expr = pattern.at(n)
-    multi = isinstance(expr, ir.Heads)
-    cases = [((c.lo, c.hi), c.expr) for c in expr.cases] if multi else [((0, heads - 1), expr)]
+    is skipped beyond limits.TILE_ROWS query tiles; with `select(...)` it is the static part's
+    (the selected tiles depend on the run-time selection)."""
+    full = pattern.at(n)
+    multi = isinstance(full, ir.Heads)
+    cases = _cases(ir.static_part(full), heads)
     bm, bn = choose_forward_tiles(pattern)
     rows = -(-n // bm)
     if rows <= TILE_ROWS:
@@ -33,10 +34,15 @@ def kernel_report(pattern: Pattern, n: int, heads: int) -> KernelReport:
     else:
         computed = None
         why = f"{rows:,} query tiles of {bm} to simulate > {TILE_ROWS:,} (limits.TILE_ROWS)"
-    plan = tuple((f"heads {lo}..{hi}: " if multi else "") + line for (lo, hi), e in cases
+    plan = tuple((f"heads {lo}..{hi}: " if multi else "") + line for (lo, hi), e in _cases(full, heads)
                  for line in describe_plan(e, n))
     return KernelReport(tile=(bm, bn), computed_pairs=computed, plan=plan,
-                        atomic_dq=any(atomic_dq(lower_plan(e)) for _, e in cases), skipped=why)
+                        atomic_dq=any(atomic_dq(lower_plan(e)) for _, e in _cases(full, heads)), skipped=why)
+
+
+def _cases(expr, heads: int) -> list:
+    """[((first head, last head), expression)] of a pattern at a length."""
+    return [((c.lo, c.hi), c.expr) for c in expr.cases] if isinstance(expr, ir.Heads) else [((0, heads - 1), expr)]
 
 
 def computed_per_length(pattern: Pattern, lengths: list, heads: int) -> tuple:

@@ -40,5 +40,6 @@ def emit(pattern: Pattern) -> str:
     head = imports(pattern, host_text, ["Case", "Pass", "Spec", "bind"], kernels=False)
     rnd = random_imports(host_text)
     parts = [module_header(pattern, "reference", DESCRIPTION), head + ("\n" + rnd if rnd else ""),
-             host.constants(), host_text, host.spec("reference", cases), bind_lines("reference")]
+             host.constants(), host_text, host.spec("reference", cases),
+             bind_lines("reference", selected=host.selected)]
     return "\n\n\n".join(parts).rstrip() + "\n"

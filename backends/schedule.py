@@ -20,7 +20,10 @@ def atomic_dq(pl: Plan) -> bool:
     """Whether the Triton backward adds dq atomically from its dk/dv kernel instead of running a
     dq kernel.  Measured on an H200 (docs/decisions.md: atomic-dq), that is faster only where the dq
     kernel's own walk is the costly part: random blocks, and a residue-class pass beside another
-    pass (Sparse Transformer strided); windows, causal and a lone residue-class pass are slower."""
+    pass (Sparse Transformer strided); windows, causal and a lone residue-class pass are slower.
+    Never with `select(...)`: its backward is promised deterministic (docs/decisions.md: select-backward)."""
+    if pl.select is not None:
+        return False
     return any(any(t.randoms for t in p.terms) for p in pl.passes) or \
         (len(pl.passes) > 1 and any(p.space.kind == "diag" for p in pl.passes))
 
@@ -78,6 +81,9 @@ def choose_forward_tiles(pattern, n: int = REFERENCE_LENGTH) -> tuple:
     (8 warps), while a 128x64 tile step costs 0.9x two 64x64 steps.  So 128-row tiles win
     once a query tile walks many key tiles (causal, wide windows) and lose on short walks
     (local(256), strided): short walks take 64-row tiles."""
+    found = ir.selects(pattern.expr)
+    if found and found[0].qb.value < 128:  # decisions.md: select-tiles (a query tile in one query block)
+        return 64, min(64, found[0].b.value)
     exprs = _head_exprs(pattern, n)
     if exprs is None:  # not valid at the reference length: keep the default shape
         return TILE_CHOICES[0]
@@ -108,7 +114,7 @@ def choose_dkdv_tiles(pattern, n: int = REFERENCE_LENGTH, D: int = 128) -> tuple
         return 64, 128, 8
     plans = [plan(e) for e in exprs]
     terms = [t for pl in plans for ps in pl.passes for t in ps.terms]
-    if any(t.blocks or t.randoms for t in terms) and not any(t.diag for t in terms):
+    if any(t.blocks or t.picked for t in terms) and not any(t.diag for t in terms):
         return (32 if D > 64 and any(t.randoms for t in terms) else 64), 64, 4
     for pl in plans:
         if len(pl.passes) != 1 or pl.passes[0].space.kind != "identity":

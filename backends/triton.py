@@ -16,6 +16,7 @@ import math
 import os
 from typing import Optional
 
+from patternc import ir
 from patternc import scalar as S
 from patternc.frontend import Pattern
 from patternc.intexpr import to_triton
@@ -68,12 +69,18 @@ def _open_mask(keep: str, query_major: bool) -> list:
     return ["if full:  # every pair allowed", f"    keep = tl.full({shape}, 1, tl.int1)", "else:", f"    {keep}"]
 
 
-def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = False, rev: bool = False) -> list:
+def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = False, rev: bool = False,
+              select: bool = False) -> list:
     """The kernel's decorator and def, one parameter group per line (runtime.abi), each with its note."""
     free = abi.unspecialized(kind, split)
     deco = f"@triton.jit(do_not_specialize={list(free)!r})" if free else "@triton.jit"
-    lines = [deco, f"def {name}("]
-    for g in abi.param_groups(kind, split, args, seeded, rev):
+    return [deco, f"def {name}("] + _param_lines(abi.param_groups(kind, split, args, seeded, rev, select)) + ["):"]
+
+
+def _param_lines(groups: tuple) -> list:
+    """One parameter group per line (long groups wrapped), each with its note."""
+    lines = []
+    for g in groups:
         parts = [f"{p.name}: tl.constexpr" if p.constexpr else p.name for p in g.params]
         rows, row = [], "   "
         for part in parts:
@@ -83,7 +90,6 @@ def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = Fal
             row += (" " if row.strip() == "" else ", ") + part
         rows.append(row + ",")
         lines += [r.replace("   , ", "    ") for r in rows[:-1]] + [rows[-1] + f"  # {g.note}"]
-    lines.append("):")
     return lines
 
 
@@ -161,6 +167,11 @@ class _Emitter:
                           else choose_union_walks(pattern, fwd_tiles=self.fwd_tiles))
         self.table = args
         self.arg = Args(args)
+        found = ir.selects(pattern.expr)
+        self.select = found[0] if found else None  # the run-time selection (select_tiles, abi.SELECTED)
+        if self.select is not None:
+            self.K, self.BLK, self.QBLK = (e.value for e in ir.int_args(self.select))
+            self.KPAD = max(16, 1 << (self.K - 1).bit_length())
 
     def mask_args(self, body: str) -> str:
         """The length-dependent arguments a printed mask names, as extra parameters."""
@@ -168,11 +179,47 @@ class _Emitter:
 
     # ---- masks ---------------------------------------------------------------------------
     def mask_fn(self, name: str, expr) -> list:
-        body = mask_expr(expr, "i", "j", self.table, hash_fn="random_mask")
+        """A pass's mask; with `select`, its last argument `sel` says which pairs the run-time
+        selection lists (computed by the caller for its tile: `sel_arg`)."""
+        sel = ir.has_select(expr)
+        body = mask_expr(expr, "i", "j", self.table, hash_fn="random_mask", select="sel" if sel else None)
         return ["@triton.jit",
-                f"def {name}(i, j, n{self.mask_args(body)}):",
+                f"def {name}(i, j, n{self.mask_args(body)}{', sel' if sel else ''}):",
                 f'    """{_doc(formula(expr))}"""',
                 f"    return {body}", "", ""]
+
+    def sel_arg(self, p: Pass, q: bool) -> str:
+        """What a mask's `sel` argument is for one tile of pass p (query-major or not): the listed
+        keys of the tile's query block, loaded once per program (query-major) or per query tile
+        (key-major); per pair in residue classes, whose tiles mix query blocks."""
+        if self.select is None:
+            return ""
+        K, BLK, QBLK = self.K, self.BLK, self.QBLK
+        if p.space.kind == "diag":
+            i, j = ("i[:, None]", "j[None, :]") if q else ("i[None, :]", "j[:, None]")
+            return f"select_hits(sel_head, {i}, {j}, NQB, {QBLK}, {BLK}, {K})"
+        if q:
+            return f"select_keys(selu, j, {BLK})[None, :]"
+        return f"select_keys(select_row(sel_head, a0 // {QBLK}, {K}, {self.KPAD}), j, {BLK})[:, None]"
+
+    def mask_text(self, mask_call: str, p: Pass, q: bool) -> str:
+        """The mask call for one tile of pass p."""
+        i, j = ("i[:, None]", "j[None, :]") if q else ("i[None, :]", "j[:, None]")
+        return mask_call.format(i=i, j=j, sel=self.sel_arg(p, q))
+
+    def select_prologue(self, p: Pass, q: bool) -> list:
+        """Where the selection of this program's head (and query tile) is: after the program ids
+        (query-major) or at the top of the query-head loop (key-major)."""
+        if self.select is None:
+            return []
+        out = ["hs = h // SELG  # the selection head this query head reads",
+               f"sel_head = SEL + (z.to(tl.int64) * HS + hs) * NQB * {self.K}"]
+        if q and p.space.kind != "diag":
+            out.append(f"selu = select_row(sel_head, a0 // {self.QBLK}, {self.K}, {self.KPAD})  "
+                       "# the key blocks this query block lists, each once")
+        if not q:
+            out.append(f"inv_base = INV_OFF + (z.to(tl.int64) * HS + hs) * ((n + {self.BLK - 1}) // {self.BLK})")
+        return out
 
     # ---- loops over tiles --------------------------------------------------------------------
     def loops(self, p: Pass, major: str, mask_call: str, full_call: list, masked_call: list,
@@ -196,12 +243,16 @@ class _Emitter:
         spans: list = []  # (term index, TileRanges) of the interval terms
         never_full: set = set()  # terms whose tiles are never certified full: one masked loop
         randoms: list = []
+        selects: list = []
         for ti, t in enumerate(p.terms):
             tr = query_major(t, space, self.arg) if q else key_major(t, space, self.arg)
             lo, hi = S.name(f"lo{ti}"), S.name(f"hi{ti}")
             out.append(f"# term {ti}: {formula(t.expr())}")
             out.append(f"lo{ti} = {T(tr.lo)}  # first {what} index that can meet this tile")
             out.append(f"hi{ti} = {T(tr.hi)}  # last {what} index")
+            if tr.select is not None:
+                selects.append((ti, t, tr))
+                continue
             if tr.random is not None:
                 randoms.append((ti, t, tr))
                 continue
@@ -230,13 +281,13 @@ class _Emitter:
             for ti, _ in spans:
                 out += [f"{a}{ti}, {b}{ti} = clip({a}{ti}, w_lo, w_hi), clip({b}{ti}, w_lo, w_hi)"
                         for a, b in (("v_lo", "v_hi"), ("f_lo", "f_hi"))]
-        if q and narrow_call is not None and NARROW and len(spans) > 1 and not randoms:
+        if q and narrow_call is not None and NARROW and len(spans) > 1 and not randoms and not selects:
             out += self._narrow_steps(p, spans, mask_call, narrow_call)
         if q:
-            keep = f"keep = {mask_call.format(i='i[:, None]', j='j[None, :]')} & (j < n)[None, :]"
+            keep = f"keep = {self.mask_text(mask_call, p, True)} & (j < n)[None, :]"
             pos = ["b0 = kt * BN", "j = " + T(key_position(space, self.arg, S.add(S.name("b0"), S.name("tl.arange(0, BN)"))))]
         else:
-            keep = f"keep = {mask_call.format(i='i[None, :]', j='j[:, None]')} & (i < n)[None, :]"
+            keep = f"keep = {self.mask_text(mask_call, p, False)} & (i < n)[None, :]"
             pos = ["a0 = at * BM", "i = " + T(query_position(space, self.arg, S.add(S.name("a0"), S.name("tl.arange(0, BM)"))))]
         full_body = pos + full_call
         masked_body = pos + [keep] + masked_call
@@ -263,6 +314,11 @@ class _Emitter:
             body = self._tile_body(p, ti, t, tr, prev, mask_call, full_call, masked_call, query_major_loop=q,
                                    one_loop=one_loop)
             out += self._random_loop(ti, tr, body, q, window)
+        for ti, t, tr in selects:
+            prev = [(k, tr2) for k, tr2 in spans] + [(k, tr2) for k, _, tr2 in randoms + selects if k < ti]
+            body = self._tile_body(p, ti, t, tr, prev, mask_call, full_call, masked_call, query_major_loop=q,
+                                   one_loop=one_loop)
+            out += self._select_loop(ti, tr, body, q, window)
         return out
 
     def _union_walk(self, ids: list, never_full: set, idx: str, full_body: list, masked_body: list, keep: str,
@@ -357,6 +413,36 @@ class _Emitter:
                 "        for at in range(at_first, at_last):"]
         return out + _indent(body, 12)
 
+    def _select_loop(self, ti: int, tr: TileRanges, body: list, q: bool, window: bool) -> list:
+        """The selected term's tiles: query-major, the blocks this query block lists (each once, -1
+        skipped), cut to the term's key range; key-major, the query blocks that listed this key
+        block, from the Selection's key-major inverse (no atomics: this program owns its keys)."""
+        K, BLK, QBLK, KPAD = self.K, self.BLK, self.QBLK, self.KPAD
+        if q:
+            applies = S.all_of([tr.applies, S.le(S.name("klo"), S.name("khi"))])
+            out = [f"for s_it in range(0, {K}):  # term {ti}'s selected key blocks",
+                   f"    kb = tl.sum(tl.where(tl.arange(0, {KPAD}) == s_it, selu, 0), 0)",
+                   f"    klo = tl.maximum(kb * {BLK}, lo{ti})",
+                   f"    khi = tl.minimum(kb * {BLK} + {BLK - 1}, hi{ti})",
+                   "    kt_lo = klo // BN",
+                   f"    kt_hi = tl.where(({T(applies)}) & (kb >= 0), khi // BN + 1, kt_lo)  # -1: an empty slot"]
+            if window:
+                out += ["    kt_lo, kt_hi = clip(kt_lo, w_lo, w_hi), clip(kt_hi, w_lo, w_hi)"]
+            return out + ["    for kt in range(kt_lo, kt_hi):"] + _indent(body, 8)
+        at_applies = S.all_of([tr.applies, S.le(S.name(f"lo{ti}"), S.name(f"hi{ti}"))])
+        out = [f"at_lo{ti} = lo{ti} // BM",
+               f"at_hi{ti} = tl.where({T(at_applies)}, hi{ti} // BM + 1, at_lo{ti})"]
+        if window:
+            out += [f"at_lo{ti}, at_hi{ti} = clip(at_lo{ti}, w_lo, w_hi), clip(at_hi{ti}, w_lo, w_hi)"]
+        return out + [
+            f"kb{ti} = b0 // {BLK}  # BN divides the block: one key block per tile",
+            "# the query blocks that listed this key block, in order (Selection.inverse)",
+            f"for o_it in range(tl.load(inv_base + kb{ti}), tl.load(inv_base + kb{ti} + 1)):",
+            "    qb = tl.load(INV_QB + o_it)",
+            f"    at_first = tl.maximum(qb * ({QBLK} // BM), at_lo{ti})",
+            f"    at_last = tl.minimum((qb + 1) * ({QBLK} // BM), at_hi{ti})",
+            "    for at in range(at_first, at_last):"] + _indent(body, 8)
+
     def _narrow_steps(self, p: Pass, spans: list, mask_call: str, call: list) -> list:
         """One NB-key step (pointer loads) for each term that needs at most NB fixed key columns,
         before the walk, when no other term's key tiles reach those columns (so each allowed
@@ -372,7 +458,7 @@ class _Emitter:
             apart = [f"narrow{ti} = v_hi{ti} > v_lo{ti}"]
             apart += [f"narrow{ti} = narrow{ti} & ((v_hi{k} <= v_lo{k}) | (v_lo{k} > hi{ti} // BN) | "
                       f"(v_hi{k} <= lo{ti} // BN))" for k in others]
-            mask = mask_call.format(i="i[:, None]", j="j[None, :]")
+            mask = self.mask_text(mask_call, p, True)
             out += [f"if {nb} < BN:  # term {ti} needs at most {nb} fixed key columns: a step of its own"]
             out += _indent(apart, 4)
             out += [f"    if narrow{ti}:",
@@ -392,8 +478,13 @@ class _Emitter:
         else:
             lines, idx = ["a0 = at * BM", "a1 = a0 + BM - 1"], "at"
         seen = []
+        x0, x1 = ("b0", "b1") if query_major_loop else ("a0", "a1")
         for si, sr in prev:
-            if sr.random is None:
+            if sr.select is not None:  # the same selection lists this tile's block: term si visited
+                # it iff it applies here and the tile meets si's index range
+                seen.append(T(S.all_of([sr.applies, S.le(S.name(f"lo{si}"), S.name(x1)),
+                                        S.le(S.name(x0), S.name(f"hi{si}"))])))
+            elif sr.random is None:
                 seen.append(f"(({idx} >= v_lo{si}) & ({idx} < v_hi{si}))")
             else:
                 rb = T(self.arg(sr.random.b))
@@ -401,27 +492,26 @@ class _Emitter:
                 picks = f"tl.minimum({T(self.arg(sr.random.r))}, {nk})"
                 # term si visited this tile iff it applies here, picked its block, and the tile
                 # meets si's index range [lo, hi] (which need not start on a tile boundary)
-                x0, x1 = ("b0", "b1") if query_major_loop else ("a0", "a1")
                 cond = S.all_of([sr.applies, S.le(S.name(f"lo{si}"), S.name(x1)), S.le(S.name(x0), S.name(f"hi{si}"))])
                 picked = S.name(f"random_picked(a0 // {rb}, b0 // {rb}, {nk}, {picks}, {seed_key(sr.random.seed)})")
                 seen.append(T(S.all_of([picked, cond])))
         fulls = []
         if p.first:
             for other in p.terms:
-                if other.randoms:
+                if other.picked:
                     continue
                 f = query_major(other, space, self.arg).full
                 if f != S.FALSE:
                     fulls.append(f)
             own = query_major(t, space, self.arg).full  # inside its own loop a random tile is a picked tile
-            if tr.random is not None and own != S.FALSE:
+            if (tr.random is not None or tr.select is not None) and own != S.FALSE:
                 fulls.append(own)
         if query_major_loop:
             pos = "j = " + T(key_position(space, self.arg, S.add(S.name("b0"), S.name("tl.arange(0, BN)"))))
-            keep = f"keep = {mask_call.format(i='i[:, None]', j='j[None, :]')} & (j < n)[None, :]"
+            keep = f"keep = {self.mask_text(mask_call, p, True)} & (j < n)[None, :]"
         else:
             pos = "i = " + T(query_position(space, self.arg, S.add(S.name("a0"), S.name("tl.arange(0, BM)"))))
-            keep = f"keep = {mask_call.format(i='i[None, :]', j='j[:, None]')} & (i < n)[None, :]"
+            keep = f"keep = {self.mask_text(mask_call, p, False)} & (i < n)[None, :]"
         work: list = [pos]
         if fulls:
             cond = S.all_of([S.lt(S.name("a1"), S.name("LQ")), S.lt(S.name("b1"), S.name("L")), S.any_of(fulls)])
@@ -516,8 +606,8 @@ class _Emitter:
         return ["# a split launch writes scratch rows: chunk-major, heavy tiles by rank",
                 f"{pos}_out = {pos} + PARTIAL * ((c_idx - 1) * RS + (r_idx - t_idx) * {tile})"]
 
-    def mask_call(self, name: str, body_args: str) -> str:
-        return f"{name}({{i}}, {{j}}, n{body_args})"
+    def mask_call(self, name: str, body_args: str, selected: bool = False) -> str:
+        return f"{name}({{i}}, {{j}}, n{body_args}" + (", {sel})" if selected else ")")
 
     def fwd_kernel(self, name: str, mask: tuple, p: Pass, more: tuple = (), rev: bool = False,
                    seeded: bool = False) -> list:
@@ -532,10 +622,15 @@ class _Emitter:
             loops += self.fwd_loops(m2, mp)
         ids, win = self.split_lines(p, "q")
         spaces = " then ".join(x.space.describe() for x in (p,) + tuple(mp for _, mp in more))
-        head = signature(name, "fwd", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), seeded, rev)
+        sel = self.select is not None
+        mass = sel and p.space.kind != "diag"
+        head = signature(name, "fwd", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), seeded, rev,
+                         sel)
         head += [f'    """Forward, {spaces}.'] + ([
             "    SEEDED: continue from the earlier passes' float32 state in OI (laid out like O;",
-            '    O may be OI, or the final output in the input dtype)."""'] if seeded else ['    """'])
+            '    O may be OI, or the final output in the input dtype).'] if seeded else []) + ([
+            "    MASS: also the probability each listed key block receives, summed over this tile's rows,",
+            "    into MASSO (accumulated in the online softmax like the output)."] if mass else []) + ['    """']
         tensors = SEQ_TENSORS["fwd"] + ((("OI", "so2"),) if seeded else ())
         body = QUERY_MAJOR_IDS + ids + seq_prologue(self.table, tensors, p.space.kind == "diag" or rev) \
             + self.space_prologue(p.space, "q", rev) \
@@ -543,7 +638,7 @@ class _Emitter:
             "o_base = O + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
         ] + seq_rows("lse_base = LSE + (z.to(tl.int64) * HTOT + h) * NOUT", "lse_base", "LSE + ") + [
             f"q = tile_rows(QD, z, h, a0, r, q_base, i, row_ok, sq2, sq3, offs_d, D, WIDEN, {self.qtma(p)})",
-        ]
+        ] + self.select_prologue(p, True)
         fresh = ["m_i = tl.full([BM], float('-inf'), dtype=tl.float32)",
                  "l_i = tl.zeros([BM], dtype=tl.float32)",
                  "acc = tl.zeros([BM, BD], dtype=tl.float32)"]
@@ -557,6 +652,8 @@ class _Emitter:
                      "else:"] + _indent(fresh, 4)
         else:
             body += fresh
+        if mass:
+            body.append(f"macc = tl.zeros([BM, {self.KPAD}], dtype=tl.float32)  # block mass per row and slot")
         tail = [
             "# epilogue: normalise; rows that saw no key give 0 and lse = -inf",
             "l_safe = tl.where(l_i == 0.0, 1.0, l_i)",
@@ -567,6 +664,14 @@ class _Emitter:
             "tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))",
             "tl.store(lse_base + i_out, lse, mask=row_ok)",
         ]
+        if mass:
+            tail += [
+                "if MASS:  # this tile's rows' probability per listed block (the host sums a query block's tiles)",
+                "    mrow = tl.where(row_ok[:, None], macc / l_safe[:, None], 0.0)",
+                f"    m_base = MASSO + ((z.to(tl.int64) * HTOT + h) * (NQB * ({self.QBLK} // BM)) + t_idx) * {self.K}",
+                f"    slot = tl.arange(0, {self.KPAD})",
+                f"    tl.store(m_base + slot, tl.sum(mrow, 0), mask=slot < {self.K})",
+            ]
         return head + _indent(body + loops + tail, 4) + ["", ""]
 
     def qtma(self, p: Pass) -> str:
@@ -578,9 +683,13 @@ class _Emitter:
     def fwd_loops(self, mask: tuple, p: Pass) -> list:
         args = ["acc", "m_i", "l_i", "q", "KD", "VD", "z", "hk", "b0", "r", "k_base", "v_base", "sk2", "sk3", "sv2",
                 "sv3", "j", "{keep}", "n", "qk_scale", "offs_d", "D", "{masked}", "PREC", "WIDEN", "{tma}"]
+        fn, out = "fwd_tile", "acc, m_i, l_i = "
+        if self.select is not None and p.space.kind != "diag":  # with the block mass (MASS)
+            args = args[:3] + ["macc"] + args[3:21] + ["selu", str(self.BLK)] + args[21:] + ["MASS"]
+            fn, out = "fwd_tile_sel", "acc, m_i, l_i, macc = "
 
         def call(keep, masked, tma):
-            return _call("fwd_tile", [a.format(keep=keep, masked=masked, tma=tma) for a in args], "acc, m_i, l_i = ")
+            return _call(fn, [a.format(keep=keep, masked=masked, tma=tma) for a in args], out)
         return self.loops(p, "q", mask, call("0", "False", self.ktma(p)), call("keep", "True", self.ktma(p)),
                           bool(heavy_spans(p, "q")), self.fwd_one_loop, self.two_walks["fwd"],
                           narrow_call=call("keep", "True", "False"))
@@ -595,7 +704,8 @@ class _Emitter:
                            bool(heavy_spans(p, "q")), True, self.two_walks["dq"],
                            narrow_call=call("keep", "True", "False"))
         ids, win = self.split_lines(p, "q")
-        head = signature(name, "dq", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), rev=rev) + [
+        head = signature(name, "dq", bool(heavy_spans(p, "q")), tuple(self.table.names.values()), rev=rev,
+                         select=self.select is not None) + [
             f'    """dq, {p.space.describe()}.  ACCUM: add to DQ (float32) so passes combine without atomics.',
             "    PRO (the first pass's normal launch): first compute and store each row's delta = sum(O * dO)",
             '    and log-sum-exp in log2 units, which the later launches read (no prologue kernel)."""',
@@ -619,7 +729,7 @@ class _Emitter:
             "    lse2 = tl.load(LSE2 + row_base + i, mask=row_ok, other=float('inf'))",
             "    delta = tl.load(DELTA + row_base + i, mask=row_ok, other=0.0)",
             "dq = tl.zeros([BM, BD], dtype=tl.float32)",
-        ]
+        ] + self.select_prologue(p, True)
         tail = self.out_rows(p, "q", "i", "BM") + [
             "dq_ptrs = dq_base + i_out.to(tl.int64)[:, None] * sdq2 + offs_d[None, :] * sdq3",
             "io_mask = row_ok[:, None] & (offs_d[None, :] < D)",
@@ -641,7 +751,8 @@ class _Emitter:
         loops = self.loops(p, "k", mask, call("0", "False"), call("keep", "True"), bool(heavy_spans(p, "k")), True,
                            self.two_walks["dkdv"])
         ids, win = self.split_lines(p, "k")
-        head = signature(name, "dkdv", bool(heavy_spans(p, "k")), tuple(self.table.names.values())) + [
+        head = signature(name, "dkdv", bool(heavy_spans(p, "k")), tuple(self.table.names.values()),
+                         select=self.select is not None) + [
             f'    """dk and dv, {p.space.describe()}: one key tile, every query head of its group.',
             '    FUSED: dq too, added atomically into DQ (float32), and no dq kernel runs."""',
         ]
@@ -671,7 +782,7 @@ class _Emitter:
             "        lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * NROW + row0",
             "        delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * NROW + row0",
             "    dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
-        ]
+        ] + _indent(self.select_prologue(p, False), 4)
         tail = self.out_rows(p, "k", "j", "BN") + [
             "dk_base = DK + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
             "dv_base = DV + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
@@ -714,6 +825,77 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 """
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
 SEQ_BODIES = ("as_i32", "floor_div", "floor_mod", "int_sqrt", "seq_span")
+SELECT_TILES = ("fwd_tile_sel", "select_hits", "select_keys", "select_row")
+
+
+def _index_kernel(e: _Emitter, host: HostEmitter) -> list:
+    """`_select_index`: select_blocks on the GPU (runtime.select_index has the score and the rules).
+    One program per (query block, batch element x selection head): the block's rows' indexer
+    queries against chunks of BKB key-block means, the pattern's candidate rule, and a running
+    top K in registers, merged chunk by chunk (ties to the lower block)."""
+    from patternc.lower import to_terms
+    from patternc.ranges import select_candidates
+
+    rule = S.any_of([select_candidates(to_terms(x), e.arg) for _, _, x in head_cases(e.pattern) if ir.has_select(x)])
+    lines = ["@triton.jit", "def _select_index("] + _param_lines(abi.index_params(tuple(e.table.names.values()))) + [
+        "):",
+        '    """select_blocks: the top K key blocks of one query block, by the score of runtime.select_index,',
+        '    among the candidates (the pattern\'s outer terms allow them, its static terms do not cover them)."""']
+    body = [
+        "qb = tl.program_id(0)",
+        "zs = tl.program_id(1)",
+        "z = (zs // HS).to(tl.int64)",
+        "hs = zs % HS",
+        "a0 = qb * QBLK",
+        "a1 = tl.minimum(a0 + QBLK - 1, n - 1)",
+        "rows = a0 + tl.arange(0, QBLK)",
+        "row_ok = rows < n",
+        "offs = tl.arange(0, BDI)",
+        "slot = tl.arange(0, KPAD)",
+        "# the running top K: (score, block); padding slots hold +inf so that they are never the worst",
+        "best_v = tl.where(slot < K, float('-inf'), float('inf'))",
+        "best_i = tl.where(slot < K, NKB + slot, -1)",
+        "for k0 in range(0, NKB, BKB):",
+        "    kbs = k0 + tl.arange(0, BKB)",
+        "    b0 = kbs * BLK",
+        "    b1 = tl.minimum(b0 + BLK - 1, n - 1)",
+        f"    cand = ({S.triton(rule)}) & (kbs < NKB)",
+        "    if tl.max(cand.to(tl.int32), 0) > 0:  # chunks without a candidate cost nothing",
+        "        km_ptrs = KM + ((z * HS + hs) * NKB + kbs.to(tl.int64))[:, None] * DI + offs[None, :]",
+        "        km = tl.load(km_ptrs, mask=(kbs < NKB)[:, None] & (offs < DI)[None, :], other=0.0)",
+        "        score = tl.zeros([BKB], dtype=tl.float32)",
+        "        for hh in range(0, PER):  # the indexer heads of this selection head",
+        "            h = hs * PER + hh",
+        "            q_ptrs = QI + ((z * HI + h) * n + rows.to(tl.int64))[:, None] * DI + offs[None, :]",
+        "            qi = tl.load(q_ptrs, mask=row_ok[:, None] & (offs < DI)[None, :], other=0.0)",
+        "            s = tl.maximum(tl.dot(qi, tl.trans(km)), 0.0)  # ReLU(q . mean key)",
+        "            if W_MODE == 1:  # one weight per head",
+        "                s = s * tl.load(W + h)",
+        "            if W_MODE == 2:  # one weight per head and token",
+        "                s = s * tl.load(W + (z * HI + h) * n + rows, mask=row_ok, other=0.0)[:, None]",
+        "            score += tl.sum(tl.where(row_ok[:, None], s, 0.0), 0)",
+        "        score = tl.where(cand, score, float('-inf'))",
+        "        for t in range(0, K):  # merge: the chunk's best replaces the running worst while it beats it",
+        "            m = tl.max(score, 0)",
+        "            mi = tl.min(tl.where(score == m, kbs, 2147483647), 0)",
+        "            worst = tl.min(best_v, 0)",
+        "            wi = tl.max(tl.where(best_v == worst, best_i, -1), 0)",
+        "            take = (m > float('-inf')) & ((m > worst) | ((m == worst) & (mi < wi)))",
+        "            hit = tl.where(take, (best_v == worst) & (best_i == wi), False)",
+        "            best_v = tl.where(hit, m, best_v)",
+        "            best_i = tl.where(hit, mi, best_i)",
+        "            score = tl.where(kbs == mi, float('-inf'), score)",
+        "# best first (ties to the lower block), -1 for slots no candidate filled",
+        "out_base = OUT + ((z * HS + hs) * ((n + QBLK - 1) // QBLK) + qb) * K",
+        "for t in range(0, K):",
+        "    m = tl.max(tl.where(slot < K, best_v, float('-inf')), 0)",
+        "    mi = tl.min(tl.where((slot < K) & (best_v == m), best_i, 2147483647), 0)",
+        "    tl.store(out_base + t, tl.where(m > float('-inf'), mi, -1).to(tl.int32))",
+        "    taken = (best_v == m) & (best_i == mi)",
+        "    best_v = tl.where(taken, float('-inf'), best_v)",
+        "    best_i = tl.where(taken, 2147483647, best_i)",
+    ]
+    return lines + _indent(body, 4) + ["", ""]
 
 
 def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
@@ -744,8 +926,8 @@ def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
         tags = [f"c{ci}_p{pi}" if len(cases) > 1 else f"p{pi}" for pi in range(len(pl.passes))]
         masks = []
         for pi, p in enumerate(pl.passes):
-            body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_mask")
-            masks.append(e.mask_call(f"_mask_{tags[pi]}", e.mask_args(body)))
+            body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_mask", select="sel")
+            masks.append(e.mask_call(f"_mask_{tags[pi]}", e.mask_args(body), ir.has_select(p.mask)))
         passes = []
         for pi, p in enumerate(pl.passes):
             tag = tags[pi]
@@ -759,12 +941,14 @@ def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
                 kernels.append("\n".join(e.fwd_kernel(f"_fwd_{tag}", masks[pi], p, rev=grow[pi], seeded=pi > 0)))
             kernels.append("\n".join(e.dq_kernel(f"_dq_{tag}", masks[pi], p, grow[pi])))
             kernels.append("\n".join(e.dkdv_kernel(f"_dkdv_{tag}", masks[pi], p)))
-            kernels.append("\n".join(decode_kernel(signature(f"_dec_{tag}", "decode", False, ()), masks[pi], p, arg)))
+            if e.select is None:  # decoding takes no run-time selection (runtime.module refuses it)
+                kernels.append("\n".join(decode_kernel(signature(f"_dec_{tag}", "decode", False, ()), masks[pi], p,
+                                                        arg)))
             walks.append("\n".join(walk_fn(f"_walk_{tag}", p, host, arg)))
             walks.append("\n".join(pairs_fn(f"_pairs_{tag}", p, host)))
             fields = [f'"{p.space.kind}"{space_fields(p, host)}', f"walk=_walk_{tag}", f"mask=_pairs_{tag}"]
             fields.append(f"fwd=_fwd_{tag}" if pi == 0 or not fuse else "fwd=None")
-            fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}", f"decode=_dec_{tag}"]
+            fields += [f"dq=_dq_{tag}", f"dkdv=_dkdv_{tag}"] + ([f"decode=_dec_{tag}"] if e.select is None else [])
             if heavy_spans(p, "q"):
                 fields.append(f"heavy_q={heavy_lambda(heavy_spans(p, 'q'))}")
             if heavy_spans(p, "k"):
@@ -792,15 +976,21 @@ def emit(pattern: Pattern) -> str:
     host = HostEmitter(pattern)
     e = _Emitter(pattern, host.table)
     _parts(pattern, host, e)  # names every length-dependent argument first: each signature lists them all
+    host.candidates()  # (and those of the indexer's candidate rule)
     kernels, walks, case_rows, random_block, fused_dq = _parts(pattern, host, e)
     host_text = host.functions(walks)
     kernel_text = "\n".join(kernels)
     bwd = {d: {k: v for k, v in choose_bwd_settings(pattern, D=d).items() if v is not None} for d in (64, 128)}
     schedule = (f"Schedule(fwd_tiles={e.fwd_tiles!r}, fused_dq={fused_dq!r}"
                 + (f", random_block={random_block!r}" if random_block is not None else "")
+                + (f", select_blocks={(e.BLK, e.QBLK)!r}" if e.select is not None else "")
                 + ",\n                      bwd_tiles={" + ",\n                                 ".join(
                     f"{d}: dict({', '.join(f'{k}={v}' for k, v in cfg.items())})" for d, cfg in bwd.items()) + "})")
-    spec = host.spec("triton", "(\n" + "\n".join(case_rows) + "\n    )", schedule)
+    more = ()
+    if e.select is not None:  # select_blocks on the GPU
+        kernel_text += "\n\n" + "\n".join(_index_kernel(e, host))
+        more = ("select_index=_select_index",)
+    spec = host.spec("triton", "(\n" + "\n".join(case_rows) + "\n    )", schedule, more)
     runtime_names = ["Case", "Pass", "Schedule", "Spec", "bind"]
     parts = [module_header(pattern, "triton", DESCRIPTION),
              imports(pattern, host_text, runtime_names, kernels=True)]
@@ -815,9 +1005,12 @@ def emit(pattern: Pattern) -> str:
     seq = [x for x in SEQ_BODIES if uses_name(kernel_text, x)]
     if seq:
         parts[-1] += f"\nfrom patternc.runtime.seq_bodies import {', '.join(seq)}"
+    used = [x for x in SELECT_TILES if uses_name(kernel_text, x)]
+    if used:
+        parts[-1] += f"\nfrom patternc.runtime.select_tiles import {', '.join(used)}"
     parts += [host.constants(), host_text,
               "# The pattern, compiled: a forward, a dq, a dk/dv and a decode kernel per pass.",
               kernel_text.rstrip(),
               "# Bound to the runtime library (patternc.runtime): launches, autograd, the PyTorch path.\n" + spec,
-              bind_lines("triton")]
+              bind_lines("triton", selected=host.selected)]
     return "\n\n\n".join(parts).rstrip() + "\n"

@@ -15,7 +15,7 @@ from patternc.lower import Pass, heavy_spans, plan
 from patternc.printer import formula, mask_expr
 from patternc.ranges import Args, query_major
 
-from .common import HostEmitter, bind_args, call_lines, describe_formula, head_cases
+from .common import SELECT_HOST, HostEmitter, bind_args, call_lines, describe_formula, head_cases
 
 
 def walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
@@ -27,19 +27,22 @@ def walk_fn(name: str, p: Pass, host: HostEmitter, arg: Args) -> list:
         rnd = "None"
         if tr.random is not None:
             rnd = f"({S.python(arg(tr.random.r))}, {S.python(arg(tr.random.b))}, {tr.random.seed})"
+        if tr.select is not None:  # the runtime adds the query tile's selected blocks (runtime.walk)
+            rnd = '"select"'
         rows.append(f"        # {formula(t.expr())}")
         rows += call_lines("", [S.python(tr.lo), S.python(tr.hi), S.python(tr.applies), rnd], " " * 8)
         rows[-1] += ","
     text = "\n".join(rows)
     return ([f"def {name}(a0: int, a1: int, r: int, n: int, L: int, LQ: int, A: dict) -> list:",
              '    """Each term\'s key range [lo, hi] for query tile [a0, a1], whether it applies, and its random',
-             '    blocks (r, block, seed): the kernels\' bounds, for the PyTorch path."""']
+             '    blocks (r, block, seed) or "select": the kernels\' bounds, for the PyTorch path."""']
             + bind_args(text, host.table, "A") + ["    return ["] + rows + ["    ]"])
 
 
 def pairs_fn(name: str, p: Pass, host: HostEmitter) -> list:
-    body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_pick")
-    return ([f"def {name}(i, j, n: int, A: dict):",
+    body = mask_expr(p.mask, "i", "j", host.table, hash_fn="random_pick", select=SELECT_HOST)
+    sel = ", sel=None" if host.selected else ""
+    return ([f"def {name}(i, j, n: int, A: dict{sel}):",
              f'    """This pass\'s pairs: {describe_formula(p.mask)}"""']
             + bind_args(body, host.table, "A") + [f"    return {body}"])
 

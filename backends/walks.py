@@ -1,7 +1,9 @@
 """A simulation of the Triton kernels' walks: which tiles each program computes.
 
 The forward kernel of a pass visits, for each query tile, the union of its terms' key tile
-ranges (patternc.ranges) plus the picked blocks of random terms.  Evaluating the same
+ranges (patternc.ranges) plus the picked blocks of random terms and the selected blocks of
+`select` terms.  A selection is known only at run time: the simulation counts its most, k
+blocks per query block that no static term covers (`ir.static_part` gives the static walk).  Evaluating the same
 range trees on numpy arrays of every query tile reproduces that walk on the host in
 milliseconds, for the analysis's kernel tile efficiency and the schedule's compile-time
 rules.
@@ -70,11 +72,13 @@ def tile_walks(expr, n: int, bm: int, bn: int, narrow: bool = False) -> list:
             return np.broadcast_to(np.asarray(S.evaluate(e, env, np)), (rows,)).astype(np.int64)
 
         los, his = [], []
-        randoms = []
+        randoms, selects = [], []
         for tr in ranges:
             lo, hi = ev(tr.lo), ev(tr.hi)
             ok = ev(tr.applies).astype(bool) & (hi >= lo)
-            if tr.random is None:
+            if tr.select is not None:
+                selects.append((tr.select, lo, hi, ok))
+            elif tr.random is None:
                 los.append(np.where(ok, lo // bn, 0))
                 his.append(np.where(ok, hi // bn + 1, 0))
             else:
@@ -125,6 +129,12 @@ def tile_walks(expr, n: int, bm: int, bn: int, narrow: bool = False) -> list:
                     if merged_lo is not None:
                         live &= ~((merged_lo <= kt[:, None]) & (kt[:, None] < merged_hi)).any(1)
                     walk += live
+        for sel, lo, hi, ok in selects:  # at most k blocks per query block, inside the term's range
+            b, k, qb = (ix.evaluate(x, n) for x in (sel.b, sel.k, sel.qb))
+            span = np.where(ok, np.maximum(hi // bn - lo // bn + 1, 0), 0)
+            most = k * -(-b // bn) * -(-bm // qb)
+            static = walk if not narrow else np.floor(walk)
+            walk += np.maximum(np.minimum(most, span - static), 0)
         out.append((walk, a0 // bm))
     return out
 

@@ -47,7 +47,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patternc  # noqa: E402
-from patternc.runtime import config, launch, tma  # noqa: E402
+from patternc.runtime import Selection, config, launch, tma  # noqa: E402
+from patternc.runtime.select_index import INDEX_KEYS, block_means  # noqa: E402
 from patternc.runtime.varlen import PACKED, PADDED, Seqs  # noqa: E402
 
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
@@ -223,12 +224,12 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
 
         def compile_instead(*args, **kw):
             key = (label, kw.get("SEEDED"), kw.get("FUSED"), kw.get("PAGE"), kw.get("RING"), kw.get("T"),
-                   kw.get("DOCS"))
+                   kw.get("DOCS"), kw.get("MASS"))
             if key in seen:
                 return
             seen.add(key)
-            name = label + (" (atomic dq)" if kw.get("FUSED") else "") + \
-                {1: " (packed)", 2: " (padded)"}.get(kw.get("DOCS"), "")
+            name = label + (" (atomic dq)" if kw.get("FUSED") else "") + (" (block mass)" if kw.get("MASS") else "") \
+                + {1: " (packed)", 2: " (padded)"}.get(kw.get("DOCS"), "")
             if "PAGE" in kw:  # a decode kernel: which cache and how many new rows
                 name += f" t={kw['T']}" + (" paged" if kw["PAGE"] else " ring" if kw["RING"] else "")
             try:
@@ -242,22 +243,41 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
     runner.launch = grab
     B, H = 1, 2
     q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for _ in range(3))
-    for seqs in (None,) + (sequences(n, B) if packed else ()):
-        runner.forward_launches(q, k, v, D ** -0.5, seqs)  # outputs are garbage: no kernel runs
+    sel = None
+    if mod.SPEC.select is not None:  # select(...): a random selection, the forward with and without block mass
+        K, block, qblock = mod.SPEC.select
+        sel = Selection(torch.randint(-1, -(-n // block), (B, 1, -(-n // qblock), K), dtype=torch.int32))
+        runner.forward_launches(q, k, v, D ** -0.5, None, sel, True)
+        results.append(("select_blocks indexer", *_index(mod, n, dtype, target, regs), None))
+    # packed and padded launches: not with a selection (runtime.module refuses the two together)
+    for seqs in (None,) + (sequences(n, B) if packed and sel is None else ()):
+        runner.forward_launches(q, k, v, D ** -0.5, seqs, sel, False)  # outputs are garbage: no kernel runs
         if backward:
             o, lse = torch.randn(B, H, n, D, dtype=dtype), torch.randn(B, H, n)
-            runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs)
+            runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs, sel)
             if mod.SPEC.schedule.fused_dq:  # atomic dq by default: the deterministic mode's dq kernels too
                 os.environ["PATTERNC_DETERMINISTIC"] = "1"
                 try:
-                    runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs)
+                    runner.backward_launches(torch.randn_like(o), q, k, v, o, lse, D ** -0.5, seqs, sel)
                 finally:
                     os.environ.pop("PATTERNC_DETERMINISTIC")
-    if decode:
+    if decode and sel is None:  # a pattern with select(...) has no decode kernels
         mod._bound.decoder.launch = grab
         decode_launches(mod, D, dtype, n, sms)
     os.environ["PATTERNC_CONFIG"] = user
     return results
+
+
+def _index(mod, n: int, dtype, target: GPUTarget, regs: bool, heads: int = 4, di: int = 64) -> tuple:
+    """Compile the module's select_blocks kernel (runtime.select_index.launch_index's launch)."""
+    K, block, qblock = mod.SPEC.select
+    nkb = -(-n // block)
+    qi = torch.randn(1, heads, n, di, dtype=dtype)
+    means = block_means(torch.randn(1, 1, n, di), block, torch.float32).to(dtype)
+    kw = dict(QI=qi, KM=means, W=torch.ones(1), OUT=torch.empty(1, 1, -(-n // qblock), K, dtype=torch.int32), n=n,
+              NKB=nkb, HS=1, **mod.SPEC.length_args(n), HI=heads, PER=heads, DI=di, BDI=di, QBLK=qblock, BLK=block,
+              K=K, KPAD=max(16, 1 << (K - 1).bit_length()), BKB=INDEX_KEYS, W_MODE=0, num_warps=4)
+    return compile_launch(mod.SPEC.select_index, (), kw, target, regs)
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 import patternc  # noqa: E402
-from patternc import semantics  # noqa: E402
+from patternc import ir, semantics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,6 +53,7 @@ PRIMITIVES = [
     ("random", "random(2, block=8, seed=0)", 64, 16),
     ("rows_mod", "rows_mod(4, 1)", 64, 16),
     ("rows_mod_longnet", "block(32) & stride(4) & rows_mod(4, 1)", 64, 16),
+    ("select", "causal & (local(8) | select(2, block=16))", 128, 16),
 ]
 
 OPERATORS = [
@@ -78,6 +79,18 @@ EXAMPLES = [
 ]
 
 _CMAP = ListedColormap(["#ffffff", "#1f3b73"])
+_SELECT_CMAP = ListedColormap(["#ffffff", "#1f3b73", "#c9d6ee"])  # none, allowed, where selections may fall
+
+
+def example_selection(n: int, k: int, qblock: int, block: int):
+    """The selection drawn for `select`: query block qb lists (3 qb + 1) % nkb, (5 qb + 6) % nkb, ..."""
+    import numpy as np
+
+    nkb = -(-n // block)
+    qb = np.arange(-(-n // qblock))[:, None]
+    mult = np.array([3, 5, 7, 11][:k])[None, :]
+    add = np.array([1, 6, 2, 5][:k])[None, :]
+    return (mult * qb + add) % nkb
 
 
 def _resolve(spec):
@@ -95,10 +108,19 @@ def _resolve(spec):
 
 def draw(spec, n: int, tile: int, path: Path) -> str:
     pattern, head, title = _resolve(spec)
-    mask = semantics.dense_mask_numpy(pattern.at(n), n, head=head)
+    expr = pattern.at(n)
+    cmap, image = _CMAP, None
+    if ir.has_select(expr):  # an example selection (dark) and where any selection may fall (pale)
+        k, b, qb = (e.value for e in ir.int_args(ir.selects(expr)[0]))
+        mask = semantics.dense_mask_numpy(expr, n, head=head, selection=example_selection(n, k, qb, b))
+        region = semantics.dense_mask_numpy(ir.outer_part(expr), n, head=head) & ~mask
+        cmap, image = _SELECT_CMAP, mask.astype("int8") + 2 * region
+    else:
+        mask = semantics.dense_mask_numpy(expr, n, head=head)
     fig, ax = plt.subplots(figsize=(2.8, 3.1), dpi=120)
     try:
-        ax.imshow(mask, cmap=_CMAP, vmin=0, vmax=1, interpolation="nearest", extent=(0, n, n, 0))
+        ax.imshow(mask if image is None else image, cmap=cmap, vmin=0, vmax=cmap.N - 1, interpolation="nearest",
+                  extent=(0, n, n, 0))
         for t in range(tile, n, tile):
             ax.axhline(t, color="#e07b39", lw=0.6)
             ax.axvline(t, color="#e07b39", lw=0.6)

@@ -28,6 +28,14 @@ Conventions:
 * kv_live_max: the most keys a decoder must keep cached at any step up to n, per batch row
   and kv head (patternc.live_keys): a key is dead once no later query may attend it.  For a
   per-head pattern, the union of the heads (one cache serves them all).
+* Run-time selection (`select(k, block=b)`): the pattern is a bounded term.  Every count
+  is of the *static part* (no block selected, `ir.static_part`): nnz, flops, tiles, tile
+  efficiency, reach (a lower bound on what the pattern reaches: selected blocks only add
+  paths).  `selection` adds the upper ends: nnz_max = min(static + k·b per row, the *outer*
+  pattern's count) where the outer pattern (`ir.outer_part`) allows every block that a
+  selection may list, i.e. the static part plus the region where selected blocks may fall,
+  clipped by the outer terms (`causal & ...`).  Empty rows are those of the outer pattern:
+  rows that no selection can give a key.
 * Long sequences (patternc.limits): n is at most MAX_N.  The closed form gives nnz at any
   such n in microseconds; parts whose cost grows with n (the exact count without a closed
   form, empty rows and reach when the pattern has very many row ranges, the tile map with
@@ -60,6 +68,41 @@ class KernelReport:
     plan: tuple  # one line per kernel pass
     atomic_dq: bool  # the backward adds dq atomically
     skipped: str = ""  # why computed_pairs is None
+
+
+@dataclass(frozen=True)
+class SelectionBounds:
+    """The upper ends of a pattern with `select`: what a run-time selection may add (module doc)."""
+
+    atom: str  # the select(...) term
+    k: int
+    block: int
+    qblock: int
+    nnz_max: Optional[int]  # all heads; None: skipped
+    outer_nnz: Optional[int]  # pairs of the outer pattern (static part + where selected blocks may fall)
+    nnz_max_formula: Optional[str]
+    head_dim: int
+
+    @property
+    def flops_max(self) -> tuple:
+        return (None, None) if self.nnz_max is None else flops(self.nnz_max, self.head_dim)
+
+    def to_dict(self, nnz_min: Optional[int], formula_min: Optional[str]) -> dict:
+        fwd, bwd = self.flops_max
+        lo_fwd, lo_bwd = (None, None) if nnz_min is None else flops(nnz_min, self.head_dim)
+        return {
+            "atom": self.atom, "k": self.k, "block": self.block, "qblock": self.qblock,
+            "nnz_range": [nnz_min, self.nnz_max],
+            "nnz_formula_range": [formula_min if formula_min is not None else "no closed form",
+                                  self.nnz_max_formula if self.nnz_max_formula is not None else "no closed form"],
+            "flops_fwd_range": [lo_fwd, fwd], "flops_bwd_range": [lo_bwd, bwd],
+            "outer_nnz": self.outer_nnz,
+            "bound": "nnz_max = min(static part + k*block per row, outer pattern), summed over heads",
+            "static_part": "nnz, density, nnz_formula, order, tiles, tile_efficiency and reach are of the static "
+                           "part (no block selected); layers_to_full_reach is an upper bound on the layers the "
+                           "pattern needs (selected blocks only add paths)",
+            "empty_rows": "of the outer pattern: rows no selection can give a key",
+        }
 
 
 @dataclass(frozen=True)
@@ -118,6 +161,7 @@ class Analysis:
     kernel: Optional[KernelReport] = None
     per_head: tuple = field(default_factory=tuple)
     live: Optional[live_keys.LiveReport] = None  # keys a decoder keeps (patternc.live_keys)
+    selection: Optional[SelectionBounds] = None  # patterns with select(...): the upper ends
 
     # ---------------------------------------------------------- the kernel's part
     def with_kernel(self, kernel: KernelReport) -> "Analysis":
@@ -189,6 +233,8 @@ class Analysis:
             d.update(self.live.to_dict())
         if self.per_head:
             d["per_head"] = [h.to_dict() for h in self.per_head]
+        if self.selection is not None:
+            d["select"] = self.selection.to_dict(self.nnz, self.nnz_formula)
         return d
 
     def _formula_cell(self) -> str:
@@ -219,6 +265,42 @@ class Analysis:
         if not v.exact:
             parts.append("an upper bound")
         return parts[0] + "  (" + "; ".join(parts[1:]) + ")"
+
+    def _selection_rows(self, rows: list) -> list:
+        """The table's rows for a pattern with select(...): ranges, and which rows are the static part's."""
+        sb = self.selection
+        skip = "skipped (see below)"
+        hi = sb.nnz_max
+        fwd, bwd = sb.flops_max
+        per_row = f"{sb.k}x{sb.block} selected keys per row"
+        out = []
+        for key, value in rows:
+            if key == "allowed pairs (nnz)" and self.nnz is not None:
+                value = f"{self.nnz:,} ... {skip if hi is None else f'{hi:,}'}  (static part ... + {per_row}, " \
+                        "clipped by the outer terms)"
+            elif key == "density" and self.density is not None and hi is not None:
+                value = f"{self.density:.4%} ... {hi / (self.heads * self.n * self.n):.4%}"
+            elif key == "nnz(n)":
+                value = f"static part: {value}"
+            elif key == "flops fwd" and self.flops_fwd is not None:
+                value = f"{self.flops_fwd:.4g} ... {'?' if fwd is None else f'{fwd:.4g}'} (head_dim {self.head_dim})"
+            elif key == "flops bwd" and self.flops_bwd is not None:
+                value = f"{self.flops_bwd:.4g} ... {'?' if bwd is None else f'{bwd:.4g}'} (2.5x fwd)"
+            elif key.startswith("tiles ") or key in ("tile efficiency", "order") or key.startswith("kernel tile eff"):
+                value = f"{value}  (static part)"
+            elif key == "empty query rows":
+                value = f"{value}  (rows no selection can fill)"
+            elif key == "layers to full reach":
+                value = f"at most {value}  (the static part's reach: selected blocks only add paths)"
+            out.append((key, value))
+            if key == "nnz(n)":
+                f = sb.nnz_max_formula
+                if f is not None and len(f) > FORMULA_WIDTH:
+                    f = f[:FORMULA_WIDTH - 1] + f"... ({len(f)} chars; see --json)"
+                out.append(("nnz(n) at most", "no closed form" if f is None else f))
+        out.insert(1, ("select", f"{sb.atom}: {sb.k} key blocks of {sb.block} per query block of {sb.qblock}, "
+                                 "chosen at run time (blocks=)"))
+        return out
 
     def format_table(self) -> str:
         """A readable, aligned text table (warnings first)."""
@@ -264,6 +346,8 @@ class Analysis:
             eff = self.kernel_tile_efficiency
             rows.insert(12, (f"kernel tile eff. {shape}", skip if eff is None else
                              f"{eff:.4f}  (Triton forward: allowed / computed pairs)"))
+        if self.selection is not None:
+            rows = self._selection_rows(rows)
         for i, line in enumerate(self.kernel_plan):
             rows.append(("kernel plan" if i == 0 else "", line))
         if self.kernel_plan:
@@ -377,7 +461,11 @@ def order_of(pattern: Pattern) -> tuple[str, Optional[str]]:
 def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[int, tuple] = 128,
             head_dim: int = 128) -> Analysis:
     """Analyse `pattern` at length n: counts, closed form, flops, order, tiles, empty rows, reach.
-    Lowering's part (kernel tile efficiency, plan) is added by the caller (`with_kernel`)."""
+    Lowering's part (kernel tile efficiency, plan) is added by the caller (`with_kernel`).
+    A pattern with `select(...)` is analysed as its static part plus `selection` (module doc)."""
+    found = ir.selects(pattern.expr)
+    if found:
+        return _with_selection(pattern, found[0], n, heads, tile, head_dim)
     n = check_length(n)
     head_dim = _integer("head_dim", head_dim, 1, limits.MAX_HEAD_DIM)
     bm, bn = _tile_sizes(tile)
@@ -485,6 +573,88 @@ def analyze(pattern: Pattern, n: int, heads: Optional[int] = None, tile: Union[i
         reach_method=method, causal=causal, metadata_bytes=0, csr_layout_bytes=csr, skipped=tuple(skipped),
         per_head=tuple(per) if multi else (), live=live,
     )
+
+
+def _part(pattern: Pattern, expr) -> Pattern:
+    """`pattern` with another expression (its static or outer part); same name, checks and source."""
+    return replace(pattern, expr=expr)
+
+
+def _with_selection(pattern: Pattern, atom, n: int, heads, tile, head_dim) -> Analysis:
+    """The analysis of a pattern with `select`: the static part's, its empty rows from the outer
+    pattern, and the upper ends (SelectionBounds)."""
+    static = analyze(_part(pattern, ir.static_part(pattern.expr)), n, heads, tile, head_dim)
+    outer_pattern = _part(pattern, ir.outer_part(pattern.expr))
+    outer_at = outer_pattern.at(n)
+    k, b, qb = (ix_value(e) for e in ir.int_args(atom))
+    cases = [(c.hi - c.lo + 1, c.expr) for c in outer_at.cases] if isinstance(outer_at, ir.Heads) \
+        else [(static.heads, outer_at)]
+    static_at = ir.static_part(pattern.at(n))
+    static_cases = [c.expr for c in static_at.cases] if isinstance(static_at, ir.Heads) else [static_at]
+    skipped = list(static.skipped)
+    outer_nnz: Optional[int] = 0
+    nnz_max: Optional[int] = 0
+    empty_total: Optional[int] = 0
+    empty_first: list = []
+    multi = isinstance(outer_at, ir.Heads)
+    lo_head = 0
+    sym_cases = [c.expr for c in outer_pattern.expr.cases] if multi else [outer_pattern.expr]
+    for (count, e), e_static, sym in zip(cases, static_cases, sym_cases):
+        E = engine(e, n)
+        if E.work <= limits.EXACT_WORK:
+            o = E.total()
+            er, erf = reach.empty_rows(e, n)
+        else:
+            fo = closed_form(sym)
+            o = None if fo is None else eval_int(fo, n)
+            er, erf = None, []
+            skipped.append(f"outer pattern's count and empty rows: about {E.work:,} {E.work_unit} to visit > "
+                           f"{limits.EXACT_WORK:,} (limits.EXACT_WORK)")
+        s_count = count_nnz(e_static, n) if engine(e_static, n).work <= limits.EXACT_WORK else None
+        if s_count is None:
+            fs = closed_form(ir.static_part(sym))
+            s_count = None if fs is None else eval_int(fs, n)
+        if o is None or s_count is None:
+            nnz_max = outer_nnz = None
+        elif nnz_max is not None:
+            nnz_max += count * min(s_count + k * b * n, o)
+            outer_nnz += count * o
+        empty_total = None if empty_total is None or er is None else empty_total + count * er
+        if er and len(empty_first) < 5:
+            empty_first += [[h, row] for h in range(lo_head, lo_head + count) for row in erf][: 5 - len(empty_first)] \
+                if multi else erf
+        lo_head += count
+    formula = _max_formula(pattern, k * b, 1 if multi else static.heads)
+    bounds = SelectionBounds(str(atom), k, b, qb, nnz_max, outer_nnz, formula, static.head_dim)
+    return replace(static, ir_hash=pattern.hash, selection=bounds, empty_rows=empty_total,
+                   empty_rows_first=empty_first, skipped=tuple(dict.fromkeys(skipped)))
+
+
+def ix_value(e) -> int:
+    """A constant argument's value (select's arguments are constants)."""
+    return e.value
+
+
+def _max_formula(pattern: Pattern, per_row: int, heads: int) -> Optional[str]:
+    """nnz_max(n) = sum over head cases of min(static(n) + per_row * n, outer(n)) (`heads` copies
+    for a pattern that serves every head), as sympy text: Min(<static> + c*n, <outer>), each part
+    written as its own readable pieces (the min's switch lies far beyond the scanned lengths)."""
+    expr = pattern.expr
+    cases = [(c.hi - c.lo + 1, c.expr) for c in expr.cases] if isinstance(expr, ir.Heads) else [(1, expr)]
+    parts = []
+    for count, e in cases:
+        fs, fo = closed_form(ir.static_part(e)), closed_form(ir.outer_part(e))
+        if fs is None or fo is None:
+            return None
+        scale = const(count * heads)
+        valid = validity(ir.static_part(e))
+        outer = piecewise_text(formula_pieces(mul(scale, fo), valid))
+        if not ir.has_select(e):
+            parts.append(outer)
+            continue
+        static = piecewise_text(formula_pieces(mul(scale, fs), valid))
+        parts.append(f"Min({static} + {per_row * count * heads}*n, {outer})")
+    return " + ".join(parts)
 
 
 def _causal_by_formula(expr, n: int) -> bool:

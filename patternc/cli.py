@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
-from . import __version__, api, limits, show
+from . import __version__, api, ir, limits, show
 from .errors import PatternError, did_you_mean
 from .frontend import Stack, check_program, parse_program, resolve
 
@@ -244,7 +244,7 @@ def _check_empty_rows(pattern, n: int, reported, policy: str = "error", what: Op
         return  # the analysis did not say, and the mask is too big to check here
     where: list = [(0, r) for r in first or []]
     if count is None or first is None:
-        expr = _concrete(pattern, n)
+        expr = ir.outer_part(_concrete(pattern, n))  # select(...): rows no selection can fill
         total, where = 0, []
         for h in heads:
             c, rows, _ = show.first_empty_rows(expr, n, 5 - len(where), head=h,
@@ -352,6 +352,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_mask(args: argparse.Namespace) -> int:
     pattern = _one_pattern(args)
     n = args.n
+    if ir.has_select(pattern.expr):
+        raise _fail(f"pattern '{pattern.name}' uses {ir.selects(pattern.expr)[0]}: its mask depends on the run-time "
+                    "blocks= tensor; `patternc show` draws the static part and where selected blocks may fall",
+                    pattern.filename)
     if n > MAX_MASK_N:
         raise _fail(f"--n {n} is too large for a dense mask ({n}x{n} = {n * n / 2 ** 30:.1f} GiB); "
                     f"the limit is n <= {MAX_MASK_N}; use `patternc analyze` for long sequences", pattern.filename)

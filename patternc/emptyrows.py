@@ -29,7 +29,7 @@ lengths too costly to decide quickly (see `_rows_at`).  `EmptyRows.exhaustive` s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import intexpr as ix
@@ -106,8 +106,9 @@ def _cases(expr) -> list:
 
 def at_length(pattern: Pattern, n: int, limit: int = 5) -> tuple:
     """(rows with no key over all heads, the first `limit` of them, whether every head was
-    counted) at length n.  Runs the pattern's n-dependent checks (PatternError)."""
-    expr = pattern.at(n)
+    counted) at length n.  Runs the pattern's n-dependent checks (PatternError).  With
+    `select(...)`: the rows that no selection can give a key (of the outer pattern)."""
+    expr = ir.outer_part(pattern.at(n))
     heads = isinstance(expr, ir.Heads)
     total, first, complete = 0, [], True
     for lo, hi, e in _cases(expr):
@@ -232,7 +233,11 @@ def sample_lengths(pattern: Pattern) -> list:
 
 def find(pattern: Pattern, limit: int = 5) -> Optional[EmptyRows]:
     """The shortest length at which some query row has no allowed key, with those rows;
-    None when there is no such length (among the sampled ones, for patterns that depend on n)."""
+    None when there is no such length (among the sampled ones, for patterns that depend on n).
+    With `select(...)`: rows that no selection can give a key (a selection may leave any row of
+    the static part empty: that is the caller's choice, not a mistake in the pattern)."""
+    if ir.has_select(pattern.expr):
+        pattern = replace(pattern, expr=ir.outer_part(pattern.expr))
     if never_empty(pattern.expr):
         return None
     cases = _cases(pattern.expr)

@@ -414,6 +414,24 @@ def _random(a, ck):
     return ir.random(r, b, seed.value)
 
 
+SELECT_BLOCKS = (16, 32, 64, 128, 256)  # block sizes select() takes: a tile of the kernels divides each
+MAX_SELECT = 1024  # selected blocks per query block (the kernels hold one query block's list in registers)
+
+
+def _select(a, ck):
+    k, b, qb = a["k"], a["block"], a["qblock"]
+    qb = b if qb is None else qb
+    for what, v in (("count k", k), ("block", b), ("qblock", qb)):
+        if not isinstance(v, ix.Const):
+            raise _ArgError(f"select {what} must be a constant: it sets the shape of the run-time blocks tensor")
+    if not 1 <= k.value <= MAX_SELECT:
+        raise _ArgError(f"select count k must be from 1 to {MAX_SELECT}, got {k.value}")
+    for what, v in (("block", b), ("qblock", qb)):
+        if v.value not in SELECT_BLOCKS:
+            raise _ArgError(f"select {what} must be a power of two from 16 to 256, got {v.value}")
+    return ir.select(k, b, qb)
+
+
 PRIMITIVES: dict = {
     "all": Prim((), {}, lambda a, ck: ir.All(), "every pair"),
     "none": Prim((), {}, lambda a, ck: ir.Empty(), "no pair"),
@@ -431,6 +449,8 @@ PRIMITIVES: dict = {
     "fixed": Prim(("l", "c"), {}, _fixed, "block(l) | summary(l, c)"),
     "rows_mod": Prim(("r", "o"), {"o": 0}, _rows_mod, "i % r == o"),
     "random": Prim(("r",), {"block": 64, "seed": 0}, _random, "r hashed key blocks per query block"),
+    "select": Prim(("k",), {"block": 64}, _select, "k key blocks per query block, chosen at run time (blocks=)",
+                   optional=("qblock",)),
 }
 
 
@@ -568,6 +588,10 @@ class _Resolver:
             elif kind == "inter":
                 acc = ir.inter([acc] + run)
             else:
+                for x, (_, node_) in zip(run, ops[i - len(run):i]):
+                    if ir.has_select(x):
+                        raise self.err("select(...) cannot be subtracted: a run-time selection only adds "
+                                       "pairs to a pattern", node_)
                 acc = ir.inter([acc] + [ir.neg(x) for x in run])  # a - b - c = a & ~b & ~c
         return acc
 
@@ -635,6 +659,7 @@ class _Resolver:
         import lark
 
         names = list(prim.positional) + [k for k in prim.defaults if k not in prim.positional] + list(prim.list_args)
+        names += [k for k in prim.optional if k not in names]  # keyword-only, may be omitted (select's qblock)
         if len(pos) > len(prim.positional):
             raise self.err(f"{name}() takes at most {len(prim.positional)} positional argument"
                            f"{'s' if len(prim.positional) != 1 else ''}, got {len(pos)}", node)
@@ -867,6 +892,7 @@ def _resolve(prog: Program, name: Optional[str], overrides: Optional[dict], shar
         uniq = tuple(dict.fromkeys(r.checks))
         for e in ({x.hash: x.expr for x in expr}.values() if d.kind == "stack" else (expr,)):
             _check_limits(e, d, prog)
+            _check_selects(e, d, prog)
     except RecursionError:
         raise PatternError(f"{d.kind} is nested too deeply", d.span, prog.source, prog.filename) from None
     params = tuple((p.name, str(env[p.name])) for p in d.params)
@@ -937,6 +963,15 @@ def _check_limits(expr, d: Definition, prog: Program) -> None:
             except OverflowError as err:
                 raise PatternError(f"integer overflow: {err}; every value must stay within +-2**62 for "
                                    f"lengths up to n={MAX_LENGTH}", d.span, prog.source, prog.filename) from None
+
+
+def _check_selects(expr, d: Definition, prog: Program) -> None:
+    """One run-time selection per call: every select(...) of a pattern must be the same atom."""
+    found = ir.selects(expr)
+    if len(found) > 1:
+        raise PatternError(f"pattern uses {len(found)} different selections ({', '.join(map(str, found))}); "
+                           "a call takes one blocks= tensor, so every select(...) must have the same k, block "
+                           "and qblock", d.span, prog.source, prog.filename)
 
 
 # Errors that the placeholder value 1 for a required parameter can cause by itself.

@@ -11,6 +11,8 @@ query index i and key index j:
     KeyMod(l, c)    j % l >= l - c                                summary, fixed
     RowMod(m, o)    i % m == o                                    rows_mod
     Random(r, b, s) key block of j is one of the r picks of i's query block
+    Select(k, b, qb) key block j // b is one of the k blocks that the run-time   select
+                    selection lists for query block i // qb
 
 combined with Union, Inter and Not.  Few atoms means few cases in every
 analysis and code generator; the normal form makes equal patterns hash equal.
@@ -25,7 +27,7 @@ from typing import Optional, Union as TUnion
 from .intexpr import Const, IntExpr, depends_on_n, evaluate, make
 
 Node = TUnion["All", "Empty", "Band", "DiagMod", "Rows", "Cols", "Block", "KeyMod",
-              "RowMod", "Random", "Not", "Union", "Inter"]
+              "RowMod", "Random", "Select", "Not", "Union", "Inter"]
 
 
 def _s(e: Optional[IntExpr]) -> str:
@@ -126,6 +128,24 @@ class Random:
 
 
 @dataclass(frozen=True)
+class Select:
+    """Run-time block selection: the only atom whose pairs are not a function of (i, j, n).
+
+    Query block i // qb may attend the k key blocks (of b keys) that the caller's `blocks`
+    tensor lists for it.  Every analysis sees it through `static_part` (no block selected) and
+    `outer_part` (every block selected), which bound the pattern whatever the selection."""
+
+    k: IntExpr
+    b: IntExpr
+    qb: IntExpr
+
+    def __str__(self) -> str:
+        if self.qb == self.b:
+            return f"select({self.k}, block={self.b})"
+        return f"select({self.k}, block={self.b}, qblock={self.qb})"
+
+
+@dataclass(frozen=True)
 class Not:
     x: "Node"
 
@@ -182,7 +202,7 @@ class Heads:
         raise ValueError(f"head {h} is outside 0..{self.num_heads - 1}")
 
 
-ATOMS = (Band, DiagMod, Rows, Cols, Block, KeyMod, RowMod, Random)
+ATOMS = (Band, DiagMod, Rows, Cols, Block, KeyMod, RowMod, Random, Select)
 
 
 # ---------------------------------------------------------------- normal form
@@ -248,6 +268,10 @@ def random(r: IntExpr, b: IntExpr, seed: int) -> "Node":
     if r == Const(0):
         return Empty()
     return Random(r, b, seed)
+
+
+def select(k: IntExpr, b: IntExpr, qb: IntExpr) -> "Node":
+    return Select(k, b, qb)
 
 
 def neg(x: "Node") -> "Node":
@@ -438,6 +462,8 @@ def int_args(x) -> list:
         return [x.m, x.o]
     if isinstance(x, Random):
         return [x.r, x.b]
+    if isinstance(x, Select):
+        return [x.k, x.b, x.qb]
     return []
 
 
@@ -474,4 +500,44 @@ def substitute_n(x, n: int):
         return rowmod(c(x.m), c(x.o))
     if isinstance(x, Random):
         return random(c(x.r), c(x.b), x.seed)
+    if isinstance(x, Select):
+        return select(c(x.k), c(x.b), c(x.qb))
     return x
+
+
+# ---------------------------------------------------------------- run-time selection
+
+def selects(x) -> list:
+    """The distinct `select` atoms of an expression (every head), in first-seen order."""
+    return list(dict.fromkeys(node for node in walk(x) if isinstance(node, Select)))
+
+
+def has_select(x) -> bool:
+    return any(isinstance(node, Select) for node in walk(x))
+
+
+def replace_select(x, by: "Node"):
+    """The same expression with every `select` atom replaced by `by` (normal form rebuilt)."""
+    if isinstance(x, Heads):
+        return Heads(tuple(HeadCase(k.lo, k.hi, replace_select(k.expr, by)) for k in x.cases))
+    if isinstance(x, Union):
+        return union(replace_select(y, by) for y in x.items)
+    if isinstance(x, Inter):
+        return inter(replace_select(y, by) for y in x.items)
+    if isinstance(x, Not):
+        return neg(replace_select(x.x, by))
+    if isinstance(x, Select):
+        return by
+    return x
+
+
+def static_part(x):
+    """The pairs every selection allows: `select` as `none`.  A lower bound of the pattern because
+    `select` occurs only positively (the front end refuses it under a difference)."""
+    return replace_select(x, Empty())
+
+
+def outer_part(x):
+    """The pairs some selection may allow: `select` as `all` (the static part plus the region where
+    selected blocks may fall, clipped by the outer terms)."""
+    return replace_select(x, All())

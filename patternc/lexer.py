@@ -19,7 +19,7 @@ __all__ = ["AttnLexer", "KEYWORDS", "PRIMITIVES", "FUNCTIONS", "LENGTH"]
 
 KEYWORDS = ("pattern", "stack", "heads")
 PRIMITIVES = ("all", "none", "causal", "local", "band", "global", "sink", "queries", "keys",
-              "stride", "block", "summary", "fixed", "rows_mod", "random")
+              "stride", "block", "summary", "fixed", "rows_mod", "random", "select")
 FUNCTIONS = ("min", "max", "isqrt", "cdiv")  # integer functions (patternc.intexpr.FUNCS)
 LENGTH = "n"  # the sequence length, the one predefined integer name
 

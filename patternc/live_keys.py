@@ -18,7 +18,7 @@ t.  So the live set is again a pattern, the *live relation* over (step t, key j)
 counting and closed-form machinery counts it: its row t has |L(t)| keys.  A stride (i = j mod
 m) is exact beside bands (the smallest such i above a bound is `x + (j - x) mod m`, and
 `t + (j - t) mod m <= j + hi` is t - j <= m * floor(hi / m)); where it meets rows or blocks,
-and for random blocks, row classes (rows_mod), negations, and arguments that depend on n, the atom is dropped, which
+and for random blocks, row classes (rows_mod), run-time selections (select), negations, and arguments that depend on n, the atom is dropped, which
 gives a superset (`exact` is False then): never too small for a cache.
 
 The relation also gives the shape of a cache that holds every live key: each of its terms
@@ -85,7 +85,7 @@ def _atom(x) -> _Term:
         return _Term(m=args[0])
     if isinstance(x, ir.KeyMod):
         return _Term(keymods=((args[0], args[1]),))
-    if isinstance(x, ir.RowMod):  # a filter on queries only: dropped (a superset)
+    if isinstance(x, (ir.RowMod, ir.Select)):  # a filter on queries; blocks chosen at run time: dropped
         return _Term(exact=False)
     raise TypeError(type(x).__name__)
 

@@ -6,7 +6,7 @@ query tile needs, which query tiles a key tile needs, and when a tile is full.
 
 Terms are grouped into *passes*, each with its own index space:
 
-- `identity`: tokens in order (bands, global rows/columns, blocks, random);
+- `identity`: tokens in order (bands, global rows/columns, blocks, random, select);
 - `diag(m)`: tokens grouped by residue i % m, so `stride(m)` and dilation
   become contiguous bands (the Sparse Transformer's own trick);
 - `keys(l, c)`: only the key columns with j % l >= l - c ("summary" columns),
@@ -43,6 +43,7 @@ class Term:
     randoms: tuple = ()  # ir.Random atoms
     filters: tuple = ()  # other IR nodes (negations, unions that could not be expanded)
     rowmods: tuple = ()  # ((m, o), ...): query rows i % m == o
+    selects: tuple = ()  # ir.Select atoms: the key blocks come from the run-time selection
 
     def expr(self):
         parts = []
@@ -55,7 +56,13 @@ class Term:
         parts += [ir.keymod(l, c) for l, c in self.keymods]
         parts += list(self.randoms) + list(self.filters)
         parts += [ir.rowmod(m, o) for m, o in self.rowmods]
+        parts += list(self.selects)
         return ir.inter(parts)
+
+    @property
+    def picked(self) -> bool:
+        """Visited block by block (random picks or selected blocks), not as closed-form ranges."""
+        return bool(self.randoms or self.selects)
 
 
 def _combine(a: Term, b: Term) -> Term:
@@ -68,7 +75,7 @@ def _combine(a: Term, b: Term) -> Term:
 
     return Term(bound(a.lo, b.lo, "max"), bound(a.hi, b.hi, "min"), a.rows + b.rows, a.cols + b.cols,
                 a.blocks + b.blocks, a.diag + b.diag, a.keymods + b.keymods, a.randoms + b.randoms,
-                a.filters + b.filters, a.rowmods + b.rowmods)
+                a.filters + b.filters, a.rowmods + b.rowmods, tuple(dict.fromkeys(a.selects + b.selects)))
 
 
 def to_terms(x) -> list:
@@ -107,6 +114,8 @@ def to_terms(x) -> list:
         return [Term(rowmods=((x.m, x.o),))]
     if isinstance(x, ir.Random):
         return [Term(randoms=(x,))]
+    if isinstance(x, ir.Select):
+        return [Term(selects=(x,))]
     raise TypeError(type(x).__name__)
 
 
@@ -139,6 +148,8 @@ class Pass:
 class Plan:
     passes: tuple
     random_block: Optional[int]  # tiles must divide this when the pattern has `random`
+    select: Optional[ir.Select] = None  # the pattern's run-time selection (query tiles divide qblock,
+                                        # key tiles divide block)
 
 
 TILE_QUANTUM = 16  # random blocks must be a constant multiple of this to be visited block by block
@@ -151,6 +162,10 @@ def _space_of(t: Term) -> tuple[Space, Term]:
     class of the same modulus is one residue class (the others are skipped whole), and in
     token order a class skips the query tiles that hold none of its rows.  Elsewhere they
     are filters."""
+    if t.selects:  # walked by its selected blocks, in token order; the rest is checked by the mask
+        extra = tuple(ir.diagmod(m) for m in t.diag) + tuple(ir.keymod(a, b) for a, b in t.keymods) + t.randoms \
+            + tuple(ir.rowmod(a, b) for a, b in t.rowmods)
+        return Space("identity"), replace(t, diag=(), keymods=(), randoms=(), rowmods=(), filters=t.filters + extra)
     odd = tuple(x for x in t.randoms if not (isinstance(x.b, ix.Const) and x.b.value % TILE_QUANTUM == 0))
     if odd:  # visited through the mask only: correct, but every key tile of the row range is computed
         t = replace(t, randoms=tuple(x for x in t.randoms if x not in odd), filters=t.filters + odd)
@@ -182,10 +197,12 @@ def plan(expr) -> Plan:
                                           str(s.c)))
     passes, earlier = [], []
     rb = None
+    found = ir.selects(expr)
     for s in order:
         ts = groups[s]
-        # random terms last, so earlier terms never need to ask "was this tile picked?"
-        ts.sort(key=lambda t: bool(t.randoms))
+        # random terms, then selected ones, last: earlier terms never need to ask "was this tile
+        # picked?", and a selected block that the static terms cover is skipped, not computed twice
+        ts.sort(key=lambda t: (bool(t.selects), bool(t.randoms)))
         if len(ts) > MAX_TERMS:
             ts = [Term(filters=(ir.union([t.expr() for t in ts]),))]
         own = ir.union([t.expr() for t in ts])
@@ -196,7 +213,7 @@ def plan(expr) -> Plan:
             for r in t.randoms:
                 if isinstance(r.b, ix.Const):
                     rb = r.b.value if rb is None else math.gcd(rb, r.b.value)
-    return Plan(tuple(passes), rb)
+    return Plan(tuple(passes), rb, found[0] if found else None)
 
 
 def heavy_spans(p: Pass, major: str) -> list:
@@ -214,7 +231,7 @@ def heavy_spans(p: Pass, major: str) -> list:
         own, other = (t.rows, t.cols) if major == "q" else (t.cols, t.rows)
         # a one-sided band (causal) still leaves a global row (column) at one end unbounded
         two_sided = t.lo is not None and t.hi is not None
-        if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.randoms or t.rowmods):
+        if own and not other and not two_sided and not (t.blocks or t.diag or t.keymods or t.picked or t.rowmods):
             spans.append((ix.make("max", *[a for a, _ in own]), ix.make("min", *[b for _, b in own])))
     return spans
 
@@ -227,7 +244,7 @@ def narrow_columns(t: Term, space: Space) -> Optional[int]:
     Longformer's global columns), or None.  Walked as one of the forward's BN-key tiles (64),
     4 sink columns cost a whole tile per query tile (StreamingLLM: 1 of 19); a step of its own
     loads 16 keys instead.  The bounds must be constants, so the width is the same at every n."""
-    if space.kind != "identity" or not t.cols or t.blocks or t.diag or t.keymods or t.randoms or t.rowmods:
+    if space.kind != "identity" or not t.cols or t.blocks or t.diag or t.keymods or t.picked or t.rowmods:
         return None
     if not all(isinstance(a, ix.Const) and isinstance(b, ix.Const) for a, b in t.cols):
         return None

@@ -37,11 +37,14 @@ def _chain(parts: list, op: str) -> str:
 
 
 def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_random_pick",
-              n: str = "n", true: Optional[str] = None) -> str:
-    """A boolean expression in `i` and `j` (broadcastable index tensors)."""
+              n: str = "n", true: Optional[str] = None, select: Optional[str] = None) -> str:
+    """A boolean expression in `i` and `j` (broadcastable index tensors).
+
+    `select`: how this code asks about a `select` atom, a format string over {i}, {j}, {k},
+    {b} and {qb} (the run-time selection is in scope there); None where it is not."""
 
     def p(y) -> str:
-        return mask_expr(y, i, j, arg, hash_fn, n, true)
+        return mask_expr(y, i, j, arg, hash_fn, n, true, select)
 
     if isinstance(x, ir.All):
         return true or f"(({i} >= 0) | ({j} >= 0))"
@@ -75,6 +78,10 @@ def mask_expr(x, i: str, j: str, arg: ArgFn = inline_const, hash_fn: str = "_ran
         return f"(({i} % {arg(x.m)} == {arg(x.o)}) & ({j} >= 0))"
     if isinstance(x, ir.Random):
         return f"{hash_fn}({i}, {j}, {arg(x.r)}, {arg(x.b)}, {x.seed}, {n})"
+    if isinstance(x, ir.Select):
+        if select is None:
+            raise ValueError(f"{x} is chosen at run time: this code has no selection to ask")
+        return select.format(i=i, j=j, k=arg(x.k), b=arg(x.b), qb=arg(x.qb))
     raise TypeError(f"cannot print {type(x).__name__}")
 
 
@@ -110,6 +117,8 @@ def formula(x) -> str:
         return f"i % {x.m} == {x.o}"
     if isinstance(x, ir.Random):
         return f"key block j // {x.b} is one of {x.r} hashed picks (seed {x.seed}) of query block i // {x.b}"
+    if isinstance(x, ir.Select):
+        return f"key block j // {x.b} is one of the {x.k} run-time selected blocks of query block i // {x.qb}"
     return str(x)
 
 

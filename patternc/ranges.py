@@ -65,6 +65,7 @@ class TileRanges:
     applies: S.Expr  # the term can contribute to this tile at all
     full: S.Expr  # (query-major) given key tile [b0, b1] too: every pair is allowed
     random: Optional[ir.Random] = None
+    select: Optional[ir.Select] = None  # the term's key blocks come from the run-time selection
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,11 @@ def query_major(t: Term, space: Space, arg: Args) -> TileRanges:
     if t.filters or len(t.diag) > 1 or len(t.keymods) > 1:
         full.append(S.FALSE)
     rnd = t.randoms[0] if t.randoms else None
+    sel = t.selects[0] if t.selects else None
     # a random term: BM and BN divide its block, so a query tile sits in one query block and a
-    # visited key tile lies inside a picked key block
-    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.all_of(full), rnd)
+    # visited key tile lies inside a picked key block (likewise a selected term: BM divides qblock,
+    # BN divides block)
+    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.all_of(full), rnd, sel)
 
 
 def key_major(t: Term, space: Space, arg: Args) -> TileRanges:
@@ -263,14 +266,15 @@ def key_major(t: Term, space: Space, arg: Args) -> TileRanges:
             lows.append(S.mul(S.div(j0, bsa), bsa))
             highs.append(_block_hull_hi(j1, bsa))
     rnd = t.randoms[0] if t.randoms else None
-    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.FALSE, rnd)
+    sel = t.selects[0] if t.selects else None
+    return TileRanges(S.max_of(lows), S.min_of(highs), S.all_of(applies), S.FALSE, rnd, sel)
 
 
 def full_span(t: Term, space: Space, arg: Args, major: str) -> Optional[FullSpan]:
     """Closed-form range of full tiles for one term: key tiles of query tile [a0, a1] (major 'q',
     tile size BN), or query tiles of key tile [b0, b1] (major 'k', size BM).  None when the
-    term's pairs are never certified full (filters, random, extra moduli, blocks in classes)."""
-    if t.filters or t.randoms or len(t.diag) > 1 or len(t.keymods) > 1 or (t.rowmods and space.kind != "diag"):
+    term's pairs are never certified full (filters, random, selected, extra moduli, blocks in classes)."""
+    if t.filters or t.picked or len(t.diag) > 1 or len(t.keymods) > 1 or (t.rowmods and space.kind != "diag"):
         return None
     q = major == "q"
     T = BN if q else BM
@@ -352,3 +356,74 @@ def full_span(t: Term, space: Space, arg: Args, major: str) -> Optional[FullSpan
                 conds += [S.le(arg(a), key_position(space, arg, B0)), S.lt(key_position(space, arg, B1), arg(b))]
     lo = S.max_of(los) if los else S.ZERO
     return FullSpan(lo, S.min_of(his), S.all_of(conds))
+
+
+# ---------------------------------------------------------------- the indexer's candidates
+
+def _meets(t: Term, arg: Args) -> S.Expr:
+    """Term t may have a pair in the rectangle [a0, a1] x [b0, b1] of token positions (True where
+    its other atoms are not looked at)."""
+    conds = []
+    if t.lo is not None:
+        conds.append(S.le(arg(t.lo), S.sub(A1, B0)))
+    if t.hi is not None:
+        conds.append(S.le(S.sub(A0, B1), arg(t.hi)))
+    for a, b in t.rows:
+        conds += [S.le(arg(a), A1), S.lt(A0, arg(b))]
+    for a, b in t.cols:
+        conds += [S.le(arg(a), B1), S.lt(B0, arg(b))]
+    return S.all_of(conds)
+
+
+def _covers(static: Term, sel: Term, arg: Args) -> S.Expr:
+    """Every pair of `sel` in the rectangle is a pair of `static` (provably; False where unsure):
+    the differences i - j that sel's band leaves in the rectangle lie in static's band, static's
+    row and key ranges hold the whole rectangle, and its blocks hold it in one block."""
+    if static.filters or static.diag or static.keymods or static.picked:
+        return S.FALSE
+    conds = []
+    for bs in static.blocks:  # the rectangle's rows and keys all in one block of bs
+        blk = arg(bs)
+        qa, qb, ka, kb = (S.div(x, blk) for x in (A0, A1, B0, B1))
+        conds += [S.le(qb, qa), S.le(kb, ka), S.le(qa, ka), S.le(ka, qa)]
+    if static.lo is not None:  # lo_s <= max(a0 - b1, lo_t)
+        lo_s = arg(static.lo)
+        conds.append(S.any_of([S.le(lo_s, S.sub(A0, B1))] + ([S.le(lo_s, arg(sel.lo))] if sel.lo is not None else [])))
+    if static.hi is not None:  # min(a1 - b0, hi_t) <= hi_s
+        hi_s = arg(static.hi)
+        conds.append(S.any_of([S.le(S.sub(A1, B0), hi_s)] + ([S.le(arg(sel.hi), hi_s)] if sel.hi is not None else [])))
+    for a, b in static.rows:
+        conds += [S.le(arg(a), A0), S.lt(A1, arg(b))]
+    for a, b in static.cols:
+        conds += [S.le(arg(a), B0), S.lt(B1, arg(b))]
+    return S.all_of(conds)
+
+
+def select_candidates(terms: list, arg: Args) -> S.Expr:
+    """Whether selecting key block [b0, b1] for query block [a0, a1] can add a pair: some selected
+    term meets the rectangle and no static term provably covers it there.  The indexer
+    (select_blocks) keeps its budget for these blocks: never the window, the sinks, or blocks
+    after a causal query block.  Conservative: a block two static terms cover together stays a
+    candidate (selecting it is harmless, it adds nothing)."""
+    static = [t for t in terms if not t.selects]
+    return S.any_of([S.all_of([_meets(t, arg)] + [_not(_covers(s, t, arg)) for s in static])
+                     for t in terms if t.selects])
+
+
+def _not(c: S.Expr) -> S.Expr:
+    """The negation of a condition (comparisons flipped, so no boolean `not` is printed)."""
+    c = S.lit(c)
+    if c == S.TRUE:
+        return S.FALSE
+    if c == S.FALSE:
+        return S.TRUE
+    if isinstance(c, S.Bin):
+        if c.op == "&":
+            return S.any_of([_not(c.a), _not(c.b)])
+        if c.op == "|":
+            return S.all_of([_not(c.a), _not(c.b)])
+        if c.op == "<=":
+            return S.lt(c.b, c.a)
+        if c.op == "<":
+            return S.le(c.b, c.a)
+    raise ValueError(f"cannot negate {c}")

@@ -50,8 +50,25 @@ def _ints(node, n):
     return [None if e is None else evaluate(e, n) for e in ir.int_args(node)]
 
 
-def allowed(expr, i, j, n: int):
-    """Boolean array: may query i attend key j?  i and j broadcast (e.g. (n,1) and (1,n))."""
+class SelectionNeeded(ValueError):
+    """A pattern with `select` was asked about a pair without a run-time selection."""
+
+
+def selected(sel, qblock: int, block: int, i, j):
+    """Does the selection list key block j // block for query block i // qblock?  `sel` is one
+    (batch, head)'s blocks, an array of shape (query blocks, k) with -1 for an empty slot; i and j
+    are index arrays that broadcast (numpy with numpy, torch with torch)."""
+    qb = i // qblock
+    inside = (qb >= 0) & (qb < sel.shape[0])
+    rows = sel[qb * inside]  # (..., k): the listed key blocks of each row's query block
+    return (rows == (j // block)[..., None]).any(-1) & inside
+
+
+def allowed(expr, i, j, n: int, selection=None):
+    """Boolean array: may query i attend key j?  i and j broadcast (e.g. (n,1) and (1,n)).
+
+    `selection`: for a pattern with `select`, the run-time blocks of one (batch, head), an integer
+    array or tensor of shape (ceil(n / qblock), k); without it such a pattern is an error."""
     if isinstance(expr, ir.Heads):
         raise TypeError("per-head pattern: pick a head with Heads.for_head(h) first")
     x = expr
@@ -60,17 +77,17 @@ def allowed(expr, i, j, n: int):
     if isinstance(x, ir.Empty):
         return (i < 0) & (j < 0) & False
     if isinstance(x, ir.Union):
-        out = allowed(x.items[0], i, j, n)
+        out = allowed(x.items[0], i, j, n, selection)
         for y in x.items[1:]:
-            out = out | allowed(y, i, j, n)
+            out = out | allowed(y, i, j, n, selection)
         return out
     if isinstance(x, ir.Inter):
-        out = allowed(x.items[0], i, j, n)
+        out = allowed(x.items[0], i, j, n, selection)
         for y in x.items[1:]:
-            out = out & allowed(y, i, j, n)
+            out = out & allowed(y, i, j, n, selection)
         return out
     if isinstance(x, ir.Not):
-        return ~allowed(x.x, i, j, n)
+        return ~allowed(x.x, i, j, n, selection)
     if isinstance(x, ir.Band):
         d = i - j
         lo = None if x.lo is None else evaluate(x.lo, n)
@@ -101,26 +118,33 @@ def allowed(expr, i, j, n: int):
     if isinstance(x, ir.Random):
         r, b = _ints(x, n)
         return random_allowed(r, b, x.seed, i, j, n)
+    if isinstance(x, ir.Select):
+        if selection is None:
+            raise SelectionNeeded(f"{x} is chosen at run time: pass the selection (blocks of one batch element "
+                                  "and head), or ask about ir.static_part / ir.outer_part of the pattern")
+        k, b, qb = _ints(x, n)
+        return selected(selection, qb, b, i, j) & (i >= 0) & (j >= 0)
     raise TypeError(f"unknown IR node {type(x).__name__}")
 
 
-def dense_mask(expr, n: int, head: int = 0):
-    """The n x n boolean mask as a torch tensor (for tests, tooling and `patternc mask`)."""
+def dense_mask(expr, n: int, head: int = 0, selection=None):
+    """The n x n boolean mask as a torch tensor (for tests, tooling and `patternc mask`);
+    `selection` as for `allowed`."""
     import torch
 
     if isinstance(expr, ir.Heads):
         expr = expr.for_head(head)
     idx = torch.arange(n, dtype=torch.int64)
-    m = allowed(expr, idx[:, None], idx[None, :], n)
+    m = allowed(expr, idx[:, None], idx[None, :], n, selection)
     return m.expand(n, n).clone() if m.shape != (n, n) else m
 
 
-def dense_mask_numpy(expr, n: int, head: int = 0):
+def dense_mask_numpy(expr, n: int, head: int = 0, selection=None):
     """The same mask with numpy only (no torch import), for the CLI."""
     import numpy as np
 
     if isinstance(expr, ir.Heads):
         expr = expr.for_head(head)
     idx = np.arange(n, dtype=np.int64)
-    m = allowed(expr, idx[:, None], idx[None, :], n)
+    m = allowed(expr, idx[:, None], idx[None, :], n, selection)
     return np.broadcast_to(m, (n, n)).copy()

@@ -1,7 +1,9 @@
 """Pictures of a pattern: an ASCII map for the terminal and a PNG (SVG, PDF, ...) with the tile grid.
 
 A kernel pays per tile, not per pair, so both pictures show which tiles are
-full (no mask arithmetic needed), partial (masked) or empty (skipped).  Counts
+full (no mask arithmetic needed), partial (masked) or empty (skipped).  A pattern
+with `select(...)` is drawn as its static part, with the region where run-time
+selected blocks may fall (the outer pattern minus the static part) marked.  Counts
 come from the semantics oracle evaluated in row chunks, so memory stays small
 even where the n x n mask would not (n up to MAX_N).
 """
@@ -105,6 +107,27 @@ def _cell_size(n: int, tile: int, width: int) -> int:
 
 _CELL = {EMPTY: " ", PARTIAL: "+", FULL: "#"}
 _TILE = {EMPTY: ".", PARTIAL: "+", FULL: "#"}
+SELECTABLE = 3  # (select patterns) no static pair, but selected blocks may fall here
+_CELL[SELECTABLE] = ":"
+_TILE[SELECTABLE] = "s"
+
+
+def _static_and_region(expr):
+    """(static part, region where selected blocks may fall or None) of a concrete expression."""
+    if not ir.has_select(expr):
+        return expr, None
+    static = ir.static_part(expr)
+    return static, ir.inter([ir.outer_part(expr), ir.neg(static)])
+
+
+def _mark(states, selectable):
+    """States with SELECTABLE where the static part has nothing and `selectable` (a boolean array
+    of the same shape, or None) says selected blocks may fall."""
+    if selectable is None:
+        return states
+    out = states.copy()
+    out[(states == EMPTY) & selectable] = SELECTABLE
+    return out
 
 
 def _group_states(states, g: int):
@@ -137,17 +160,25 @@ def summary_line(tiles: Counts, n: int) -> str:
 
 def ascii_picture(expr, n: int, tile: int = 128, head: int = 0, width: int = 64, title: str = "") -> str:
     """The mask downsampled to about `width` columns with the tile grid, then the tile map."""
+    expr, region = _static_and_region(_head_expr(expr, head))
     cell = _cell_size(n, tile, width)
     cells = block_counts(expr, n, cell, head)
     tiles = cells if cell == tile else block_counts(expr, n, tile, head)
     out = [title] if title else []
     out.append(summary_line(tiles, n))
+    if region is not None:
+        rc = block_counts(region, n, cell)
+        rt = rc if cell == tile else block_counts(region, n, tile)
+        out.append(f"static part shown; selected blocks may add up to {int(rt.counts.sum())} more pairs "
+                   "in the region marked ':' (tiles 's')")
     out.append("")
     per_tile = tile // cell if tile % cell == 0 else 0
     grid = per_tile >= 2 and tiles.states.shape[0] <= 32
     legend = f"mask, 1 char = {cell}x{cell} pairs: '#' all allowed, '+' some, ' ' none"
+    if region is not None:
+        legend += ", ':' selected blocks may fall here"
     out.append(legend + ("; lines are tile borders:" if grid else ":"))
-    cs = cells.states
+    cs = _mark(cells.states, None if region is None else rc.counts > 0)
     nc = cs.shape[0]
 
     def rule() -> str:
@@ -167,9 +198,13 @@ def ascii_picture(expr, n: int, tile: int = 128, head: int = 0, width: int = 64,
     ts = tiles.states
     g = max(1, -(-ts.shape[0] // width))
     shown = _group_states(ts, g) if g > 1 else ts
+    if region is not None:
+        rs = rt.states if g == 1 else _group_states(rt.states, g)
+        shown = _mark(shown, rs != EMPTY)
     what = f"1 char = {g}x{g} tiles" if g > 1 else "1 char = 1 tile"
     out.append("")
-    out.append(f"tiles of {tile}x{tile} ({what}): '#' full, '+' partial (masked), '.' empty (skipped):")
+    sel = ", 's' selected blocks only" if region is not None else ""
+    out.append(f"tiles of {tile}x{tile} ({what}): '#' full, '+' partial (masked), '.' empty (skipped){sel}:")
     for r in range(shown.shape[0]):
         out.append("  " + "".join(_TILE[int(s)] for s in shown[r]))
     return "\n".join(out) + "\n"
@@ -221,6 +256,7 @@ def save_picture(expr, n: int, path: str, tile: int = 128, head: int = 0, title:
     import numpy as np
     from matplotlib.patches import Patch
 
+    expr, region = _static_and_region(_head_expr(expr, head))
     cell = max(1, -(-n // 1024))
     cells = block_counts(expr, n, cell, head)
     tiles = block_counts(expr, n, tile, head)
@@ -233,6 +269,12 @@ def save_picture(expr, n: int, path: str, tile: int = 128, head: int = 0, title:
     cell_states = st[np.ix_(centre, centre)]
     for state, colour in ((FULL, "tab:green"), (PARTIAL, "tab:orange")):
         rgb[cell_states == state] = _blend(colour, rgb[cell_states == state], 0.3)
+    handles = []
+    if region is not None:  # where selected blocks may fall: a light blue wash by density
+        rd = block_counts(region, n, cell).counts / cells.areas
+        where = rd > 0
+        rgb[where] = _blend("tab:blue", rgb[where], 0.15 + 0.35 * np.clip(rd[where], 0, 1)[:, None])
+        handles.append(Patch(facecolor=_blend("tab:blue", np.ones(3), 0.4), label="selected blocks may fall"))
     fig, ax = plt.subplots(figsize=(7.5, 8), dpi=100)
     try:
         ax.imshow(rgb, extent=(0, n, n, 0), interpolation="nearest")
@@ -248,7 +290,7 @@ def save_picture(expr, n: int, path: str, tile: int = 128, head: int = 0, title:
         ax.set_title((title + "\n" if title else "") + summary_line(tiles, n), fontsize=8)
         ax.legend(handles=[Patch(facecolor=_blend("tab:green", np.ones(3), 0.4), label="full tile"),
                            Patch(facecolor=_blend("tab:orange", np.ones(3), 0.4), label="partial tile"),
-                           Patch(facecolor="white", edgecolor="grey", label="empty tile")],
+                           Patch(facecolor="white", edgecolor="grey", label="empty tile")] + handles,
                   loc="upper right", fontsize=7, framealpha=1)
         fig.tight_layout()
         fig.savefig(path, format=fmt)

@@ -42,6 +42,8 @@ def test_generated_kernels_hold_only_what_the_pattern_uses(path):
         assert dead not in text, (path, dead)
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    exported = [n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "__all__"]
+    used |= {x.value for e in exported for x in e.elts}  # re-exports (a select pattern's Selection)
     assert not defined - used, (path, defined - used)  # every helper is called or bound
     imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module != "__future__"
                 for a in n.names}

@@ -28,7 +28,7 @@ pattern base(w = 256, g = min(16, cdiv(n, 4)), s) =  # parameters, one without d
     causal & (local(w, dilation=2) | global(at=[0, n - 1]) - sink(g))
 pattern
   spread  # the name on the next line
-  (k = isqrt(n) * 2 // 3 % 5 + max(1, -k)) = band(-k, k) | stride(k) | block(k)
+  (k = isqrt(n) * 2 // 3 % 5 + max(1, -k)) = band(-k, k) | stride(k) | block(k) | select(4, block=32, qblock=16)
 pattern mix = heads {
     0..3: base(s = 4), 4..7: random(2, block=64, seed=1) & summary(128, 8),
     8..8: fixed(16, 2) | queries(0, 10) & keys(5, n) | all - none,

@@ -18,14 +18,14 @@ import pytest
 import torch
 
 import patternc
-from patternc import semantics
+from patternc import ir, semantics
 from patternc.frontend import PRIMITIVES, Stack, check_program, parse_program
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 FILES = sorted(EXAMPLES.glob("*.attn"))
 EXPECTED = {"longformer", "bigbird", "strided", "fixed", "sliding_window", "streaming", "dilated",
-            "prefix_lm", "per_head", "longnet"}
+            "prefix_lm", "per_head", "longnet", "nsa"}
 LENGTHS = (77, 300)
 
 
@@ -61,17 +61,24 @@ def test_reference_mask_matches_semantics(path, name):
     if isinstance(item, Stack):  # a stack: each distinct layer, through the stack's module
         mod = patternc.load(item, backend="reference")
         for k, p in enumerate(item.distinct):
-            _check_mask(path, f"{name} layer {item.layer_index.index(k)}", p,
-                        lambda n, i=item.layer_index.index(k): mod.mask(n, layer=i))
+            _check_mask(path, f"{name} layer {item.layer_index.index(k)}", p, mod.layer(item.layer_index.index(k)))
         return
     mod = patternc.load(item, backend="reference")
-    _check_mask(path, name, item, mod.mask)
+    _check_mask(path, name, item, mod)
 
 
-def _check_mask(path, name, p, mask):
+def _check_mask(path, name, p, mod):
     for n in LENGTHS:
         expr = p.at(n)
-        got = mask(n).numpy()
+        if ir.has_select(expr):  # checked with a random selection (and rows: of the outer pattern)
+            k, b, qb = (mod.SPEC if hasattr(mod, "SPEC") else mod.spec).select  # a module, or a stack's layer
+            blocks = torch.randint(-1, -(-n // b), (1, 1, -(-n // qb), k), dtype=torch.int32,
+                                   generator=torch.Generator().manual_seed(n))
+            got = mod.mask(n, blocks=blocks)[0, 0].numpy()
+            assert np.array_equal(got, semantics.dense_mask_numpy(expr, n, selection=blocks[0, 0].numpy()))
+            assert semantics.dense_mask_numpy(ir.outer_part(expr), n).any(axis=-1).all()
+            continue
+        got = mod.mask(n).numpy()
         if p.num_heads is None:
             want = semantics.dense_mask_numpy(expr, n)
         else:
@@ -144,6 +151,17 @@ def test_model_trains_with_compiled_file(tmp_path):
     assert "using its 8 heads" in r.stdout
     losses = _losses(r.stdout)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), r.stdout
+
+
+def test_select_model_indexer_learns_where_attention_looks():
+    """examples/select_model.py, short: the indexer trained on the block mass finds more of the true
+    top-mass blocks than it did at the start (as a subprocess: the example runs as users run it)."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", TRITON_INTERPRET="0")
+    r = subprocess.run([sys.executable, str(EXAMPLES / "select_model.py"), "--steps", "40"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = [float(x) for x in re.findall(r"overlap with the true top-2 mass blocks (\S+)", r.stdout)]
+    assert len(got) == 11 and got[-1] >= got[0] + 0.15 and max(got[-3:]) >= 0.55, r.stdout
 
 
 def test_language_reference_documents_every_primitive():

@@ -497,3 +497,73 @@ def test_packed_backward_is_deterministic_on_gpu(name):
         runs.append([t.grad for t in (qq, kk, vv)])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- select(...): learned block selection
+
+SELECTED = "pattern nsa(w = 512, k = 16) = causal & (sink(4) | local(w) | select(k, block=64))"
+
+
+def _selected_reference(q, k, v, blocks, scale):
+    """(out, lse, block mass) in float64 on the GPU, from patternc.semantics and the blocks."""
+    from test_select_runtime import reference
+
+    return reference(SELECTED, q, k, v, blocks, scale)
+
+
+@pytest.mark.parametrize("hs", ["1", "kv", "q"])
+@pytest.mark.parametrize("n", [1000, 4099])
+def test_selected_bf16_against_float64(n, hs):
+    from test_select_runtime import adversarial_blocks
+
+    mod = patternc.load(SELECTED, backend="triton")
+    B, Hq, Hkv, D = 1, 4, 2, 128
+    Hs = {"1": 1, "kv": Hkv, "q": Hq}[hs]
+    blocks = adversarial_blocks(n, 16, 64, 64, B, Hs).cuda()
+    g = torch.Generator(device="cuda").manual_seed(n)
+    q = torch.randn(B, Hq, n, D, device="cuda", generator=g).bfloat16().requires_grad_()
+    k, v = (torch.randn(B, Hkv, n, D, device="cuda", generator=g).bfloat16().requires_grad_() for _ in range(2))
+    out, lse, mass = mod.attention(q, k, v, return_lse=True, blocks=blocks, return_block_mass=True)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out_r, lse_r, mass_r = _selected_reference(qr, kr, vr, blocks.cpu(), D ** -0.5)
+    grads_r = torch.autograd.grad(out_r, (qr, kr, vr), do.double())
+    tol = TOL[torch.bfloat16]
+    assert (out.double() - out_r).abs().max() <= tol * max(out_r.abs().max(), 0.1)
+    finite = torch.isfinite(lse_r)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (mass.double() - mass_r.to(mass.device)).abs().max() <= 2e-2 * max(mass_r.abs().max().item(), 1.0)
+    for got, want in zip(grads, grads_r):
+        assert (got.double() - want).abs().max() <= tol * max(want.abs().max(), 0.1)
+
+
+def test_selected_backward_is_deterministic_and_inverts_once_on_gpu():
+    mod = patternc.load(SELECTED, backend="triton")
+    n, D = 8192, 128
+    q = torch.randn(1, 16, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(1, 4, n, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    sel = mod.select_blocks(torch.randn(1, 8, n, 64, device="cuda", dtype=torch.bfloat16),
+                            torch.randn(1, 4, n, 64, device="cuda", dtype=torch.bfloat16))
+    runs = [torch.autograd.grad(mod.attention(q, k, v, blocks=sel).float().square().sum(), (q, k, v)) for _ in range(3)]
+    assert sel.inverse_builds == 1
+    assert all(torch.equal(a, b) for r in runs[1:] for a, b in zip(runs[0], r))
+
+
+def test_select_blocks_kernel_matches_pytorch_on_gpu():
+    from patternc.runtime.select_index import topk_blocks
+
+    mod = patternc.load(SELECTED, backend="triton")
+    n = 20000
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qi = torch.randint(-2, 3, (1, 8, n, 64), device="cuda", generator=g).to(torch.bfloat16)  # exact scores
+    ki = torch.randint(-2, 3, (1, 4, n, 64), device="cuda", generator=g).to(torch.bfloat16)
+    assert torch.equal(mod.select_blocks(qi, ki).blocks, topk_blocks(mod.SPEC, qi, ki, None))
+
+
+def test_selection_benchmark_runs_on_gpu(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import selection
+
+    assert selection.main(["--n", "8192", "--no-fla", "--layers", "2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "selection.md").read_text().count("| 8192 |") >= 2

@@ -14,7 +14,10 @@ abi (the kernels' parameters), config (launch settings), launch (direct launches
 first compiles), tma (descriptors), autotune, split (split walks of global rows and their
 merges), tile_bodies and random_kernels (Triton functions every pattern's kernels call),
 random_blocks (the random primitive's picks on the host), jit (Triton, or a stand-in where it
-is not installed).
+is not installed).  Patterns with `select(...)` add selection (the run-time `blocks` and their
+key-major inverse), selected_attention (the call with `blocks=`, its autograd and custom ops),
+selected_paths (dense and flex with a selection), select_index (`select_blocks`, the fused
+indexer) and select_tiles (their kernels' Triton functions).
 
 `bind` and the spec classes are imported on first use: the code generator reads `abi` and
 `random_blocks` without importing torch (`patternc compile` never does).
@@ -23,7 +26,7 @@ can be deployed where patternc is not installed.
 """
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "Case", "Compiled", "Pass", "Schedule", "Spec", "bind"]
+__all__ = ["BACKENDS", "Case", "Compiled", "Pass", "Schedule", "Selection", "Spec", "bind"]
 
 
 def __getattr__(name: str):
@@ -33,4 +36,7 @@ def __getattr__(name: str):
     if name in ("Case", "Pass", "Schedule", "Spec"):
         from . import spec
         return getattr(spec, name)
+    if name == "Selection":
+        from . import selection
+        return selection.Selection
     raise AttributeError(f"module 'patternc.runtime' has no attribute {name!r}")

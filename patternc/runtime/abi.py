@@ -110,12 +110,28 @@ SEQS = Group("packed or padded sequences (runtime.varlen)",
              _ints("SEQ", "SEQ_LEN") + (Param("NROW", specialize=False), Param("SPER", specialize=False))
              + _consts("DOCS"))
 
+# A pattern with select(k, block=b, qblock=qb): the run-time selection (contiguous int32, HS
+# selection heads of NQB query blocks; query head h reads selection head h // SELG), the
+# forward's block mass (MASSO, float32 (B, H, NQB * qb / BM, k): one row per query tile, summed
+# per query block by the host; MASS: computed at all), and the dk/dv kernel's key-major inverse
+# (INV_OFF, INV_QB: runtime.selection.Selection.inverse).
+SELECTED = {
+    "fwd": Group("the run-time selection and its block mass", _ints("SEL", "HS", "SELG", "NQB", "MASSO")
+                 + _consts("MASS")),
+    "dq": Group("the run-time selection", _ints("SEL", "HS", "SELG", "NQB")),
+    "dkdv": Group("the run-time selection and its key-major inverse",
+                  _ints("SEL", "HS", "SELG", "NQB", "INV_OFF", "INV_QB")),
+}
 
-def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
-    """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv", "decode"), in signature order; `seeded`:
-    a forward that continues earlier passes' state; `rev`: a kernel that may run its tiles last-first."""
+def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False,
+                 select: bool = False) -> tuple:
+    """The parameter groups of a kernel of `kind` ("fwd", "dq", "dkdv", "decode"), in signature order;
+    `seeded`: a forward that continues earlier passes' state; `rev`: a kernel that may run its tiles
+    last-first; `select`: a kernel of a pattern with select(...)."""
     runtime, consts = KERNELS[kind]
     out = list(runtime)
+    if select:
+        out.append(SELECTED[kind])
     if seeded:
         out.append(SEEDED)
     if rev:
@@ -131,9 +147,10 @@ def param_groups(kind: str, split: bool, args: tuple = (), seeded: bool = False,
 
 
 @functools.lru_cache(maxsize=None)
-def param_names(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False) -> tuple:
+def param_names(kind: str, split: bool, args: tuple = (), seeded: bool = False, rev: bool = False,
+                select: bool = False) -> tuple:
     """Every parameter name of such a kernel, in order."""
-    return tuple(x for g in param_groups(kind, split, args, seeded, rev) for x in g.names)
+    return tuple(x for g in param_groups(kind, split, args, seeded, rev, select) for x in g.names)
 
 
 def unspecialized(kind: str, split: bool) -> tuple:
@@ -142,3 +159,19 @@ def unspecialized(kind: str, split: bool) -> tuple:
     that differ in them)."""
     return tuple(p.name for g in param_groups(kind, split) if split or g is SEQS for p in g.params
                  if not p.specialize)
+
+
+# The indexer of a pattern with select(...) (select_blocks on the GPU): one program per (query
+# block, batch element x selection head), writing the top k key blocks of each query block.
+INDEX = (
+    Group("tensors: indexer queries, key block means, weights, the output blocks", _ints("QI", "KM", "W", "OUT")),
+    Group("shape", _ints("n", "NKB", "HS")),
+)
+INDEX_CONSTS = Group("compile-time settings", _consts("HI", "PER", "DI", "BDI", "QBLK", "BLK", "K", "KPAD", "BKB",
+                                                      "W_MODE"))
+
+
+def index_params(args: tuple = ()) -> tuple:
+    """The indexer kernel's parameter groups, in signature order."""
+    extra = (Group("the pattern's length-dependent arguments", _ints(*args)),) if args else ()
+    return INDEX + extra + (INDEX_CONSTS,)

@@ -82,4 +82,10 @@ def tiles(schedule: Schedule, D: int, dtype: torch.dtype, device: torch.device, 
         for key in ("BM", "BN", "DQ_BM", "DQ_BN", "DKV_BM", "DKV_BN"):
             while schedule.random_block % cfg[key]:
                 cfg[key] //= 2
+    if schedule.select_blocks is not None:  # decisions.md: select-tiles
+        block, qblock = schedule.select_blocks
+        for keys, size in ((("BM", "DQ_BM", "DKV_BM"), qblock), (("BN", "DQ_BN", "DKV_BN"), block)):
+            for key in keys:
+                while size % cfg[key]:
+                    cfg[key] //= 2
     return cfg

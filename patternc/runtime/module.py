@@ -34,6 +34,10 @@ from .flex_path import FlexPath, device_key
 from .triton_path import TritonPath
 from .jit import HAVE_TRITON
 from .kv_cache import kv_cache_class
+from .select_index import index_blocks, index_scores
+from .selected_attention import check_selection_args, register_selected_ops, selected_attention
+from .selected_paths import selected_masks
+from .selection import Selection
 from .spec import Spec
 from .validate import check_length, check_qkv, check_scale
 from .varlen import assert_on_device, host_spans, sequences
@@ -66,9 +70,11 @@ class Compiled:
             self.triton = TritonPath(spec)
         self.flex = FlexPath(make_mask_mod, spec.num_heads, make_seq_mask_mod) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
-        self.decoder = TritonDecode(spec) if self.triton is not None else None
+        self.decoder = TritonDecode(spec) if self.triton is not None and spec.select is None else None
         self.KVCache = kv_cache_class(self)
         self._seq_op = register_seq_ops(self) if backend == "triton" else None
+        # a pattern with select(...): calls take blocks= (runtime.selected_attention)
+        self.selected_op = register_selected_ops(self) if backend == "triton" and spec.select else None
 
     # ---- masks -------------------------------------------------------------------------------
 
@@ -79,10 +85,15 @@ class Compiled:
         return torch.stack([torch.broadcast_to(self.spec.mask_head(h, i, j, n), (i.shape[0], j.shape[-1]))
                             for h in range(H)])
 
-    def mask(self, n: int, device=None) -> torch.Tensor:
+    def mask(self, n: int, device=None, blocks=None) -> torch.Tensor:
         """The dense boolean mask, True where query i may attend key j: (n, n), or (NUM_HEADS, n, n)
-        for a per-head pattern."""
+        for a per-head pattern.  A pattern with select(...) needs its selection: blocks (B, Hs,
+        ceil(n / qblock), k) gives (B, Hs, n, n), or (B, NUM_HEADS, n, n) for a per-head pattern."""
         n = check_length(n, self.spec.check_length)
+        if self.spec.select is not None or blocks is not None:
+            check_selection_args(self.spec, blocks, False)
+            t = blocks.blocks if isinstance(blocks, Selection) else blocks
+            return selected_masks(self.spec, n, self.spec.num_heads or t.shape[1], t.to(device))
         m = head_masks(self.spec, n, self.spec.num_heads or 1, device)
         return m[0] if self.spec.num_heads is None else m
 
@@ -93,7 +104,23 @@ class Compiled:
         n = check_length(n, self.spec.check_length)
         return self.flex.block_mask(n, device_key(device), int(BLOCK_SIZE))
 
+    # ---- run-time selection (patterns with select(...)) ---------------------------------------
+
+    def select_blocks(self, q_index: torch.Tensor, k_index: torch.Tensor, *, weights=None) -> Selection:
+        """The pattern's fused indexer: for every query block, the k key blocks of highest score
+        among those the outer terms allow and the static terms do not cover (runtime.select_index)."""
+        return index_blocks(self.spec, q_index, k_index, weights=weights)
+
+    def block_scores(self, q_index: torch.Tensor, k_index: torch.Tensor, blocks, *, weights=None) -> torch.Tensor:
+        """The indexer's score of each listed block, differentiable (runtime.select_index.index_scores):
+        train it towards the block mass of attention(..., return_block_mass=True)."""
+        return index_scores(self.spec, q_index, k_index, blocks, weights=weights)
+
     # ---- attention ---------------------------------------------------------------------------
+
+    def uses_kernels(self, q) -> bool:
+        """Whether this call runs the Triton kernels (else the exact PyTorch walk)."""
+        return self.triton is not None and _kernels_run_on(q)
 
     def forward(self, q, k, v, scale: float, seqs=None):
         """(out, lse) without autograd: the backend's computation; `seqs`: packed or padded sequences
@@ -122,13 +149,24 @@ class Compiled:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
                   return_lse: bool = False, *, cu_seqlens: Optional[torch.Tensor] = None,
                   max_seqlen: Optional[int] = None, seq_lens: Optional[torch.Tensor] = None,
-                  seq_starts: Optional[torch.Tensor] = None):
-        """Attention with the pattern: q (B, Hq, n, D), k and v (B, Hkv, n, D).  Packed documents:
-        B = 1 and cu_seqlens (num_docs + 1,) int32 offsets, max_seqlen the longest document (optional:
-        finding it costs a host synchronisation).  Padded rows: seq_lens (B,) int32, seq_starts (B,)
-        int32 (default 0).  Each sequence is its own sequence for the pattern; padding rows give 0."""
+                  seq_starts: Optional[torch.Tensor] = None, blocks=None, return_block_mass: bool = False):
+        """Attention with the pattern: q (B, Hq, n, D), k and v (B, Hkv, n, D); with return_lse also
+        the log-sum-exp (B, Hq, n).  Packed documents: B = 1 and cu_seqlens (num_docs + 1,) int32
+        offsets, max_seqlen the longest document (optional: finding it costs a host synchronisation).
+        Padded rows: seq_lens (B,) int32, seq_starts (B,) int32 (default 0).  Each sequence is its own
+        sequence for the pattern; padding rows give 0.  A pattern with select(...) takes `blocks` (an
+        int32 tensor (B, Hs, ceil(n / qblock), k) or a Selection) and, with return_block_mass, also
+        returns each selected block's probability mass (B, Hq, ceil(n / qblock), k): out, then lse if
+        asked, then the mass."""
         check_qkv(q, k, v, self.spec.num_heads, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
+        if self.spec.select is not None or blocks is not None or return_block_mass:
+            if cu_seqlens is not None or seq_lens is not None or seq_starts is not None:
+                raise NotImplementedError(
+                    f"pattern '{self.spec.name}': a run-time selection (blocks=) with packed or padded "
+                    "sequences (cu_seqlens, seq_lens, seq_starts) is not supported yet; call attention "
+                    "per sequence, or pack without select(...)")
+            return selected_attention(self, q, k, v, scale, blocks, return_lse, return_block_mass)
         seqs = sequences(self.spec, q, cu_seqlens, max_seqlen, seq_lens, seq_starts)
         if self.backend != "triton":  # dense and FlexAttention: differentiable as they are
             out, lse = self.forward(q, k, v, scale, seqs)
@@ -153,6 +191,10 @@ class Compiled:
         return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False)
 
     def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool):
+        if self.spec.select is not None:
+            raise NotImplementedError(
+                f"pattern '{self.spec.name}' has select(...): decoding with a run-time selection is not supported "
+                "yet; run the new tokens through attention(q, k, v, blocks=...) over the cached keys")
         capacity = check_decode(q, k_cache, v_cache, cache_seqlens, page_table, self.spec.num_heads, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
         kernels = self.decoder is not None and _kernels_run_on(q)

@@ -55,6 +55,7 @@ class Schedule:
     bwd_tiles: dict  # D bucket (64, 128) -> dq and dk/dv tiles, warps and stages
     fused_dq: bool  # the dk/dv kernel adds dq atomically (no dq kernel)
     random_block: Optional[int] = None  # tiles must divide it when the pattern has random blocks
+    select_blocks: Optional[tuple] = None  # (block, qblock): key tiles divide block, query tiles qblock
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,7 @@ class Spec:
     # decoding (patternc.live_keys); None: the live keys are unbounded
     cache_layout: Optional[tuple] = None
     lengths_ok: Optional[Callable] = None  # tensor of lengths -> where _check_length passes (None: no checks)
+    select: Optional[tuple] = None  # (k, block, qblock) of the pattern's select(...): calls take blocks=
+    select_candidates: Optional[Callable] = None  # (a0, a1, b0, b1, n) -> may selecting key block [b0, b1]
+                                                   # for query block [a0, a1] add a pair (select_blocks)
+    select_index: object = None  # the Triton indexer kernel (select_blocks on the GPU)

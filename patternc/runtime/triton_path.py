@@ -22,6 +22,7 @@ from .split import add_rows, block_d, cdiv, merge_rows, split
 from .tile_bodies import bwd_prologue
 from .tma import tma_desc, tma_on, tma_pair
 from .varlen import PADDED, seq_launch_values, seq_programs
+from .walk import walk_forward
 
 LOG2E = 1.4426950408889634
 _KIND_KEYS = {"fwd": ("BM", "BN", "num_stages"), "dq": ("DQ_BM", "DQ_BN", "dq_stages"),
@@ -208,11 +209,32 @@ class TritonPath:
         progs, per = seq_programs(self.spec, p, seqs, tile, key_major)
         return progs, per, seqs.count, dict(seq_launch_values(seqs, self.spec.arg_names), SPER=per)
 
+    # ---- a pattern with select(...) ----------------------------------------------------------
+
+    def forward_selected(self, q, k, v, scale: float, sel, mass: bool):
+        """(out, lse, block mass or None) with the run-time selection `sel` (runtime.selection).
+        The kernels add the block mass where one launch walks a query tile's every pass (else the
+        exact walk computes it: several launches would have to merge their mass)."""
+        if mass and not self.mass_in_kernels(q, k):
+            return walk_forward(self.spec, q, k, v, scale, blocks=sel.blocks, mass=True)
+        return self._run("fwd", q, k, None, self.forward_launches, q, k, v, scale, None, sel, mass)
+
+    def backward_selected(self, do, q, k, v, o, lse, scale: float, sel):
+        return self._run("bwd", q, k, None, self.backward_launches, do, q, k, v, o, lse, scale, None, sel)
+
+    def mass_in_kernels(self, q, k) -> bool:
+        """Whether one forward launch per head range computes the block mass: no split global rows,
+        no residue-class pass, one forward kernel per head range."""
+        pl = self.plan("fwd", q, k)
+        return not pl["multi"] and all(p.space != "diag" and not parts
+                                       for *_, p, _, (_, _, parts, _, _), _ in pl["passes"])
+
     # ---- the forward -------------------------------------------------------------------------
 
-    def forward_launches(self, q, k, v, scale: float, seqs=None):
+    def forward_launches(self, q, k, v, scale: float, seqs=None, sel=None, mass: bool = False):
         B, H, n, D = q.shape
         pl = self.plan("fwd", q, k, seqs)
+        chosen, mass_rows = self._selection_values(q, pl["cfg"]["BM"], sel, mass)
         cfg, BD, args = pl["cfg"], pl["BD"], pl["args"]
         site = self.site(pl, q, q, k, v, *_seq_tensors(seqs))
         padded = seqs is not None and seqs.mode == PADDED  # padding rows: 0 and lse = -inf, never written
@@ -231,7 +253,7 @@ class TritonPath:
             kd, vd, tma = tma_pair(p.tma_fwd and pl["tma"] and m is not False, k, v, cfg["BN"], BD, m)
             qd = tma_desc(q, cfg["BM"], BD, True) if p.tma_rows and pl["tma"] and cfg["row_tma"] else None
             split_on = bool(p.heavy_q)
-            names = param_names("fwd", split_on, self.spec.arg_names, pi > 0, p.rev_fwd)
+            names = param_names("fwd", split_on, self.spec.arg_names, pi > 0, p.rev_fwd, sel is not None)
 
             def launch(grid, out, out_lse, nout, partial, seed):
                 self.launching = "fwd"
@@ -243,7 +265,7 @@ class TritonPath:
                     PARTIAL=int(partial), qk_scale=scale * LOG2E, **args,
                     SEEDED=pi > 0 and not partial, BM=cfg["BM"], BN=cfg["BN"], BD=BD, D=D, PREC=pl["prec"],
                     WIDEN=pl["widen"], TMA=tma, QTMA=qd is not None, REV=bool(cfg["rev"] and p.rev_fwd),
-                    SEQ=None, SEQ_LEN=None, NROW=0, SPER=0, DOCS=0)
+                    SEQ=None, SEQ_LEN=None, NROW=0, SPER=0, DOCS=0, **chosen)
                 values.update(seq_values)
                 self.launch(p.fwd, grid, site and site + (h0, pi, partial))(
                     **{x: values[x] for x in names}, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -257,14 +279,37 @@ class TritonPath:
                     merge_rows(self.launch, o, lse, po, plse, r0, count, parts, h0, h1, off, rows)
             if multi and last and parts:
                 res[:, h0:h1 + 1] = o[:, h0:h1 + 1]
-        return res, lse
+        if sel is None:
+            return res, lse
+        if not mass:
+            return res, lse, None
+        K, _, qblock = self.spec.select
+        return res, lse, mass_rows.view(B, H, -1, qblock // pl["cfg"]["BM"], K).sum(3)
+
+    def _selection_values(self, q, bm: int, sel, mass: bool) -> tuple:
+        """(the kernels' selection parameters (abi.SELECTED), the block mass's rows or None)."""
+        if sel is None:
+            return {}, None
+        B, H, n, _ = q.shape
+        K, block, qblock = self.spec.select
+        blocks = sel.blocks.contiguous()
+        Hs, nqb = blocks.shape[1], blocks.shape[2]
+        rows = torch.zeros((B, H, nqb * (qblock // bm), K), device=q.device, dtype=torch.float32) if mass else None
+        return dict(SEL=blocks, HS=Hs, SELG=H // Hs, NQB=nqb, MASSO=rows if mass else blocks, MASS=mass), rows
 
     # ---- the backward ------------------------------------------------------------------------
 
-    def backward_launches(self, do, q, k, v, o, lse, scale: float, seqs=None):
+    def backward_launches(self, do, q, k, v, o, lse, scale: float, seqs=None, sel=None):
         B, H, n, D = q.shape
         HK = k.shape[1]
         pl = self.plan("bwd", q, k, seqs)
+        chosen = {}
+        if sel is not None:  # the selection, and its key-major inverse (built once per Selection)
+            _, block, _ = self.spec.select
+            offsets, qblocks = sel.inverse(cdiv(n, block))
+            blocks = sel.blocks.contiguous()
+            chosen = dict(SEL=blocks, HS=blocks.shape[1], SELG=H // blocks.shape[1], NQB=blocks.shape[2],
+                          INV_OFF=offsets, INV_QB=qblocks)
         cfg, BD, args, group = pl["cfg"], pl["BD"], pl["args"], pl["group"]
         prec, widen, fused = pl["prec"], pl["widen"], pl["fused"]
         do = do.contiguous() if do.stride(-1) != 1 else do
@@ -295,7 +340,8 @@ class TritonPath:
         if pl["nothing"]:
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         shared = dict(**_stride_values("q", q), **_stride_values("k", k), **_stride_values("v", v), **_stride_values("do", do), n=n, HTOT=H,
-                      GROUP=group, qk_scale=scale * LOG2E, sm_scale=scale, BD=BD, D=D, PREC=prec, WIDEN=widen, **args)
+                      GROUP=group, qk_scale=scale * LOG2E, sm_scale=scale, BD=BD, D=D, PREC=prec, WIDEN=widen, **args,
+                      **chosen)
         for (h0, h1, hc, kv0, kv1, kc, pi, p, programs, (bounds, ch, parts, rows, segments),
              key_programs, (kbounds, kch, kparts, krows, ksegments)) in pl["passes"]:
             progs, per, seq_rows, dq_seq = self._grid(p, seqs, programs, cfg["DQ_BM"], False)
@@ -304,7 +350,7 @@ class TritonPath:
             if not fused:
                 kd, vd, tma_dq = tma_pair(p.tma_dq and pl["tma"] and m is not False, k, v, cfg["DQ_BN"], BD, m)
                 qd, dod, _ = tma_pair(p.tma_rows and pl["tma"] and cfg["row_tma"], q, do, cfg["DQ_BM"], BD)
-                names = param_names("dq", bool(p.heavy_q), self.spec.arg_names, False, p.rev_dq)
+                names = param_names("dq", bool(p.heavy_q), self.spec.arg_names, False, p.rev_dq, sel is not None)
 
                 def launch_dq(grid, out, nout, partial):
                     self.launching = "dq"
@@ -326,7 +372,7 @@ class TritonPath:
                     for r0, count, off in segments:
                         add_rows(self.launch, dq[:, h0:h1 + 1], pdq[:, h0:h1 + 1], r0, count, parts, off, rows)
             qd, dod, tma_dkdv = tma_pair(p.tma_dkdv and pl["tma"] and m is not False, q, do, cfg["DKV_BM"], BD, m)
-            names = param_names("dkdv", bool(p.heavy_k), self.spec.arg_names)
+            names = param_names("dkdv", bool(p.heavy_k), self.spec.arg_names, select=sel is not None)
 
             def launch_dkdv(grid, out_k, out_v, nout, partial):
                 self.launching = "dkdv"

@@ -17,10 +17,17 @@ The walk also takes the query and key positions explicitly (`q_pos`, `k_pos`: so
 positions that q and k hold, the pattern at a length `n` of which they are a part): a context
 parallel rank's queries against the key rows it holds or received.  Query tiles are then the
 given positions' runs, cut into tiles, and each tile keeps the keys of its ranges that are present.
+
+A pattern with `select(...)` walks each batch element and selection head on its own: the walk
+function returns the selected term's key range, and the runtime adds the selected blocks of
+each query tile (duplicates once, -1 skipped) to the keys the static terms visit, so a block
+they already cover is not computed twice.  `mass=True` also returns the attention probability
+each selected block received, summed over its query block's rows, folded into the same online
+softmax as the output.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
@@ -28,6 +35,22 @@ from .random_blocks import picked_blocks
 from .spec import Pass, Spec
 
 TILE = 64  # query rows per step: big enough for matrix products to dominate Python's per-tile cost
+
+
+class WalkSelection(NamedTuple):
+    """One batch element's and selection head's blocks, as the walk reads them."""
+
+    rows: list  # (query blocks) lists of k key blocks, -1 for an empty slot
+    tensor: torch.Tensor  # the same (query blocks, k), for the pass masks
+    block: int
+    qblock: int
+
+
+def selected_keys(sel: WalkSelection, a0: int, a1: int, n: int) -> list:
+    """The distinct key blocks that the query blocks of positions a0..a1 list, in order."""
+    nkb = -(-n // sel.block)
+    last = min(a1 // sel.qblock, len(sel.rows) - 1)
+    return sorted({kb for qb in range(a0 // sel.qblock, last + 1) for kb in sel.rows[qb] if 0 <= kb < nkb})
 
 
 def _merge(intervals: list) -> list:
@@ -104,7 +127,8 @@ def query_tiles(p: Pass, n: int, A: dict, tile: int, q_pos: Optional[torch.Tenso
                 yield a0, min(a0 + tile - 1, hi), r, lq, lk
 
 
-def tile_keys(p: Pass, a0: int, a1: int, r: int, n: int, lq: int, lk: int, A: dict, device) -> torch.Tensor:
+def tile_keys(p: Pass, a0: int, a1: int, r: int, n: int, lq: int, lk: int, A: dict, device,
+              sel: Optional[WalkSelection] = None) -> torch.Tensor:
     """Positions of the keys the pass's terms allow query tile [a0, a1] to meet (a superset of its
     allowed pairs' keys, as in the kernels; the pass's mask makes it exact)."""
     spans = []
@@ -114,6 +138,12 @@ def tile_keys(p: Pass, a0: int, a1: int, r: int, n: int, lq: int, lk: int, A: di
             continue
         if rnd is None:
             spans.append((lo, hi))
+            continue
+        if rnd == "select":  # the selected blocks of the tile's query blocks, inside the term's range
+            for kb in selected_keys(sel, a0, a1, n):
+                klo, khi = max(kb * sel.block, lo), min(kb * sel.block + sel.block - 1, hi)
+                if khi >= klo:
+                    spans.append((klo, khi))
             continue
         picks, block, seed = rnd
         for qb in range(a0 // block, a1 // block + 1):
@@ -143,20 +173,28 @@ def _present(k_pos: Optional[torch.Tensor], keys: torch.Tensor) -> tuple:
 
 
 def _walk_steps(spec: Spec, n: int, H: int, device, tile: int, q_pos: Optional[torch.Tensor] = None,
-                k_pos: Optional[torch.Tensor] = None) -> Iterator[tuple]:
+                k_pos: Optional[torch.Tensor] = None, heads: Optional[tuple] = None,
+                sel: Optional[WalkSelection] = None) -> Iterator[tuple]:
     """Every (heads h0..h1, query indices, key indices, keep) step of the walk: indices into q's and
     k's rows (token positions, or indices into q_pos and k_pos where given); keep is the tile's
-    pairs, from the pass's printed mask at the token positions."""
+    pairs, from the pass's printed mask at the token positions.  `heads`: only those heads (first,
+    last); `sel`: their selection."""
     A = spec.length_args(n)
     for case in spec.cases:
         h0, h1 = _heads(case, H)
+        if heads is not None:
+            h0, h1 = max(h0, heads[0]), min(h1, heads[1])
+            if h0 > h1:
+                continue
         for p in case.passes:
             for a0, a1, r, lq, lk in query_tiles(p, n, A, tile, q_pos):
-                keys, ki = _present(k_pos, tile_keys(p, a0, a1, r, n, lq, lk, A, device))
+                keys, ki = _present(k_pos, tile_keys(p, a0, a1, r, n, lq, lk, A, device, sel))
                 if keys.numel() == 0:
                     continue
                 rows = positions(p, torch.arange(a0, a1 + 1, device=device), r, A, query=True)
-                keep = torch.broadcast_to(p.mask(rows[:, None], keys[None, :], n, A), (rows.numel(), keys.numel()))
+                pairs = p.mask(rows[:, None], keys[None, :], n, A) if sel is None else \
+                    p.mask(rows[:, None], keys[None, :], n, A, sel.tensor)
+                keep = torch.broadcast_to(pairs, (rows.numel(), keys.numel()))
                 live = keep.any(1)  # rows that take part (rows_mod keeps one row in r)
                 if not live.all():
                     rows, keep = rows[live], keep[live]
@@ -164,8 +202,46 @@ def _walk_steps(spec: Spec, n: int, H: int, device, tile: int, q_pos: Optional[t
                     yield h0, h1, rows if q_pos is None else torch.searchsorted(q_pos, rows), ki, keep
 
 
+def _groups(spec: Spec, B: int, H: int, blocks) -> Iterator[tuple]:
+    """(batch slice, heads or None, selection or None): the whole call at once, or with a
+    selection one batch element and one selection head at a time."""
+    if blocks is None:
+        yield slice(None), None, None
+        return
+    _, block, qblock = spec.select
+    Hs = blocks.shape[1]
+    per = H // Hs
+    for z in range(B):
+        for s in range(Hs):
+            t = blocks[z, s]
+            yield slice(z, z + 1), (s * per, s * per + per - 1), WalkSelection(t.tolist(), t, block, qblock)
+
+
+def _slots(sel: WalkSelection, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(rows, keys, k) bool: key j lies in slot s of its row's query block, counting a block listed
+    twice in its first slot only (-1 slots never)."""
+    listed = sel.tensor.to(torch.int64)[rows // sel.qblock]  # (rows, k)
+    K = listed.shape[1]
+    earlier = (listed[:, :, None] == listed[:, None, :]) & torch.ones(K, K, dtype=torch.bool,
+                                                                       device=rows.device).tril(-1)
+    first = (listed >= 0) & ~earlier.any(-1)
+    return ((keys // sel.block)[None, :, None] == listed[:, None, :]) & first[:, None, :]
+
+
 def _kv_heads(h0: int, h1: int, group: int, device) -> torch.Tensor:
     return torch.arange(h0, h1 + 1, device=device) // group
+
+
+def _parts(spec: Spec, B: int, H: int, n: int, spans, blocks) -> Iterator[tuple]:
+    """(batch rows, first position, length, heads or None, selection or None) of each part the walk
+    visits on its own: the whole call; each packed document or padded row (spans); or, with a
+    selection, each batch element and selection head (blocks).  The module never passes both."""
+    if blocks is not None:
+        for zs, heads, sel in _groups(spec, B, H, blocks):
+            yield zs, 0, n, heads, sel
+        return
+    for bs, start, length in _sequences(spans, n):
+        yield bs, start, length, None, None
 
 
 def _sequences(spans, n: int) -> tuple:
@@ -184,7 +260,8 @@ def _at(q_pos, k_pos, n, q) -> tuple:
 
 
 def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None, *, q_pos=None, k_pos=None,
-                 n: Optional[int] = None, acc: bool = False):
+                 n: Optional[int] = None, acc: bool = False, blocks: Optional[torch.Tensor] = None,
+                 mass: bool = False):
     """(out, lse) of the pattern, exactly, visiting only the keys its closed forms allow.
 
     spans: ((batch row, start, length), ...) of packed or padded sequences, each walked as a
@@ -192,7 +269,9 @@ def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None
     q_pos and k_pos (sorted token positions of q's and k's rows, in a sequence of length n; not
     with spans): the part of the attention of those queries that falls on those keys, with its
     own lse (-inf and out 0 where a row meets none of them).  acc: out in the accumulation dtype
-    (float32, or float64), for merging partial results without rounding."""
+    (float32, or float64), for merging partial results without rounding.  blocks (B, Hs, query
+    blocks, k): the run-time selection of a pattern with `select`; with `mass`, (out, lse, block
+    mass (B, H, query blocks, k)) (module doc)."""
     B, H, m, D = q.shape
     group = H // k.shape[1]
     n, q_pos, k_pos = _at(q_pos, k_pos, n, q)
@@ -201,16 +280,33 @@ def walk_forward(spec: Spec, q, k, v, scale: float, tile: int = TILE, spans=None
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.zeros((B, H, m, D), dtype=ct, device=q.device)
     lse = torch.full((B, H, m), float("-inf"), dtype=ct, device=q.device)
-    for bs, start, length in _sequences(spans, n):
-        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos):
+    got = torch.zeros((B, H, m, blocks.shape[3]), dtype=ct, device=q.device) if mass else None
+    for bs, start, length, heads, sel in _parts(spec, B, H, n, spans, blocks):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos, heads, sel):
             rows, keys = rows + start, keys + start
             kv = _kv_heads(h0, h1, group, q.device)
             qt = q[bs, h0:h1 + 1, rows].to(ct)
             kt = k[bs].index_select(2, keys)[:, kv].to(ct)  # (B, heads, keys, D): the tile's keys only
             vt = v[bs].index_select(2, keys)[:, kv].to(ct)
-            out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows] = fold_tile(
-                out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows], qt, kt, vt, keep, scale)
-    return out if acc else out.to(q.dtype), lse.float() if ct != torch.float64 else lse
+            old = out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows]
+            out[bs, h0:h1 + 1, rows], lse[bs, h0:h1 + 1, rows] = fold_tile(*old, qt, kt, vt, keep, scale)
+            if got is not None:  # each slot's share of this tile, in the same running softmax
+                new = lse[bs, h0:h1 + 1, rows]
+                safe = torch.where(torch.isinf(new), 0.0, new)
+                s = torch.matmul(qt, kt.transpose(-1, -2)).mul_(scale).masked_fill_(~keep, float("-inf"))
+                p = torch.exp(s - safe[..., None])  # the tile's probabilities at the rows' new lse
+                w_old = torch.exp(old[1] - safe)[..., None]
+                t_mass = torch.einsum("bhrk,rks->bhrs", p, _slots(sel, rows, keys).to(ct))
+                got[bs, h0:h1 + 1, rows] = got[bs, h0:h1 + 1, rows] * w_old + t_mass
+    out, lse = (out if acc else out.to(q.dtype)), (lse.float() if ct != torch.float64 else lse)
+    if got is None:
+        return out, lse
+    qblock = spec.select[2]
+    nqb = blocks.shape[2]
+    rows_mass = torch.zeros((B, H, nqb * qblock, got.shape[-1]), dtype=ct, device=q.device)
+    rows_mass[:, :, :m] = got
+    total = rows_mass.view(B, H, nqb, qblock, -1).sum(3)
+    return out, lse, total.float() if ct != torch.float64 else total
 
 
 def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
@@ -230,13 +326,15 @@ def fold_tile(out, lse, qt, kt, vt, keep, scale: float) -> tuple:
 
 
 def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TILE, spans=None, *, q_pos=None,
-                  k_pos=None, n: Optional[int] = None, delta=None, acc: bool = False):
+                  k_pos=None, n: Optional[int] = None, delta=None, acc: bool = False,
+                  blocks: Optional[torch.Tensor] = None):
     """(dq, dk, dv) by the same walk: each tile's probabilities recomputed from the saved lse.
 
     spans as for walk_forward (padding rows and keys get zero gradients).  With q_pos, k_pos and
     n (as for walk_forward): the gradients of those queries' pairs with those keys, given the
     rows' final lse and delta = rowsum(do * out) (o may then be None).  acc: gradients in the
-    accumulation dtype, for adding partial results without rounding."""
+    accumulation dtype, for adding partial results without rounding.  blocks: the selection, as
+    for walk_forward."""
     B, H, m, D = q.shape
     HK, nk = k.shape[1], k.shape[2]
     group = H // HK
@@ -247,8 +345,8 @@ def walk_backward(spec: Spec, do, q, k, v, o, lse, scale: float, tile: int = TIL
     dq = torch.zeros((B, H, m, D), dtype=ct, device=q.device)
     dk = torch.zeros((B, HK * nk, D), dtype=ct, device=q.device)
     dv = torch.zeros((B, HK * nk, D), dtype=ct, device=q.device)
-    for bs, start, length in _sequences(spans, n):
-        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos):
+    for bs, start, length, heads, sel in _parts(spec, B, H, n, spans, blocks):
+        for h0, h1, rows, keys, keep in _walk_steps(spec, length, H, q.device, tile, q_pos, k_pos, heads, sel):
             rows, keys = rows + start, keys + start
             kv = _kv_heads(h0, h1, group, q.device)
             qt, dot = q[bs, h0:h1 + 1, rows].to(ct), do[bs, h0:h1 + 1, rows].to(ct)
