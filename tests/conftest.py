@@ -23,7 +23,8 @@ if not torch.cuda.is_available():
     except ImportError:
         pass
     else:
-        from patternc.runtime import decode_bodies, random_kernels, seq_bodies, split, tile_bodies  # noqa: F401
+        from patternc.runtime import (decode_bodies, random_kernels, select_tiles, seq_bodies,  # noqa: F401
+                                      split, tile_bodies)
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).parent / "patternc"
