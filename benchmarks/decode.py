@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import patternc  # noqa: E402
+from patternc import ir  # noqa: E402
 from patternc.frontend import Stack, parse_program, resolve  # noqa: E402
 from patternc.lower import is_causal  # noqa: E402
 
@@ -57,8 +58,8 @@ def patterns() -> dict:
             prog = parse_program(f.read(), path)
         for name in reversed(list(prog.definitions)):
             p = resolve(prog, name, {})
-            if isinstance(p, Stack):  # its layers are patterns of the file
-                continue
+            if isinstance(p, Stack) or ir.has_select(p.expr):  # a stack's layers are patterns of the file;
+                continue                                         # select(...) has no decode
             if (is_causal(p.expr) or name in ("longformer", "bigbird")) and p.hash not in seen:
                 seen.add(p.hash)
                 out[name] = p

@@ -361,3 +361,16 @@ def test_custom_ops_for_torch_compile():
     assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(want.sum(), (q, k, v))))
     compiled = torch.compile(lambda q, k, v: mod.attention(q, k, v, blocks=Selection(blocks)), backend="eager")
     torch.testing.assert_close(compiled(q, k, v), mod.attention(q, k, v, blocks=blocks), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_what_a_selection_does_not_combine_with_says_so(backend):
+    """decode and packed/padded calls take no run-time selection yet: one clear error each, naming
+    what to do instead (not a crash inside a kernel, not a silently ignored argument)."""
+    mod = patternc.load("pattern p = causal & (local(8) | select(2, block=16))", backend=backend)
+    q = torch.randn(1, 2, 40, 16)
+    blocks = torch.zeros(1, 1, 3, 2, dtype=torch.int32)
+    with pytest.raises(NotImplementedError, match="decoding with a run-time selection is not supported"):
+        mod.decode(q[:, :, -1:], q, q, torch.tensor([40], dtype=torch.int32))
+    with pytest.raises(NotImplementedError, match="packed or padded sequences"):
+        mod.attention(q, q, q, blocks=blocks, seq_lens=torch.tensor([30], dtype=torch.int32))
