@@ -171,7 +171,7 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
     return "\n".join(lines)
 
 
-EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows")  # every backend's public functions
+EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows", "register_hf", "hf_cache")  # every backend's public functions
 
 
 def bind_lines(backend: str, exports: tuple = EXPORTS) -> str:
