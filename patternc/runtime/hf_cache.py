@@ -53,7 +53,7 @@ def _make_cache_classes() -> tuple:
             if not prompt and t > MAX_DECODE_T:
                 raise ValueError(f"a patternc cache takes at most {MAX_DECODE_T} new tokens per step after the "
                                  f"prompt, got {t}")
-            self.kv.append(key_states.contiguous(), value_states.contiguous())
+            self.kv.append(key_states.contiguous(), value_states.contiguous(), prompt=prompt)
             if not prompt:
                 setattr(key_states, PATTERNC_LAYER, self)
             return key_states, value_states

@@ -218,13 +218,15 @@ class KVCacheBase:
         self.seqlens.fill_(self._n)
         return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring)
 
-    def append(self, k_new, v_new) -> None:
-        """Append t new tokens' keys and values to every row without attending (a prompt, whose attention
-        `attention` computed): any t >= 1.  A bounded cache writes only the positions still live after them."""
+    def append(self, k_new, v_new, *, prompt: bool = False) -> None:
+        """Append t new tokens' keys and values to every row without attending: any t >= 1.  Then
+        `decode` gives the new rows' output (t <= MAX_DECODE_T).  prompt=True: rows whose attention
+        `attention` computed, so the ring keeps no room to decode them.  A bounded cache writes only the
+        positions still live after them."""
         t = self._check_kv(k_new, v_new)
         if t < 1:
             raise ValueError("append takes at least one new token, got t = 0")
-        if t <= MAX_DECODE_T or not self.bounded:
+        if (t <= MAX_DECODE_T and not prompt) or not self.bounded:
             self._make_room(t)
         n, end = self._n, self._n + t
         kept = [range(n, min(end, self._fixed))] if self.bounded else [range(n, end)]
