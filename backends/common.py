@@ -228,7 +228,8 @@ def imports(pattern: Pattern, host: str, runtime_names: list, kernels: bool) -> 
 
 
 CP_EXPORTS = ("cp_positions", "context_parallel_attention")  # context parallelism (runtime.context_parallel)
-EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows") + CP_EXPORTS  # every backend's public functions
+HF_EXPORTS = ("register_hf", "hf_cache")  # transformers (runtime.hf, runtime.hf_cache)
+EXPORTS = ("attention", "decode", "KVCache", "mask", "mask_rows") + HF_EXPORTS + CP_EXPORTS  # every backend's
 
 
 def bind_lines(backend: str, exports: tuple = EXPORTS, selected: bool = False) -> str:

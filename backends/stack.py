@@ -194,6 +194,8 @@ def emit_stack(stack: Stack, backend: str, emit: Callable[[Pattern], str]) -> st
         "attention = _stack.attention",
         "mask = _stack.mask",
         "mask_rows = _stack.mask_rows",
+        "register_hf = _stack.register_hf",
+        "hf_cache = _stack.hf_cache",
     ])
     consts = f"PATTERN = {py_string(stack.source)}\nSTACK_NAME = {py_string(stack.name)}"
     parts = [_stack_header(stack, backend), merged_imports(imports), consts] + sections + [tail]

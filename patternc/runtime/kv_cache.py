@@ -173,9 +173,8 @@ class KVCacheBase:
 
     # ---- the public methods --------------------------------------------------------------------
 
-    def _check(self, q, k_new, v_new) -> int:
-        B, HK, D = self.batch_size, self.kv_heads, self.head_dim
-        for what, x in (("q", q), ("k_new", k_new), ("v_new", v_new)):
+    def _check_tensors(self, named: tuple) -> None:
+        for what, x in named:
             if not isinstance(x, torch.Tensor) or x.dim() != 4:
                 raise ValueError(f"{what} must be a 4-dimensional torch.Tensor, got "
                                  f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -183,18 +182,30 @@ class KVCacheBase:
                 raise TypeError(f"{what} has dtype {x.dtype}, but the cache holds {self.dtype}")
             if x.device != self.device:
                 raise ValueError(f"{what} is on {x.device}, but the cache is on {self.device}")
+
+    def _check_kv(self, k_new, v_new) -> int:
+        """t, the new tokens of k_new and v_new, after checking them against the cache."""
+        B, HK, D = self.batch_size, self.kv_heads, self.head_dim
+        self._check_tensors((("k_new", k_new), ("v_new", v_new)))
         t = k_new.shape[2]
         if tuple(k_new.shape) != (B, HK, t, D) or v_new.shape != k_new.shape:
             raise ValueError(f"k_new and v_new must have shape ({B}, {HK}, t, {D}) to match the cache, got "
                              f"{tuple(k_new.shape)} and {tuple(v_new.shape)}")
+        if self.max_len is not None and self._n + t > self.max_len:
+            raise ValueError(f"{self._n} + {t} tokens is more than max_len = {self.max_len}")
+        return t
+
+    def _check(self, q, k_new, v_new) -> int:
+        B, D = self.batch_size, self.head_dim
+        t = self._check_kv(k_new, v_new)
+        self._check_tensors((("q", q),))
+        HK = self.kv_heads
         if q.shape[0] != B or q.shape[2] != t or q.shape[3] != D or q.shape[1] % HK:
             raise ValueError(f"q must have shape ({B}, Hq, {t}, {D}) with Hq a multiple of {HK}, got "
                              f"{tuple(q.shape)}")
         if not 1 <= t <= MAX_DECODE_T:
             raise ValueError(f"attend takes 1 to {MAX_DECODE_T} new tokens per call (what the decode kernel "
                              f"supports), got t = {t}")
-        if self.max_len is not None and self._n + t > self.max_len:
-            raise ValueError(f"{self._n} + {t} tokens is more than max_len = {self.max_len}")
         return t
 
     def attend(self, q, k_new, v_new, scale: Optional[float] = None) -> torch.Tensor:
@@ -205,6 +216,38 @@ class KVCacheBase:
         self._write(range(self._n, self._n + t), k_new, v_new)
         self._n += t
         self.seqlens.fill_(self._n)
+        return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring)
+
+    def append(self, k_new, v_new, *, prompt: bool = False) -> None:
+        """Append t new tokens' keys and values to every row without attending: any t >= 1.  Then
+        `decode` gives the new rows' output (t <= MAX_DECODE_T).  prompt=True: rows whose attention
+        `attention` computed, so the ring keeps no room to decode them.  A bounded cache writes only the
+        positions still live after them."""
+        t = self._check_kv(k_new, v_new)
+        if t < 1:
+            raise ValueError("append takes at least one new token, got t = 0")
+        if (t <= MAX_DECODE_T and not prompt) or not self.bounded:
+            self._make_room(t)
+        n, end = self._n, self._n + t
+        kept = [range(n, min(end, self._fixed))] if self.bounded else [range(n, end)]
+        if self.bounded:
+            kept.append(range(max(n, self._fixed, end - self.ring.window), end))
+        for r in kept:
+            if len(r):
+                self._write(r, k_new[:, :, r.start - n:r.stop - n], v_new[:, :, r.start - n:r.stop - n])
+        self._n = end
+        self.seqlens.fill_(end)
+
+    def decode(self, q, scale: Optional[float] = None) -> torch.Tensor:
+        """The attention output (B, Hq, t, D) of the t = q.shape[2] newest positions (the last `append`'s
+        tokens, t at most what it appended when that was at most MAX_DECODE_T) against what the cache holds."""
+        self._check_tensors((("q", q),))
+        B, HK, D = self.batch_size, self.kv_heads, self.head_dim
+        if q.shape[0] != B or q.shape[3] != D or q.shape[1] % HK:
+            raise ValueError(f"q must have shape ({B}, Hq, t, {D}) with Hq a multiple of {HK}, got {tuple(q.shape)}")
+        if self.bounded and q.shape[2] > self._chunk:
+            raise ValueError(f"decode takes at most {self._chunk} new rows here (the ring's room for new tokens), "
+                             f"got t = {q.shape[2]}")
         return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring)
 
     def memory_bytes(self) -> int:

@@ -31,6 +31,8 @@ from .context_parallel import cp_attention
 from .cp_layout import layout_positions
 from .dense import dense_attention, head_masks
 from .flex_path import FlexPath, device_key
+from .hf import hf_name, hf_register
+from .hf_cache import model_layers, pattern_cache
 from .triton_path import TritonPath
 from .jit import HAVE_TRITON
 from .kv_cache import kv_cache_class
@@ -228,6 +230,20 @@ class Compiled:
         Only the key rows the pattern needs travel (exchange="ring" sends every shard to every
         rank, for comparison); gradients flow back to every rank's q, k and v."""
         return cp_attention(self.spec, q, k, v, group=group, layout=layout, n=n, scale=scale, exchange=exchange)
+
+    # ---- transformers (runtime.hf, runtime.hf_cache) ------------------------------------------------
+
+    def register_hf(self, name: Optional[str] = None) -> str:
+        """Register this pattern as a transformers attention implementation (and its mask function, so
+        padding reaches the kernels) under `name` (default "patternc_<pattern name>"); returns the name.
+        Then `AutoModelForCausalLM.from_config(cfg, attn_implementation=name)` or
+        `model.set_attn_implementation(name)`.  Needs transformers (imported here, not before)."""
+        return hf_register(hf_name(name, f"patternc_{self.spec.name}"), lambda module: self)
+
+    def hf_cache(self, model, max_len: Optional[int] = None, page_size: Optional[int] = None):
+        """A transformers Cache for `model` (or its config) whose layers are this pattern's KVCaches:
+        pass it to `model.generate(..., past_key_values=...)` for bounded memory (a window or sinks)."""
+        return pattern_cache(lambda i: self, model_layers(model), max_len, page_size)
 
 
 class _EagerAttention(torch.autograd.Function):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import operator
 from typing import Optional
 
+from .hf import hf_name, hf_register, layer_index
+from .hf_cache import model_layers, pattern_cache
 from .module import Compiled
 
 
@@ -49,6 +51,19 @@ class LayerStack:
     def mask_rows(self, i, j, n: int, *, layer, H: int = 1):
         """Layer `layer`'s mask at query rows i (a column) and key columns j (a row)."""
         return self.layer(layer).mask_rows(i, j, n, H=H)
+
+    def register_hf(self, name: Optional[str] = None) -> str:
+        """Register the stack as a transformers attention implementation (default name
+        "patternc_<stack name>"): each attention module uses the layer of its `layer_idx`, so the
+        model must have as many layers as the stack (checked at the first call of a layer past it)."""
+        return hf_register(hf_name(name, f"patternc_{self.name}"), lambda module: self.layer(layer_index(module)))
+
+    def hf_cache(self, model, max_len: Optional[int] = None, page_size: Optional[int] = None):
+        """A transformers Cache whose layer i is layer i's pattern-shaped KVCache (see Compiled.hf_cache)."""
+        n = model_layers(model)
+        if n != self.num_layers:
+            raise ValueError(f"the model has {n} layers, but stack {self.name!r} has {self.num_layers}")
+        return pattern_cache(self.layer, n, max_len, page_size)
 
 
 def bind_stack(name: str, layers: tuple, patterns: tuple) -> LayerStack:
