@@ -977,6 +977,7 @@ def emit(pattern: Pattern) -> str:
     e = _Emitter(pattern, host.table)
     _parts(pattern, host, e)  # names every length-dependent argument first: each signature lists them all
     host.candidates()  # (and those of the indexer's candidate rule)
+    host.mask_head()  # (and those of the whole pattern's host mask: the launches pass every one)
     kernels, walks, case_rows, random_block, fused_dq = _parts(pattern, host, e)
     host_text = host.functions(walks)
     kernel_text = "\n".join(kernels)

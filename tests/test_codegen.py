@@ -217,3 +217,18 @@ def test_residue_class_tma_compiles_for_hopper(tmp_path):
     shared = [float(line.split()[-3]) for line in r.stdout.splitlines() if line.endswith("KiB shared")]
     assert len(shared) >= 5 and max(shared) <= 227, r.stdout
     assert r.stdout.count("launcher guessed") == len(shared), r.stdout
+
+
+@pytest.mark.parametrize("src", ["causal & (local(isqrt(n) - 1) | stride(isqrt(n)))",
+                                 "causal & fixed(isqrt(n) + 2, 2) | global(cdiv(n, 100))"])
+def test_every_kernel_takes_every_length_argument(src):
+    """The launches pass each of SPEC.arg_names by keyword; a kernel whose signature lacks one is a
+    KeyError in Triton's binder on a GPU (the interpreter ignores it), so every signature has all."""
+    mod = patternc.load(patternc.parse(f"pattern p = {src}"), backend="triton")
+    assert mod.SPEC.arg_names
+    for case in mod.SPEC.cases:
+        for p in case.passes:
+            for kernel in (p.fwd, p.dq, p.dkdv):
+                if kernel is not None:
+                    names = getattr(kernel, "arg_names", None) or kernel.fn.arg_names
+                    assert set(mod.SPEC.arg_names) <= set(names), (kernel, names)

@@ -74,7 +74,7 @@ class KVCacheBase:
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float16, bfloat16, float32 or float64, got {dtype!r}")
         self.dtype = dtype
-        self.device = torch.device(device)
+        self.device = torch.empty(0, device=device).device  # "cuda" resolved to its index, as tensors report it
         self.max_len = None if max_len is None else _positive("max_len", max_len)
         if page_size is not None and (_positive("page_size", page_size) < 16 or page_size & (page_size - 1)):
             raise ValueError(f"page_size must be a power of two >= 16, got {page_size}")
