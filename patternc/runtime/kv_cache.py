@@ -197,15 +197,16 @@ class KVCacheBase:
 
     def _check(self, q, k_new, v_new) -> int:
         B, D = self.batch_size, self.head_dim
+        self._check_tensors((("k_new", k_new),))
+        if not 1 <= k_new.shape[2] <= MAX_DECODE_T:  # first: no other limit matters past this one
+            raise ValueError(f"attend takes 1 to {MAX_DECODE_T} new tokens per call (what the decode kernel "
+                             f"supports), got t = {k_new.shape[2]}")
         t = self._check_kv(k_new, v_new)
         self._check_tensors((("q", q),))
         HK = self.kv_heads
         if q.shape[0] != B or q.shape[2] != t or q.shape[3] != D or q.shape[1] % HK:
             raise ValueError(f"q must have shape ({B}, Hq, {t}, {D}) with Hq a multiple of {HK}, got "
                              f"{tuple(q.shape)}")
-        if not 1 <= t <= MAX_DECODE_T:
-            raise ValueError(f"attend takes 1 to {MAX_DECODE_T} new tokens per call (what the decode kernel "
-                             f"supports), got t = {t}")
         return t
 
     def attend(self, q, k_new, v_new, scale: Optional[float] = None) -> torch.Tensor:
