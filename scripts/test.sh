@@ -5,6 +5,8 @@
 #   multi-GB CUDA build);
 # - triton 3.6.0 runs the generated kernels on the CPU through its interpreter
 #   (TRITON_INTERPRET=1, set by the tests); its interpreter needs numpy < 2.3.
+# - the suite runs on one pytest-xdist worker per core (PYTEST_WORKERS to change it; 0 runs it in
+#   one process): the interpreter-heavy tests are CPU-bound and independent.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k triton`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +17,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" "triton==3.6.0" "numpy<2.3"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+WORKERS=${PYTEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "$WORKERS" "$@"
