@@ -10,6 +10,7 @@ integer helpers, as the document-aware kernels do.
 from __future__ import annotations
 
 from .jit import tl, triton
+from .tile_bodies import softmax_step
 
 
 @triton.jit
@@ -52,12 +53,7 @@ def decode_tile(acc, m_i, l_i, q, k_base, v_base, PT, z, spt, sk0, sk2, sk3, sv0
     v = cache_rows(v_base, page, row, sv0, sv2, sv3, ok, offs_d, D, WIDEN)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     s = tl.where(keep & ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing yet stays at zero
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    acc, m_new, l_i, alpha, p = softmax_step(acc, m_i, l_i, s, v, PREC)
     return acc, m_new, l_i
 
 

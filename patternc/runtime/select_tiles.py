@@ -11,7 +11,7 @@ from the same pass.
 from __future__ import annotations
 
 from .jit import tl, triton
-from .tile_bodies import tile_rows
+from .tile_bodies import softmax_step, tile_rows
 
 
 @triton.jit
@@ -55,12 +55,7 @@ def fwd_tile_sel(acc, m_i, l_i, macc, q, kd, vd, z, hk, b0, r, k_base, v_base, s
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing yet stays at zero
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    acc, m_new, l_i, alpha, p = softmax_step(acc, m_i, l_i, s, v, PREC)
     if MASS:
         hit = ((j // BLK)[:, None] == row[None, :]) & kv_ok[:, None]  # [BN, KPAD]: key j in slot s
         macc = macc * alpha[:, None] + tl.dot(p, hit.to(tl.float32), input_precision=PREC)

@@ -46,6 +46,20 @@ def tile_rows(desc, z, h, row0, r, base, pos, ok, stride_row, stride_d, offs_d, 
 
 
 @triton.jit
+def softmax_step(acc, m_i, l_i, s, v, PREC: tl.constexpr):
+    """The online-softmax update of rows (running max m_i, sum l_i, output acc) with one tile of
+    log2-unit scores s and its values v; also the rescale factor and the tile's probabilities,
+    for callers that keep more running sums.  Shared by the forward, selected and decode tiles."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing yet stays at zero
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, m_new, l_i, alpha, p
+
+
+@triton.jit
 def fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, r, k_base, v_base, sk_n, sk_d, sv_n, sv_d, j, keep, n, qk_scale,
               offs_d, D: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr, WIDEN: tl.constexpr,
               TMA: tl.constexpr):
@@ -56,12 +70,7 @@ def fwd_tile(acc, m_i, l_i, q, kd, vd, z, hk, b0, r, k_base, v_base, sk_n, sk_d,
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
     if MASKED:
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing yet stays at zero
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    acc, m_new, l_i, alpha, p = softmax_step(acc, m_i, l_i, s, v, PREC)
     return acc, m_new, l_i
 
 
