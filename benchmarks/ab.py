@@ -73,6 +73,28 @@ def first_call(path: str, n: int, D: int) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def write(args, meta: dict, rows: list) -> str:
+    """ab-<tag>.md and .json in args.out; called after every row, so a run cut short keeps its rows."""
+    lines = [f"# A/B: before against after, {meta['gpu']}, B = 1, H = {args.heads}, D = {args.d}, bf16", "",
+             f"command: `{meta['command']}`  ", f"torch {meta['torch']}, triton {meta['triton']}, {meta['date']}", "",
+             "| pattern | n | fwd before (ms) | fwd after | ratio | fwd+bwd before | fwd+bwd after | ratio | "
+             "first call before (s) | after | max diff |", "|" + "---|" * 11]
+    for r in rows:
+        first = (f"{r['before_first_s']:.2f} | {r['after_first_s']:.2f}" if "after_first_s" in r else "- | -")
+        lines.append(f"| {r['pattern']} | {r['n']} | {r['before_fwd_ms']:.3f} | {r['after_fwd_ms']:.3f} | "
+                     f"{r['fwd_ratio']:.3f} | {r['before_fwd_bwd_ms']:.3f} | {r['after_fwd_bwd_ms']:.3f} | "
+                     f"{r['fwd_bwd_ratio']:.3f} | {first} | {r['max_diff']:.2g} |")
+    lines += ["", "ratio: after / before (under 1: faster).  Times: the lower of two do_bench medians per build, "
+              "timed A B B A.  max diff: the forward outputs' largest difference (bf16)."]
+    os.makedirs(args.out, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, f"{args.tag}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, f"{args.tag}.json"), "w") as f:
+        json.dump(dict(meta, rows=rows), f, indent=1)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--emit", metavar="FOLDER", help="write this checkout's modules into FOLDER and stop")
@@ -91,7 +113,12 @@ def main() -> None:
         ap.error("give --before FOLDER (or --emit FOLDER)")
     import torch
 
+    import triton
+
     from bench import bench
+
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                date=datetime.date.today().isoformat(), command="python benchmarks/ab.py " + " ".join(sys.argv[1:]))
 
     after_dir = tempfile.mkdtemp(prefix="patternc-ab-")
     emit(after_dir)
@@ -130,28 +157,8 @@ def main() -> None:
                     row[f"{which}_first_s"] = first_call(os.path.join(folder, f"ab_{name}.py"), n, args.d)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    gpu = torch.cuda.get_device_name()
-    import triton
-
-    meta = dict(gpu=gpu, torch=torch.__version__, triton=triton.__version__, date=datetime.date.today().isoformat(),
-                command="python benchmarks/ab.py " + " ".join(sys.argv[1:]))
-    lines = [f"# A/B: before against after, {gpu}, B = 1, H = {args.heads}, D = {args.d}, bf16", "",
-             f"command: `{meta['command']}`  ", f"torch {meta['torch']}, triton {meta['triton']}, {meta['date']}", "",
-             "| pattern | n | fwd before (ms) | fwd after | ratio | fwd+bwd before | fwd+bwd after | ratio | "
-             "first call before (s) | after | max diff |", "|" + "---|" * 11]
-    for r in rows:
-        first = (f"{r['before_first_s']:.2f} | {r['after_first_s']:.2f}" if "after_first_s" in r else "- | -")
-        lines.append(f"| {r['pattern']} | {r['n']} | {r['before_fwd_ms']:.3f} | {r['after_fwd_ms']:.3f} | "
-                     f"{r['fwd_ratio']:.3f} | {r['before_fwd_bwd_ms']:.3f} | {r['after_fwd_bwd_ms']:.3f} | "
-                     f"{r['fwd_bwd_ratio']:.3f} | {first} | {r['max_diff']:.2g} |")
-    lines += ["", "ratio: after / before (under 1: faster).  Times: the lower of two do_bench medians per build, "
-              "timed A B B A.  max diff: the forward outputs' largest difference (bf16)."]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{args.tag}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, f"{args.tag}.json"), "w") as f:
-        json.dump(dict(meta, rows=rows), f, indent=1)
-    print("\n".join(lines))
+            write(args, meta, rows)
+    print(write(args, meta, rows))
 
 
 if __name__ == "__main__":

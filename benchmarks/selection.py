@@ -9,9 +9,11 @@ selection per GQA group: Hs = Hkv).  Everything below runs in one process, peers
 - FlexAttention with `BlockMask.from_kv_blocks` made from the same selection (window, sink and
   selected blocks of 64, a mask_mod for the partial ones): the kernel alone, and build + kernel
   (what a training step pays when the selection changes every step);
-- fla's NSA selected-attention kernel (`fla.ops.nsa.parallel_nsa`), if fla is importable (its
-  wheels, fla-core / flash-linear-attention, are pure Python + Triton: `pip install --no-deps
-  fla-core` on the GPU box); otherwise the row says why it is missing;
+- fla's NSA selected-attention kernel (`fla.ops.nsa.parallel.ParallelNSAFunction`), if fla is
+  importable (fla-core and einops are pure Python + Triton: carry their wheels to the GPU box),
+  against this module's `causal & select(k, block=b)` on the same blocks, forward and
+  forward+backward; fla needs a GQA group of 16 or more, so that pair runs at Hkv = Hq // 16;
+  otherwise the row says why it is missing;
 - cuDNN dense causal attention (SDPA), for useful TFLOP/s: 4 · (pairs the pattern allows with
   this selection) · D · H / time;
 - four layers sharing one Selection against per-layer selection: each shared layer's
@@ -133,19 +135,43 @@ def flex_from_selection(blocks: torch.Tensor, n: int, heads: int, w: int, sinks:
 
 # ---------------------------------------------------------------- fla's NSA kernel (optional)
 
-def fla_selected(q, k, v, blocks: torch.Tensor, blk: int):
-    """fla's NSA selected-attention branch on the same blocks (per token, as fla takes them), or
-    raise why it cannot run here.  Layout (B, T, H, D); -1 slots are fla's padding."""
-    from fla.ops.nsa import parallel_nsa  # noqa: F401 - ImportError says it is missing
+def fla_compare(q, k, v, blocks: torch.Tensor, blk: int, k_sel: int, ms, do) -> dict:
+    """fla's NSA selected-attention kernel against this module's `causal & select(k, block=b)` on
+    the same blocks: the same set of pairs, so a like-for-like peer.  fla's kernel tiles a GQA
+    group of query heads and wants at least 16 of them, so both run at Hkv = Hq // 16 with one
+    selection for all heads (head 0's).  fla takes its blocks per query token, (B, T, Hkv, S)."""
+    from fla.ops.nsa.parallel import ParallelNSAFunction  # ImportError says it is missing
 
     B, Hq, n, D = q.shape
-    Hkv = k.shape[1]
-    idx = blocks.repeat_interleave(Hkv // blocks.shape[1], 1).repeat_interleave(blk, 2)[:, :, :n]  # (B, Hkv, T, K)
-    idx = idx.permute(0, 2, 1, 3).contiguous()
-    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    g = torch.ones(B, n, Hq, device=q.device, dtype=q.dtype)
-    return lambda: parallel_nsa(qt, kt, vt, g_slc=g, g_swa=torch.zeros_like(g), block_indices=idx, block_size=blk,
-                                window_size=0)
+    hk = max(1, Hq // 16)
+    k1, v1 = k[:, :hk].contiguous(), v[:, :hk].contiguous()
+    shared = blocks[:, :1].contiguous()
+    per_token = shared.expand(B, hk, -1, -1).repeat_interleave(blk, 2)[:, :, :n]
+    idx = per_token.permute(0, 2, 1, 3).contiguous()
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k1, v1))
+    scale = D ** -0.5
+    only = patternc.load(patternc.parse(f"pattern selected_only = causal & select({k_sel}, block={blk})"),
+                         backend="triton")
+
+    def fla():
+        return ParallelNSAFunction.apply(qt, kt, vt, idx, k_sel, blk, scale, None)
+
+    def ours():
+        return only.attention(q, k1, v1, blocks=shared, scale=scale)
+    a, b = ours().float(), fla().transpose(1, 2).float()
+    rows_ok = torch.isfinite(b).all(-1) & (b.abs().sum(-1) > 0)  # fla leaves rows with no key undefined
+    out = {"fla_kv_heads": hk, "fla_max_abs_diff": (a - b)[rows_ok].abs().max().item(),
+           "fla_nsa_ms": ms(fla), "ours_selected_only_ms": ms(ours)}
+    qg, kg, vg = (t.detach().requires_grad_() for t in (qt, kt, vt))
+    qo, ko, vo = (t.detach().requires_grad_() for t in (q, k1, v1))
+    dot = do.transpose(1, 2).contiguous()
+    out["fla_nsa_fwd_bwd_ms"] = ms(lambda: torch.autograd.grad(
+        ParallelNSAFunction.apply(qg, kg, vg, idx, k_sel, blk, scale, None), (qg, kg, vg), dot))
+    out["ours_selected_only_fwd_bwd_ms"] = ms(lambda: torch.autograd.grad(
+        only.attention(qo, ko, vo, blocks=shared, scale=scale), (qo, ko, vo), do))
+    out["fwd_vs_fla"] = out["fla_nsa_ms"] / out["ours_selected_only_ms"]
+    out["fwd_bwd_vs_fla"] = out["fla_nsa_fwd_bwd_ms"] / out["ours_selected_only_fwd_bwd_ms"]
+    return out
 
 
 # ---------------------------------------------------------------- one length
@@ -227,8 +253,7 @@ def run_length(args, n: int, ms) -> dict:
     # ---- fla's NSA selected branch
     if args.fla:
         try:
-            call = fla_selected(q, k, v, sel.blocks, args.block)
-            row["fla_nsa_ms"] = ms(call)
+            row.update(fla_compare(q, k, v, sel.blocks, args.block, args.k, ms, do))
         except Exception as e:
             row["fla_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     else:
@@ -279,6 +304,17 @@ def markdown(meta: dict, rows: list) -> str:
             ok = got <= want if lower_better else got >= want
             lines.append(f"| {r['n']} | {key} {'<=' if lower_better else '>='} {want} | {got:.3f} | "
                          f"{'yes' if ok else 'NO'} |")
+    if any("fla_nsa_ms" in r for r in rows):
+        lines += ["", "fla's NSA selected kernel against `causal & select(k, block=b)` on the same blocks "
+                  "(Hkv = Hq // 16, fla's smallest group):", "",
+                  "| n | Hkv | fla fwd ms | ours fwd ms | fla/ours | fla fwd+bwd ms | ours fwd+bwd ms | fla/ours | "
+                  "max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "fla_nsa_ms" in r:
+                lines.append(f"| {r['n']} | {r['fla_kv_heads']} | {f(r, 'fla_nsa_ms')} | {f(r, 'ours_selected_only_ms')} | "
+                             f"{f(r, 'fwd_vs_fla', '{:.2f}')} | {f(r, 'fla_nsa_fwd_bwd_ms')} | "
+                             f"{f(r, 'ours_selected_only_fwd_bwd_ms')} | {f(r, 'fwd_bwd_vs_fla', '{:.2f}')} | "
+                             f"{f(r, 'fla_max_abs_diff', '{:.2g}')} |")
     lines += ["", "| n | stack shared ms | stack per-layer ms | layer shared ms | layer precomputed ms |",
               "|---|---|---|---|---|"]
     for r in rows:
@@ -322,18 +358,17 @@ def main(argv=None) -> int:
                 command="python benchmarks/selection.py " + " ".join(sys.argv[1:] if argv is None else argv))
     ms = timer(args.device)
     rows = []
+    out = args.out or (None if smoke else results_dir())
     for n in args.n:
         rows.append(run_length(args, n, ms))
         print(json.dumps(rows[-1]), flush=True)
-    text = markdown(meta, rows)
-    print(text)
-    out = args.out or (None if smoke else results_dir())
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "selection.json"), "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
-        with open(os.path.join(out, "selection.md"), "w") as f:
-            f.write(text)
+        if out:  # after each length: a run cut short keeps what it measured
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, "selection.json"), "w") as f:
+                json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            with open(os.path.join(out, "selection.md"), "w") as f:
+                f.write(markdown(meta, rows))
+    print(markdown(meta, rows))
     return 0
 
 
