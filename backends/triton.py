@@ -24,7 +24,6 @@ from patternc.lower import Pass, Plan, Space, heavy_spans, narrow_columns, plan
 from patternc.printer import ArgTable, formula, mask_expr
 from patternc.ranges import (Args, TileRanges, full_span, key_major, key_position, query_major, query_position,
                              space_lengths)
-from patternc.runtime import abi
 from patternc.runtime.random_blocks import seed_key
 
 from .common import (WIDTH, HostEmitter, bind_lines, head_cases, imports, module_header, random_imports,
@@ -32,7 +31,9 @@ from .common import (WIDTH, HostEmitter, bind_lines, head_cases, imports, module
 from .common import call_lines as _call
 from .schedule import atomic_dq, choose_bwd_settings, choose_forward_tiles, choose_union_walks, fused_forward, \
     longest_walks_first
+from .kernel_text import T, either, fold, indent, open_mask, signature
 from .triton_decode import decode_kernel, imports as decode_imports
+from .triton_index import index_kernel
 from .walk_text import heavy_lambda, pairs_fn, space_fields, walk_fn
 
 # Experiments only: PATTERNC_UNION_WALK=two (or one) walks every union twice (or once) instead of
@@ -42,55 +43,6 @@ UNION_WALK = os.environ.get("PATTERNC_UNION_WALK", "")
 # key tiles (decisions.md: narrow-columns).
 NARROW = os.environ.get("PATTERNC_NARROW", "") != "0"
 BIG = "2147483647"
-
-
-def T(e) -> str:
-    return S.triton(e)
-
-
-def _indent(lines: list, n: int) -> list:
-    return [(" " * n + x) if x else x for x in lines]
-
-
-def _fold(var: str, fn: str, exprs: list) -> list:
-    """`var = fn(... fn(e0, e1) ..., ek)` as one statement per operand (short lines)."""
-    return [f"{var} = {exprs[0]}"] + [f"{var} = {fn}({var}, {e})" for e in exprs[1:]]
-
-
-def _either(var: str, conds: list) -> list:
-    """`var = c0 | c1 | ...`, one statement per condition."""
-    return [f"{var} = {conds[0]}"] + [f"{var} = {var} | ({c})" for c in conds[1:]]
-
-
-def _open_mask(keep: str, query_major: bool) -> list:
-    """`keep` for a loop that walks full and partial tiles alike: all-true on a full tile (a
-    uniform branch: the mask's arithmetic runs on partial tiles only)."""
-    shape = "[BM, BN]" if query_major else "[BN, BM]"
-    return ["if full:  # every pair allowed", f"    keep = tl.full({shape}, 1, tl.int1)", "else:", f"    {keep}"]
-
-
-def signature(name: str, kind: str, split: bool, args: tuple, seeded: bool = False, rev: bool = False,
-              select: bool = False) -> list:
-    """The kernel's decorator and def, one parameter group per line (runtime.abi), each with its note."""
-    free = abi.unspecialized(kind, split)
-    deco = f"@triton.jit(do_not_specialize={list(free)!r})" if free else "@triton.jit"
-    return [deco, f"def {name}("] + _param_lines(abi.param_groups(kind, split, args, seeded, rev, select)) + ["):"]
-
-
-def _param_lines(groups: tuple) -> list:
-    """One parameter group per line (long groups wrapped), each with its note."""
-    lines = []
-    for g in groups:
-        parts = [f"{p.name}: tl.constexpr" if p.constexpr else p.name for p in g.params]
-        rows, row = [], "   "
-        for part in parts:
-            if len(row) + len(part) + 2 > WIDTH - 30 and row.strip():
-                rows.append(row + ",")
-                row = "   "
-            row += (" " if row.strip() == "" else ", ") + part
-        rows.append(row + ",")
-        lines += [r.replace("   , ", "    ") for r in rows[:-1]] + [rows[-1] + f"  # {g.note}"]
-    return lines
 
 
 # Program ids -> (batch z, query head h, key/value head hk) and the slices they read: shared by
@@ -295,7 +247,7 @@ class _Emitter:
             # one masked loop: the full and leading loops would be empty (less code to compile)
             (ti, _), = spans
             out += [f"for {idx} in range(v_lo{ti}, v_hi{ti}):  # every tile masked"]
-            out += _indent(masked_body, 4)
+            out += indent(masked_body, 4)
         elif len(spans) == 1:
             (ti, _), = spans
             # the partial tiles on both sides of the full run share one loop: one copy of the
@@ -303,9 +255,9 @@ class _Emitter:
             out += [f"before{ti} = f_lo{ti} - v_lo{ti}  # partial tiles before the full run",
                     f"for e_it in range(0, before{ti} + (v_hi{ti} - f_hi{ti})):  # partial tiles, both sides",
                     f"    {idx} = tl.where(e_it < before{ti}, v_lo{ti} + e_it, f_hi{ti} + (e_it - before{ti}))"]
-            out += _indent(masked_body, 4)
+            out += indent(masked_body, 4)
             out += [f"for {idx} in range(f_lo{ti}, f_hi{ti}):  # full tiles"]
-            out += _indent(full_body, 4)
+            out += indent(full_body, 4)
         elif spans:
             out += self._union_walk([ti for ti, _ in spans], never_full, idx, full_body, masked_body, keep, pos,
                                     masked_call, q, one_loop, two_walks)
@@ -325,93 +277,107 @@ class _Emitter:
                     pos: list, masked_call: list, q: bool, one_loop: bool, two_walks: bool) -> list:
         """Walk the union of several terms' tile ranges as segments, each tile once."""
         out = ["# walk the union of the terms' tile ranges as segments, each tile once"]
-        out += _fold("start", "tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {BIG})" for k in ids])
-        out += _fold("end", "tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids])
+        out += fold("start", "tl.minimum", [f"tl.where(v_hi{k} > v_lo{k}, v_lo{k}, {BIG})" for k in ids])
+        out += fold("end", "tl.maximum", [f"tl.where(v_hi{k} > v_lo{k}, v_hi{k}, 0)" for k in ids])
         out.append("cur = start")
-        inside = _either("inside", [f"(v_lo{k} <= cur) & (cur < v_hi{k})" for k in ids])
-        in_full = _either("in_full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
-        seg_full = _fold("seg", "tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
+        inside = either("inside", [f"(v_lo{k} <= cur) & (cur < v_hi{k})" for k in ids])
+        in_full = either("in_full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
+        seg_full = fold("seg", "tl.maximum", [f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)"
                                                for k in ids])
-        vis = _fold("vis", "tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
-        nxt_full = _fold("seg", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
+        vis = fold("vis", "tl.maximum", [f"tl.where((v_lo{k} <= cur) & (cur < v_hi{k}), v_hi{k}, cur)" for k in ids])
+        nxt_full = fold("seg", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, vis)"
                                                for k in ids])
         gap = ["else:  # jump the gap to the next range"]
-        gap += _indent(_fold("nxt", "tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids]), 4)
+        gap += indent(fold("nxt", "tl.minimum", [f"tl.where(v_lo{k} > cur, v_lo{k}, end)" for k in ids]), 4)
         gap += ["    cur = nxt"]
         if all(k in never_full for k in ids):  # no full tiles anywhere: masked segments only
-            body = inside + ["if inside:"] + _indent(vis, 4) + [f"    for {idx} in range(cur, vis):  # partial tiles"]
-            body += _indent(masked_body, 8) + ["    cur = vis"] + gap
-            return out + ["while cur < end:"] + _indent(body, 4)
+            body = inside + ["if inside:"] + indent(vis, 4) + [f"    for {idx} in range(cur, vis):  # partial tiles"]
+            body += indent(masked_body, 8) + ["    cur = vis"] + gap
+            return out + ["while cur < end:"] + indent(body, 4)
         if two_walks:
             # two walks, one pipelined loop each: the union's full runs (no mask), then its partial
             # tiles (masked).  Sequential loops share their shared buffers, two loops inside one walk
             # do not; and full tiles skip the mask's select and registers.
-            nxt_run = _fold("nxt", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
+            nxt_run = fold("nxt", "tl.minimum", [f"tl.where((f_lo{k} > cur) & (f_hi{k} > f_lo{k}), f_lo{k}, end)"
                                                   for k in ids])
-            body = in_full + ["if in_full:"] + _indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
-            body += _indent(full_body, 8) + ["    cur = seg", "else:  # on to the next full run"]
-            body += _indent(nxt_run, 4) + ["    cur = nxt"]
-            out += ["while cur < end:"] + _indent(body, 4)
+            body = in_full + ["if in_full:"] + indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
+            body += indent(full_body, 8) + ["    cur = seg", "else:  # on to the next full run"]
+            body += indent(nxt_run, 4) + ["    cur = nxt"]
+            out += ["while cur < end:"] + indent(body, 4)
             out.append("cur = start  # then the partial tiles")
-            inner = in_full + ["if in_full:  # walked above"] + _indent(seg_full, 4) + ["    cur = seg", "else:"]
-            inner += _indent(vis + nxt_full, 4) + [f"    for {idx} in range(cur, seg):  # partial tiles"]
-            inner += _indent(masked_body, 8) + ["    cur = seg"]
-            body = inside + ["if inside:"] + _indent(inner, 4) + gap
-            return out + ["while cur < end:"] + _indent(body, 4)
+            inner = in_full + ["if in_full:  # walked above"] + indent(seg_full, 4) + ["    cur = seg", "else:"]
+            inner += indent(vis + nxt_full, 4) + [f"    for {idx} in range(cur, seg):  # partial tiles"]
+            inner += indent(masked_body, 8) + ["    cur = seg"]
+            body = inside + ["if inside:"] + indent(inner, 4) + gap
+            return out + ["while cur < end:"] + indent(body, 4)
         if one_loop:
             inner = ["# one loop for a run of full tiles or of partial ones (one set of buffers)"]
-            inner += _either("full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
-            inner += _indent(vis, 0) + _fold("run_end", "tl.maximum", [
+            inner += either("full", [f"(f_lo{k} <= cur) & (cur < f_hi{k})" for k in ids])
+            inner += indent(vis, 0) + fold("run_end", "tl.maximum", [
                 f"tl.where((f_lo{k} <= cur) & (cur < f_hi{k}), f_hi{k}, cur)" for k in ids])
             inner += nxt_full + ["seg = tl.where(full, run_end, seg)", f"for {idx} in range(cur, seg):"]
-            inner += _indent(pos + _open_mask(keep, q) + masked_call, 4) + ["cur = seg"]
-            body = inside + ["if inside:"] + _indent(inner, 4) + gap
-            return out + ["while cur < end:"] + _indent(body, 4)
-        inner = in_full + ["if in_full:"] + _indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
-        inner += _indent(full_body, 8) + ["else:"] + _indent(vis + nxt_full, 4)
-        inner += [f"    for {idx} in range(cur, seg):  # partial tiles"] + _indent(masked_body, 8) + ["cur = seg"]
-        body = inside + ["if inside:"] + _indent(inner, 4) + gap
-        return out + ["while cur < end:"] + _indent(body, 4)
+            inner += indent(pos + open_mask(keep, q) + masked_call, 4) + ["cur = seg"]
+            body = inside + ["if inside:"] + indent(inner, 4) + gap
+            return out + ["while cur < end:"] + indent(body, 4)
+        inner = in_full + ["if in_full:"] + indent(seg_full, 4) + [f"    for {idx} in range(cur, seg):  # full tiles"]
+        inner += indent(full_body, 8) + ["else:"] + indent(vis + nxt_full, 4)
+        inner += [f"    for {idx} in range(cur, seg):  # partial tiles"] + indent(masked_body, 8) + ["cur = seg"]
+        body = inside + ["if inside:"] + indent(inner, 4) + gap
+        return out + ["while cur < end:"] + indent(body, 4)
 
-    def _random_loop(self, ti: int, tr: TileRanges, body: list, q: bool, window: bool) -> list:
-        rb, rr = T(self.arg(tr.random.b)), T(self.arg(tr.random.r))
-        key = seed_key(tr.random.seed)
-        applies = S.all_of([tr.applies, S.le(S.name("klo"), S.name("khi"))])
-        if q:
-            out = [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
-                   f"nkb{ti} = (n + {rb} - 1) // {rb}",
-                   f"picks{ti} = tl.minimum({rr}, nkb{ti})",
-                   f"for t in range(0, picks{ti}):",
-                   f"    kb = random_block(qb{ti}, t, nkb{ti}, picks{ti}, {key})",
-                   f"    klo = tl.maximum(kb * {rb}, lo{ti})",
-                   f"    khi = tl.minimum(kb * {rb} + {rb} - 1, hi{ti})",
-                   "    kt_lo = klo // BN",
-                   f"    kt_hi = tl.where({T(applies)}, khi // BN + 1, kt_lo)"]
-            if window:
-                out += ["    kt_lo, kt_hi = clip(kt_lo, w_lo, w_hi), clip(kt_hi, w_lo, w_hi)"]
-            return out + ["    for kt in range(kt_lo, kt_hi):"] + _indent(body, 8)
+    def _listed_block(self, ti: int, tr: TileRanges, first: str, last: str, body: list, window: bool,
+                      guard: str = "", note: str = "") -> list:
+        """Query-major: the key tiles of one listed key block, keys [first, last], cut to term ti's
+        key range (and the window's tiles); an empty range where the term does not apply."""
+        applies = T(S.all_of([tr.applies, S.le(S.name("klo"), S.name("khi"))]))
+        out = [f"klo = tl.maximum({first}, lo{ti})",
+               f"khi = tl.minimum({last}, hi{ti})",
+               "kt_lo = klo // BN",
+               f"kt_hi = tl.where({f'({applies}) & {guard}' if guard else applies}, khi // BN + 1, kt_lo){note}"]
+        if window:
+            out += ["kt_lo, kt_hi = clip(kt_lo, w_lo, w_hi), clip(kt_hi, w_lo, w_hi)"]
+        return out + ["for kt in range(kt_lo, kt_hi):"] + indent(body, 4)
+
+    def _query_tiles(self, ti: int, tr: TileRanges, window: bool) -> list:
+        """Key-major: the query tiles [at_lo, at_hi) of term ti's query range (and the window's)."""
         at_applies = S.all_of([tr.applies, S.le(S.name(f"lo{ti}"), S.name(f"hi{ti}"))])
         out = [f"at_lo{ti} = lo{ti} // BM",
                f"at_hi{ti} = tl.where({T(at_applies)}, hi{ti} // BM + 1, at_lo{ti})"]
         if window:
             out += [f"at_lo{ti}, at_hi{ti} = clip(at_lo{ti}, w_lo, w_hi), clip(at_hi{ti}, w_lo, w_hi)"]
-        out += [f"nkb{ti} = (n + {rb} - 1) // {rb}",
-                f"picks{ti} = tl.minimum({rr}, nkb{ti})",
-                f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
-                "# which query blocks picked this key block?  Ask 128 query blocks at once, then",
-                "# visit the few that did (about `picks`), instead of asking every query tile in turn",
-                f"qb_lo{ti} = (at_lo{ti} * BM) // {rb}",
-                f"qb_hi{ti} = (at_hi{ti} * BM + {rb} - 1) // {rb}",
-                f"for qs in range(qb_lo{ti}, qb_hi{ti}, 128):",
-                "    cand = qs + tl.arange(0, 128)",
-                f"    hit = random_picked(cand, kb{ti}, nkb{ti}, picks{ti}, {key}) & (cand < qb_hi{ti})",
-                "    while tl.max(hit.to(tl.int32), 0) > 0:",
-                f"        qb = tl.min(tl.where(hit, cand, {BIG}), 0)",
-                "        hit = hit & (cand != qb)",
-                f"        at_first = tl.maximum(qb * ({rb} // BM), at_lo{ti})",
-                f"        at_last = tl.minimum((qb + 1) * ({rb} // BM), at_hi{ti})",
-                "        for at in range(at_first, at_last):"]
-        return out + _indent(body, 12)
+        return out
+
+    @staticmethod
+    def _listing_block(ti: int, size: str, body: list) -> list:
+        """Key-major: the query tiles of query block qb (blocks of `size` queries) within term ti's."""
+        return [f"at_first = tl.maximum(qb * ({size} // BM), at_lo{ti})",
+                f"at_last = tl.minimum((qb + 1) * ({size} // BM), at_hi{ti})",
+                "for at in range(at_first, at_last):"] + indent(body, 4)
+
+    def _random_loop(self, ti: int, tr: TileRanges, body: list, q: bool, window: bool) -> list:
+        rb, rr = T(self.arg(tr.random.b)), T(self.arg(tr.random.r))
+        key = seed_key(tr.random.seed)
+        if q:
+            return [f"qb{ti} = a0 // {rb}  # BM divides the random block: one query block per tile",
+                    f"nkb{ti} = (n + {rb} - 1) // {rb}",
+                    f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+                    f"for t in range(0, picks{ti}):",
+                    f"    kb = random_block(qb{ti}, t, nkb{ti}, picks{ti}, {key})"] + indent(
+                self._listed_block(ti, tr, f"kb * {rb}", f"kb * {rb} + {rb} - 1", body, window), 4)
+        return self._query_tiles(ti, tr, window) + [
+            f"nkb{ti} = (n + {rb} - 1) // {rb}",
+            f"picks{ti} = tl.minimum({rr}, nkb{ti})",
+            f"kb{ti} = b0 // {rb}  # BN divides the random block: one key block per tile",
+            "# which query blocks picked this key block?  Ask 128 query blocks at once, then",
+            "# visit the few that did (about `picks`), instead of asking every query tile in turn",
+            f"qb_lo{ti} = (at_lo{ti} * BM) // {rb}",
+            f"qb_hi{ti} = (at_hi{ti} * BM + {rb} - 1) // {rb}",
+            f"for qs in range(qb_lo{ti}, qb_hi{ti}, 128):",
+            "    cand = qs + tl.arange(0, 128)",
+            f"    hit = random_picked(cand, kb{ti}, nkb{ti}, picks{ti}, {key}) & (cand < qb_hi{ti})",
+            "    while tl.max(hit.to(tl.int32), 0) > 0:",
+            f"        qb = tl.min(tl.where(hit, cand, {BIG}), 0)",
+            "        hit = hit & (cand != qb)"] + indent(self._listing_block(ti, rb, body), 8)
 
     def _select_loop(self, ti: int, tr: TileRanges, body: list, q: bool, window: bool) -> list:
         """The selected term's tiles: query-major, the blocks this query block lists (each once, -1
@@ -419,29 +385,15 @@ class _Emitter:
         block, from the Selection's key-major inverse (no atomics: this program owns its keys)."""
         K, BLK, QBLK, KPAD = self.K, self.BLK, self.QBLK, self.KPAD
         if q:
-            applies = S.all_of([tr.applies, S.le(S.name("klo"), S.name("khi"))])
-            out = [f"for s_it in range(0, {K}):  # term {ti}'s selected key blocks",
-                   f"    kb = tl.sum(tl.where(tl.arange(0, {KPAD}) == s_it, selu, 0), 0)",
-                   f"    klo = tl.maximum(kb * {BLK}, lo{ti})",
-                   f"    khi = tl.minimum(kb * {BLK} + {BLK - 1}, hi{ti})",
-                   "    kt_lo = klo // BN",
-                   f"    kt_hi = tl.where(({T(applies)}) & (kb >= 0), khi // BN + 1, kt_lo)  # -1: an empty slot"]
-            if window:
-                out += ["    kt_lo, kt_hi = clip(kt_lo, w_lo, w_hi), clip(kt_hi, w_lo, w_hi)"]
-            return out + ["    for kt in range(kt_lo, kt_hi):"] + _indent(body, 8)
-        at_applies = S.all_of([tr.applies, S.le(S.name(f"lo{ti}"), S.name(f"hi{ti}"))])
-        out = [f"at_lo{ti} = lo{ti} // BM",
-               f"at_hi{ti} = tl.where({T(at_applies)}, hi{ti} // BM + 1, at_lo{ti})"]
-        if window:
-            out += [f"at_lo{ti}, at_hi{ti} = clip(at_lo{ti}, w_lo, w_hi), clip(at_hi{ti}, w_lo, w_hi)"]
-        return out + [
+            return [f"for s_it in range(0, {K}):  # term {ti}'s selected key blocks",
+                    f"    kb = tl.sum(tl.where(tl.arange(0, {KPAD}) == s_it, selu, 0), 0)"] + indent(
+                self._listed_block(ti, tr, f"kb * {BLK}", f"kb * {BLK} + {BLK - 1}", body, window,
+                                   guard="(kb >= 0)", note="  # -1: an empty slot"), 4)
+        return self._query_tiles(ti, tr, window) + [
             f"kb{ti} = b0 // {BLK}  # BN divides the block: one key block per tile",
             "# the query blocks that listed this key block, in order (Selection.inverse)",
             f"for o_it in range(tl.load(inv_base + kb{ti}), tl.load(inv_base + kb{ti} + 1)):",
-            "    qb = tl.load(INV_QB + o_it)",
-            f"    at_first = tl.maximum(qb * ({QBLK} // BM), at_lo{ti})",
-            f"    at_last = tl.minimum((qb + 1) * ({QBLK} // BM), at_hi{ti})",
-            "    for at in range(at_first, at_last):"] + _indent(body, 8)
+            "    qb = tl.load(INV_QB + o_it)"] + indent(self._listing_block(ti, str(QBLK), body), 4)
 
     def _narrow_steps(self, p: Pass, spans: list, mask_call: str, call: list) -> list:
         """One NB-key step (pointer loads) for each term that needs at most NB fixed key columns,
@@ -460,12 +412,12 @@ class _Emitter:
                       f"(v_hi{k} <= lo{ti} // BN))" for k in others]
             mask = self.mask_text(mask_call, p, True)
             out += [f"if {nb} < BN:  # term {ti} needs at most {nb} fixed key columns: a step of its own"]
-            out += _indent(apart, 4)
+            out += indent(apart, 4)
             out += [f"    if narrow{ti}:",
                     f"        b0 = lo{ti}",
                     f"        j = b0 + tl.arange(0, {nb})",
                     f"        keep = {mask} & ((j <= hi{ti}) & (j < n))[None, :]"]
-            out += _indent(call, 8)
+            out += indent(call, 8)
             out += [f"    v_hi{ti} = tl.where(narrow{ti}, v_lo{ti}, v_hi{ti})  # walked above",
                     f"    f_hi{ti} = tl.where(narrow{ti}, f_lo{ti}, f_hi{ti})"]
         return out
@@ -517,15 +469,15 @@ class _Emitter:
             cond = S.all_of([S.lt(S.name("a1"), S.name("LQ")), S.lt(S.name("b1"), S.name("L")), S.any_of(fulls)])
             work.append(f"full = {T(cond)}")
             if one_loop:  # one tile call: its loads are not duplicated in two branches
-                work += _open_mask(keep, query_major_loop) + masked_call
+                work += open_mask(keep, query_major_loop) + masked_call
             else:
-                work += ["if full:  # every pair allowed: no mask arithmetic"] + _indent(full_call, 4)
-                work += ["else:", f"    {keep}"] + _indent(masked_call, 4)
+                work += ["if full:  # every pair allowed: no mask arithmetic"] + indent(full_call, 4)
+                work += ["else:", f"    {keep}"] + indent(masked_call, 4)
         else:
             work += [keep] + masked_call
         if seen:
-            lines += _either("seen", seen) + ["if seen == 0:  # no earlier term visited this tile"]
-            lines += _indent(work, 4)
+            lines += either("seen", seen) + ["if seen == 0:  # no earlier term visited this tile"]
+            lines += indent(work, 4)
         else:
             lines += work
         return lines
@@ -649,7 +601,7 @@ class _Emitter:
                      "    l_i = tl.where(lse_prev == float('-inf'), 0.0, 1.0)",
                      "    oi_base = OI + z.to(tl.int64) * so0 + h.to(tl.int64) * so1",
                      "    acc = load_rows(oi_base, i, row_ok, so2, so3, offs_d, D, False)",
-                     "else:"] + _indent(fresh, 4)
+                     "else:"] + indent(fresh, 4)
         else:
             body += fresh
         if mass:
@@ -672,7 +624,7 @@ class _Emitter:
                 f"    slot = tl.arange(0, {self.KPAD})",
                 f"    tl.store(m_base + slot, tl.sum(mrow, 0), mask=slot < {self.K})",
             ]
-        return head + _indent(body + loops + tail, 4) + ["", ""]
+        return head + indent(body + loops + tail, 4) + ["", ""]
 
     def qtma(self, p: Pass) -> str:
         return "QTMA" if self.row_tma(p) else "False"
@@ -738,7 +690,7 @@ class _Emitter:
             "    dq += tl.load(dq_ptrs, mask=io_mask, other=0.0)",
             "tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=io_mask)",
         ]
-        return head + _indent(body + loops + tail, 4) + ["", ""]
+        return head + indent(body + loops + tail, 4) + ["", ""]
 
     def dkdv_kernel(self, name: str, mask: str, p: Pass) -> list:
         args = ["dk", "dv", "k", "v", "QD", "DOD", "z", "h", "a0", "r", "q_base", "do_base", "sq2", "sq3", "sdo2",
@@ -782,7 +734,7 @@ class _Emitter:
             "        lse_base = LSE2 + (z.to(tl.int64) * HTOT + h) * NROW + row0",
             "        delta_base = DELTA + (z.to(tl.int64) * HTOT + h) * NROW + row0",
             "    dq_base = DQ + z.to(tl.int64) * sdq0 + h.to(tl.int64) * sdq1",
-        ] + _indent(self.select_prologue(p, False), 4)
+        ] + indent(self.select_prologue(p, False), 4)
         tail = self.out_rows(p, "k", "j", "BN") + [
             "dk_base = DK + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
             "dv_base = DV + z.to(tl.int64) * sdk0 + hk.to(tl.int64) * sdk1",
@@ -795,7 +747,7 @@ class _Emitter:
             "tl.store(dk_base + kv_ptrs, dk.to(DK.dtype.element_ty), mask=io_mask)",
             "tl.store(dv_base + kv_ptrs, dv.to(DV.dtype.element_ty), mask=io_mask)",
         ]
-        return head + _indent(body, 4) + _indent(loops, 8) + _indent(tail, 4) + ["", ""]
+        return head + indent(body, 4) + indent(loops, 8) + indent(tail, 4) + ["", ""]
 
 
 def _doc(s: str) -> str:
@@ -826,76 +778,6 @@ keys the pattern allows.  The host side is patternc's runtime library (patternc.
 TILE_BODIES = ("clip", "dkdv_tile", "dq_tile", "fwd_tile", "load_rows", "tile_rows")
 SEQ_BODIES = ("as_i32", "floor_div", "floor_mod", "int_sqrt", "seq_span")
 SELECT_TILES = ("fwd_tile_sel", "select_hits", "select_keys", "select_row")
-
-
-def _index_kernel(e: _Emitter, host: HostEmitter) -> list:
-    """`_select_index`: select_blocks on the GPU (runtime.select_index has the score and the rules).
-    One program per (query block, batch element x selection head): the block's rows' indexer
-    queries against chunks of BKB key-block means, the pattern's candidate rule, and a running
-    top K in registers, merged chunk by chunk (ties to the lower block)."""
-    from patternc.lower import to_terms
-    from patternc.ranges import select_candidates
-
-    rule = S.any_of([select_candidates(to_terms(x), e.arg) for _, _, x in head_cases(e.pattern) if ir.has_select(x)])
-    lines = ["@triton.jit", "def _select_index("] + _param_lines(abi.index_params(tuple(e.table.names.values()))) + [
-        "):",
-        '    """select_blocks: the top K key blocks of one query block, by the score of runtime.select_index,',
-        '    among the candidates (the pattern\'s outer terms allow them, its static terms do not cover them)."""']
-    body = [
-        "qb = tl.program_id(0)",
-        "zs = tl.program_id(1)",
-        "z = (zs // HS).to(tl.int64)",
-        "hs = zs % HS",
-        "a0 = qb * QBLK",
-        "a1 = tl.minimum(a0 + QBLK - 1, n - 1)",
-        "rows = a0 + tl.arange(0, QBLK)",
-        "row_ok = rows < n",
-        "offs = tl.arange(0, BDI)",
-        "slot = tl.arange(0, KPAD)",
-        "# the running top K: (score, block); padding slots hold +inf so that they are never the worst",
-        "best_v = tl.where(slot < K, float('-inf'), float('inf'))",
-        "best_i = tl.where(slot < K, NKB + slot, -1)",
-        "for k0 in range(0, NKB, BKB):",
-        "    kbs = k0 + tl.arange(0, BKB)",
-        "    b0 = kbs * BLK",
-        "    b1 = tl.minimum(b0 + BLK - 1, n - 1)",
-        f"    cand = ({S.triton(rule)}) & (kbs < NKB)",
-        "    if tl.max(cand.to(tl.int32), 0) > 0:  # chunks without a candidate cost nothing",
-        "        km_ptrs = KM + ((z * HS + hs) * NKB + kbs.to(tl.int64))[:, None] * DI + offs[None, :]",
-        "        km = tl.load(km_ptrs, mask=(kbs < NKB)[:, None] & (offs < DI)[None, :], other=0.0)",
-        "        score = tl.zeros([BKB], dtype=tl.float32)",
-        "        for hh in range(0, PER):  # the indexer heads of this selection head",
-        "            h = hs * PER + hh",
-        "            q_ptrs = QI + ((z * HI + h) * n + rows.to(tl.int64))[:, None] * DI + offs[None, :]",
-        "            qi = tl.load(q_ptrs, mask=row_ok[:, None] & (offs < DI)[None, :], other=0.0)",
-        "            s = tl.maximum(tl.dot(qi, tl.trans(km)), 0.0)  # ReLU(q . mean key)",
-        "            if W_MODE == 1:  # one weight per head",
-        "                s = s * tl.load(W + h)",
-        "            if W_MODE == 2:  # one weight per head and token",
-        "                s = s * tl.load(W + (z * HI + h) * n + rows, mask=row_ok, other=0.0)[:, None]",
-        "            score += tl.sum(tl.where(row_ok[:, None], s, 0.0), 0)",
-        "        score = tl.where(cand, score, float('-inf'))",
-        "        for t in range(0, K):  # merge: the chunk's best replaces the running worst while it beats it",
-        "            m = tl.max(score, 0)",
-        "            mi = tl.min(tl.where(score == m, kbs, 2147483647), 0)",
-        "            worst = tl.min(best_v, 0)",
-        "            wi = tl.max(tl.where(best_v == worst, best_i, -1), 0)",
-        "            take = (m > float('-inf')) & ((m > worst) | ((m == worst) & (mi < wi)))",
-        "            hit = tl.where(take, (best_v == worst) & (best_i == wi), False)",
-        "            best_v = tl.where(hit, m, best_v)",
-        "            best_i = tl.where(hit, mi, best_i)",
-        "            score = tl.where(kbs == mi, float('-inf'), score)",
-        "# best first (ties to the lower block), -1 for slots no candidate filled",
-        "out_base = OUT + ((z * HS + hs) * ((n + QBLK - 1) // QBLK) + qb) * K",
-        "for t in range(0, K):",
-        "    m = tl.max(tl.where(slot < K, best_v, float('-inf')), 0)",
-        "    mi = tl.min(tl.where((slot < K) & (best_v == m), best_i, 2147483647), 0)",
-        "    tl.store(out_base + t, tl.where(m > float('-inf'), mi, -1).to(tl.int32))",
-        "    taken = (best_v == m) & (best_i == mi)",
-        "    best_v = tl.where(taken, float('-inf'), best_v)",
-        "    best_i = tl.where(taken, 2147483647, best_i)",
-    ]
-    return lines + _indent(body, 4) + ["", ""]
 
 
 def _parts(pattern: Pattern, host: HostEmitter, e: _Emitter) -> tuple:
@@ -989,7 +871,7 @@ def emit(pattern: Pattern) -> str:
                     f"{d}: dict({', '.join(f'{k}={v}' for k, v in cfg.items())})" for d, cfg in bwd.items()) + "})")
     more = ()
     if e.select is not None:  # select_blocks on the GPU
-        kernel_text += "\n\n" + "\n".join(_index_kernel(e, host))
+        kernel_text += "\n\n" + "\n".join(index_kernel(e.pattern, e.arg, e.table))
         more = ("select_index=_select_index",)
     spec = host.spec("triton", "(\n" + "\n".join(case_rows) + "\n    )", schedule, more)
     runtime_names = ["Case", "Pass", "Schedule", "Spec", "bind"]

@@ -24,16 +24,9 @@ from patternc.ranges import Args, key_position, query_major, space_lengths
 from patternc.runtime.random_blocks import seed_key
 
 from .common import uses_name
+from .kernel_text import T, indent
 
 BODIES = ("cache_bases", "decode_tile", "load_new_rows", "new_rows", "store_new_rows")
-
-
-def T(e) -> str:
-    return S.triton(e)
-
-
-def _indent(lines: list, k: int) -> list:
-    return [(" " * k + x) if x else x for x in lines]
 
 
 def _prologue(p: Pass) -> list:
@@ -118,7 +111,7 @@ def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
                  "    b0 = kt * BN", "    " + pos, "    " + keep]
         for e in spans[:idx]:  # a tile an earlier term walks is that term's
             body.append(f"    keep = keep & ((kt < v_lo{e}) | (kt >= v_hi{e}))")
-        body += _indent(_tile_call(), 4)
+        body += indent(_tile_call(), 4)
         before += f" - ({count})"
     for idx, (ti, tr) in enumerate(randoms):
         body += _random_loop(ti, tr, spans, randoms[:idx], arg, pos, keep)
@@ -138,7 +131,7 @@ def decode_kernel(signature: list, mask_call: str, p: Pass, arg: Args) -> list:
             "acc = tl.zeros([BM, BD], dtype=tl.float32)"]
     tail = ["store_new_rows(O, LSE, z, h, qrow, PART0 + sid, row_ok, acc, m_i, l_i, so0, so1, so2, so3, sop, sl0, sl1,",
             "               sl2, slp, offs_d, D)  # this split's partial result"]
-    return header + _indent(pro + args + rows + load + body + tail, 4) + ["", ""]
+    return header + indent(pro + args + rows + load + body + tail, 4) + ["", ""]
 
 
 def _length_args(arg: Args, text: str) -> list:
@@ -172,4 +165,4 @@ def _random_loop(ti: int, tr, spans: list, earlier: list, arg: Args, pos: str, k
         out += [f"            seen = random_mask(i[:, None], j[None, :], {erc}, {eb}, {er.random.seed}, n)",
                 f"            seen = seen & ({e_applies}) & (kt >= lo{e} // BN) & (kt <= hi{e} // BN)",
                 "            keep = keep & (seen == 0)"]
-    return out + _indent(_tile_call(), 12)
+    return out + indent(_tile_call(), 12)
