@@ -81,7 +81,7 @@ def poisoned(*shape, **kw):
 
 class LaunchSpy:
     """Stands in for a pattern's launcher (runtime.launch.Launcher): `hook(kernel, grid, site, kw)` sees
-    each launch first, and may raise; then the real launcher launches it."""
+    each launch first, its arguments by name, and may raise; then the real launcher launches it."""
 
     def __init__(self, real, hook):
         self.real, self.hook = real, hook
@@ -90,7 +90,7 @@ class LaunchSpy:
         inner = self.real(kernel, grid, site)
 
         def launch(*args, **kw):
-            self.hook(kernel, grid, site, kw)
+            self.hook(kernel, grid, site, dict(zip(kernel.arg_names, args)) | kw)  # by name, however passed
             return inner(*args, **kw)
         return launch
 

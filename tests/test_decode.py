@@ -363,3 +363,26 @@ def test_decode_benchmark_smoke_run(tmp_path):
     stream = next(x for x in ours if x["pattern"] == "streaming")  # 4 sinks + local(1020): 1,025 slots
     assert stream["kv_cache_mb"] * (1 << 20) == 2 * 1 * 2 * 1025 * 16 * 4  # K and V, B x Hkv x slots x D float32
     assert "| streaming | 300 | 1 |" in (tmp_path / "decode.md").read_text()
+
+
+def test_decode_checks_each_kind_of_call_once_and_still_refuses_bad_input(monkeypatch):
+    """A decode step's host time is its budget: shapes, dtypes and devices checked once per kind of
+    call (runtime.decode_inputs.DecodeChecks), yet a call of another kind is checked in full."""
+    from patternc.runtime import decode_inputs
+    mod = patternc.load(patternc.parse("pattern p = causal & local(8)"), backend="reference")
+    calls = []
+    real = decode_inputs.check_decode
+    monkeypatch.setattr(decode_inputs, "check_decode", lambda *a: calls.append(1) or real(*a))
+    q, k = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 20, 16)
+    seq = torch.tensor([5, 20], dtype=torch.int32)
+    first = mod.decode(q, k, k, seq)
+    for _ in range(3):
+        assert torch.equal(mod.decode(q, k, k, seq), first)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="cache_seqlens must be an int32 tensor"):
+        mod.decode(q, k, k, seq.float())
+    with pytest.raises(TypeError, match="must share one dtype"):
+        mod.decode(q.double(), k, k, seq)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        mod.decode(q.tolist(), k, k, seq)
+    assert len(calls) == 4

@@ -112,6 +112,31 @@ def check_decode(q, k_cache, v_cache, cache_seqlens, page_table, num_heads: Opti
     return capacity
 
 
+class DecodeChecks:
+    """check_decode, once per kind of call: a step whose shapes, dtypes and devices were checked
+    before is only looked up (a decode step's host time is the budget: decisions.md: decode-host)."""
+
+    def __init__(self, num_heads: Optional[int], name: str):
+        self.num_heads, self.name = num_heads, name
+        self.seen: dict = {}
+
+    def __call__(self, q, k_cache, v_cache, cache_seqlens, page_table) -> int:
+        try:
+            key = (q.shape, k_cache.shape, v_cache.shape, cache_seqlens.shape, q.dtype, k_cache.dtype, v_cache.dtype,
+                   cache_seqlens.dtype, q.device, k_cache.device, v_cache.device, cache_seqlens.device,
+                   None if page_table is None else (page_table.shape, page_table.dtype, page_table.device))
+        except AttributeError:  # not tensors: check_decode says which
+            key = None
+        capacity = self.seen.get(key)
+        if capacity is None:
+            capacity = check_decode(q, k_cache, v_cache, cache_seqlens, page_table, self.num_heads, self.name)
+            if key is not None:  # (check_decode passed: they are tensors)
+                if len(self.seen) > 256:
+                    self.seen.clear()
+                self.seen[key] = capacity
+        return capacity
+
+
 def _describe(t) -> str:
     if isinstance(t, torch.Tensor):
         return f"{t.dtype} of shape {tuple(t.shape)}"

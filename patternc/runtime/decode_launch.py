@@ -34,6 +34,7 @@ DECODE_MAX_BM = 128  # rows per tile at most: GROUP x T rows beyond it are cut i
 SPLIT_PROGRAMS_PER_SM = 2  # split until the launch has about this many programs per SM ...
 SPLIT_MIN_TILES = 4  # ... while each split keeps at least this many key tiles
 COMBINE_ROWS = 16
+TENSORS = ("Q", "K", "V", "O", "LSE", "SEQ", "PT")  # a decode kernel's first parameters (runtime.abi)
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,18 @@ class TritonDecode:
         paged = k.shape[2] if page_table is not None else 0
         pl = self.plan(q, k, paged, capacity, ring)
         out = torch.empty((B, H, T, D), device=q.device, dtype=q.dtype)
-        lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-        if not pl["launches"]:
-            return out.zero_(), lse.fill_(float("-inf"))
-        if pl["direct"]:
-            o, ol = out, lse
-        else:  # the splits' partial outputs and lse, in one float32 allocation (host time)
+        rows = B * H * T
+        if pl["direct"] or not pl["launches"]:
+            o = out
+            ol = lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+            if not pl["launches"]:
+                return out.zero_(), lse.fill_(float("-inf"))
+        else:  # the splits' partial outputs and lse, and the merged lse: one float32 allocation (host time)
             NP = pl["parts"]
-            scratch = torch.empty(B * H * T * NP * (D + 1), device=q.device, dtype=torch.float32)
-            o = scratch[:B * H * T * NP * D].view(B, H, T, NP, D)
-            ol = scratch[B * H * T * NP * D:].view(B, H, T, NP)
+            scratch = torch.empty(rows * (NP * (D + 1) + 1), device=q.device, dtype=torch.float32)
+            o = scratch[:rows * NP * D].view(B, H, T, NP, D)
+            ol = scratch[rows * NP * D:rows * NP * (D + 1)].view(B, H, T, NP)
+            lse = scratch[rows * NP * (D + 1):].view(B, H, T)
             if pl["init"]:
                 ol.fill_(float("-inf"))
         layout = (q.stride(), k.stride(), v.stride(), None if page_table is None else page_table.stride(), capacity,
@@ -172,11 +175,10 @@ class TritonDecode:
         if q.is_cuda:  # a launch site: the plan, the device, the layouts and each pointer's 16-byte alignment
             site = (pl["key"], torch.cuda.current_device(), layout) + tuple(
                 t.data_ptr() % 16 for t in (q, k, v, cache_seqlens) + (() if page_table is None else (page_table,)))
-        for x, kw in zip(pl["launches"], static):
-            self.launch(x.p.decode, x.grid, site and site + (x.h0, x.part0))(
-                Q=q, K=k, V=v, O=o, LSE=ol, SEQ=cache_seqlens, PT=page_table, **kw)
+        tensors = (q, k, v, o, ol, cache_seqlens, page_table)
+        for x, (rest, meta) in zip(pl["launches"], static):
+            self.launch(x.p.decode, x.grid, site and site + (x.h0, x.part0))(*tensors, *rest, **meta)
         if not pl["direct"]:
-            rows = B * H * T
             self.launch(decode_combine, (cdiv(rows, COMBINE_ROWS),), site and site + ("combine",))(
                 o, ol, out, lse, *o.stride()[:4], *ol.stride(), *out.stride(), rows, H, T, pl["parts"],
                 BR=COMBINE_ROWS, BD=pl["BD"], D=D)
@@ -184,10 +186,14 @@ class TritonDecode:
 
     @staticmethod
     def _static(pl: dict, q, k, v, o, ol, page_table, capacity: int, ring: Optional[Ring], scale: float) -> list:
-        """Each launch's arguments but the tensors: they depend only on the plan and the layouts."""
+        """Each launch's arguments after the tensors, in the ABI's order, and its launch settings:
+        they depend only on the plan and the layouts, so a step passes them positionally as built
+        here (matching ~50 keywords to parameters cost ~5 us a launch; decisions.md: decode-host)."""
         fixed, window = (ring.fixed, ring.window) if ring is not None else (0, 1)
         direct = pl["direct"]
-        names = [x for x in param_names("decode", False) if x not in ("Q", "K", "V", "O", "LSE", "SEQ", "PT")]
+        order = param_names("decode", False)
+        assert order[:len(TENSORS)] == TENSORS, order  # the step passes its tensors first, in this order
+        names = order[len(TENSORS):]
         out = []
         for x in pl["launches"]:
             values = dict(
@@ -202,7 +208,5 @@ class TritonDecode:
                 qk_scale=scale * LOG2E, BM=x.bm, BN=pl["BN"], BD=pl["BD"], D=q.shape[3],
                 PAGE=k.shape[2] if page_table is not None else 0, RING=ring is not None, PREC=pl["prec"],
                 WIDEN=pl["widen"])
-            kw = {name: values[name] for name in names}
-            kw.update(num_warps=x.warps, num_stages=pl["stages"])
-            out.append(kw)
+            out.append((tuple(values[name] for name in names), dict(num_warps=x.warps, num_stages=pl["stages"])))
         return out

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from .decode import dense_decode, walk_decode
-from .decode_inputs import Ring, check_decode, check_lengths
+from .decode_inputs import DecodeChecks, Ring, check_lengths
 from .decode_launch import TritonDecode
 from .context_parallel import cp_attention
 from .cp_layout import layout_positions
@@ -73,6 +73,7 @@ class Compiled:
         self.flex = FlexPath(make_mask_mod, spec.num_heads, make_seq_mask_mod) if backend == "flex" else None
         self._op = _register_ops(self) if backend == "triton" else None
         self.decoder = TritonDecode(spec) if self.triton is not None and spec.select is None else None
+        self.decode_checks = DecodeChecks(spec.num_heads, spec.name)
         self.KVCache = kv_cache_class(self)
         self._seq_op = register_seq_ops(self) if backend == "triton" else None
         # a pattern with select(...): calls take blocks= (runtime.selected_attention)
@@ -197,18 +198,19 @@ class Compiled:
             raise NotImplementedError(
                 f"pattern '{self.spec.name}' has select(...): decoding with a run-time selection is not supported "
                 "yet; run the new tokens through attention(q, k, v, blocks=...) over the cached keys")
-        capacity = check_decode(q, k_cache, v_cache, cache_seqlens, page_table, self.spec.num_heads, self.spec.name)
+        capacity = self.decode_checks(q, k_cache, v_cache, cache_seqlens, page_table)
         scale = check_scale(scale, q.shape[-1])
         kernels = self.decoder is not None and _kernels_run_on(q)
         if not (kernels and cache_seqlens.is_cuda):  # reading lengths on the GPU would synchronise
             check_lengths(cache_seqlens.tolist(), q.shape[2], capacity, ring)
-        with torch.no_grad():
-            if self.backend == "reference":
-                out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
-            elif kernels:
-                out, lse = self.decoder.run(q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
-            else:
-                out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+        if kernels:  # the kernels write fresh tensors: nothing for autograd to record
+            out, lse = self.decoder.run(q, k_cache, v_cache, cache_seqlens, scale, page_table, capacity, ring)
+        else:
+            with torch.no_grad():
+                if self.backend == "reference":
+                    out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+                else:
+                    out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
         return (out, lse) if return_lse else out
 
 
