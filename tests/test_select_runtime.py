@@ -289,6 +289,21 @@ def test_the_triton_indexer_matches_pytorch():
         assert torch.equal(launch_index(mod.SPEC, qi, ki, w), topk_blocks(mod.SPEC, qi, ki, w))
 
 
+def test_the_triton_indexer_merges_many_chunks_like_pytorch(monkeypatch):
+    """Chunks of 16 key blocks, so a query block merges up to 5 of them: each merge runs only as
+    many rounds as the chunk has blocks above the running worst, ties across chunks included
+    (small integer inputs tie often; the lower block must win)."""
+    from patternc.runtime import select_index
+    monkeypatch.setattr(select_index, "INDEX_KEYS", 16)
+    mod = load(NSA)
+    B, Hi, n, Di = 1, 2, 1200, 16
+    g = torch.Generator().manual_seed(1)
+    for lo, hi in ((-1, 2), (-3, 4)):
+        qi = torch.randint(lo, hi, (B, Hi, n, Di), generator=g).float()
+        ki = torch.randint(lo, hi, (B, 1, n, Di), generator=g).float()
+        assert torch.equal(launch_index(mod.SPEC, qi, ki, None), topk_blocks(mod.SPEC, qi, ki, None))
+
+
 @pytest.mark.parametrize("args,err,msg", [
     ((torch.randn(1, 2, 40, 8), torch.randn(1, 40, 4)), ValueError, r"k_index must have shape \(1, 40, 8\)"),
     ((torch.randn(1, 3, 40, 8), torch.randn(1, 2, 40, 8)), ValueError, "multiple of the key heads"),
