@@ -222,7 +222,8 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
         fn = getattr(kernel, "fn", kernel)
         label = _label(mod, fn)
 
-        def compile_instead(*args, **kw):
+        def compile_instead(*args, **kw_only):
+            kw = dict(zip(getattr(kernel, "arg_names", ()), args)) | kw_only  # by name, however passed
             key = (label, kw.get("SEEDED"), kw.get("FUSED"), kw.get("PAGE"), kw.get("RING"), kw.get("T"),
                    kw.get("DOCS"), kw.get("MASS"))
             if key in seen:
@@ -233,7 +234,7 @@ def check(path: str, n: int, D: int, dtype, target: GPUTarget, backward: bool = 
             if "PAGE" in kw:  # a decode kernel: which cache and how many new rows
                 name += f" t={kw['T']}" + (" paged" if kw["PAGE"] else " ring" if kw["RING"] else "")
             try:
-                results.append((name, *compile_launch(kernel, args, dict(kw), target, regs,
+                results.append((name, *compile_launch(kernel, args, dict(kw_only), target, regs,
                                                       launch.launcher_guess if launchers else None), None))
             except Exception as e:  # report and go on: the point is the list
                 results.append((name, None, None, None, f"{type(e).__name__}: "
