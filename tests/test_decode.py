@@ -184,7 +184,7 @@ def example_patterns() -> list:
     for f in EXAMPLES:
         prog = parse_program(f.read_text(), str(f))
         # a stack's layers are patterns of the file: they are tested as those
-        # a pattern with select(...) has no decode (test_select_runtime.py checks that it says so)
+        # a pattern with select(...) decodes with its blocks (test_select_runtime.py)
         out += [(f.stem, name) for name in prog.definitions
                 if not isinstance(resolve(prog, name, {}), Stack) and not ir.has_select(resolve(prog, name, {}).expr)]
     return out

@@ -380,12 +380,60 @@ def test_custom_ops_for_torch_compile():
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_what_a_selection_does_not_combine_with_says_so(backend):
-    """decode and packed/padded calls take no run-time selection yet: one clear error each, naming
-    what to do instead (not a crash inside a kernel, not a silently ignored argument)."""
+    """A KVCache and packed/padded calls take no run-time selection yet: one clear error each,
+    naming what to do instead (not a crash inside a kernel, not a silently ignored argument)."""
     mod = patternc.load("pattern p = causal & (local(8) | select(2, block=16))", backend=backend)
     q = torch.randn(1, 2, 40, 16)
     blocks = torch.zeros(1, 1, 3, 2, dtype=torch.int32)
-    with pytest.raises(NotImplementedError, match="decoding with a run-time selection is not supported"):
-        mod.decode(q[:, :, -1:], q, q, torch.tensor([40], dtype=torch.int32))
+    cache = mod.KVCache(1, 2, 16, dtype=torch.float32, device="cpu")
+    with pytest.raises(NotImplementedError, match="KVCache does not keep a run-time selection yet"):
+        cache.attend(q[:, :, -1:], q[:, :, -1:], q[:, :, -1:])
     with pytest.raises(NotImplementedError, match="packed or padded sequences"):
         mod.attention(q, q, q, blocks=blocks, seq_lens=torch.tensor([30], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference", "flex"])
+@pytest.mark.parametrize("hs", ["1", "kv", "q"])
+def test_decode_with_a_selection_is_the_last_rows_of_attention(backend, hs):
+    """decode(..., blocks=) equals, row for row, the last t rows of attention over the row's first
+    n positions with the selection's first ceil(n / qblock) query blocks: ragged lengths, t = 1
+    and 3, GQA, duplicates, -1 slots, blocks inside the window, above the diagonal and past a
+    row's length (keys that do not exist yet), against a float64 reference."""
+    src = "pattern p = causal & (sink(2) | local(12) | select(3, block=16, qblock=16))"
+    mod, ref = patternc.load(src, backend=backend), patternc.load(src, backend="reference")
+    B, Hq, Hkv, D, L = 3, 4, 2, 16, 100
+    Hs = {"1": 1, "kv": Hkv, "q": Hq}[hs]
+    g = torch.Generator().manual_seed(7)
+    k, v = (torch.randn(B, Hkv, L, D, generator=g, dtype=torch.float64) for _ in range(2))
+    blocks = torch.randint(-1, 7, (B, Hs, 7, 3), generator=g, dtype=torch.int32)
+    blocks[0, 0, 2] = torch.tensor([1, 1, -1], dtype=torch.int32)  # a duplicate and an empty slot
+    for t, lens in ((1, [1, 37, 100]), (3, [3, 64, 81])):
+        q = torch.randn(B, Hq, t, D, generator=g, dtype=torch.float64)
+        seq = torch.tensor(lens, dtype=torch.int32)
+        out = mod.decode(q, k, v, seq, blocks=blocks)
+        for b, n in enumerate(lens):
+            qfull = torch.zeros(1, Hq, n, D, dtype=torch.float64)
+            qfull[:, :, n - t:] = q[b:b + 1]
+            sel = blocks[b:b + 1, :, :-(-n // 16)].clamp(max=-(-n // 16) - 1)  # in range at length n
+            sel = torch.where(blocks[b:b + 1, :, :-(-n // 16)] * 16 >= n, -1, sel)  # past n: no keys yet
+            want = ref.attention(qfull, k[b:b + 1, :, :n], v[b:b + 1, :, :n], blocks=sel)[:, :, n - t:]
+            torch.testing.assert_close(out[b:b + 1], want, rtol=1e-9, atol=1e-9)
+
+
+def test_decode_with_a_selection_refuses_bad_blocks():
+    mod = patternc.load("pattern p = causal & (local(8) | select(2, block=16))", backend="triton")
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 1, 64, 16)
+    seq = torch.tensor([64], dtype=torch.int32)
+    with pytest.raises(ValueError, match="decode needs blocks="):
+        mod.decode(q, k, k, seq)
+    with pytest.raises(TypeError, match="blocks must be an int32 tensor"):
+        mod.decode(q, k, k, seq, blocks=torch.zeros(1, 1, 4, 2))
+    with pytest.raises(ValueError, match=r"blocks must be an int32 tensor of shape \(1, Hs, query blocks, 2\)"):
+        mod.decode(q, k, k, seq, blocks=torch.zeros(1, 3, 4, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="a key block 0..3 of the cache"):
+        mod.decode(q, k, k, seq, blocks=torch.full((1, 1, 4, 2), 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="its new tokens lie in query block 3"):
+        mod.decode(q, k, k, seq, blocks=torch.zeros(1, 1, 3, 2, dtype=torch.int32))
+    plain = patternc.load("pattern p = causal & local(8)", backend="triton")
+    with pytest.raises(ValueError, match="has no select"):
+        plain.decode(q, k, k, seq, blocks=torch.zeros(1, 1, 4, 2, dtype=torch.int32))

@@ -30,7 +30,7 @@ import torch
 
 from .decode_inputs import Ring, gather_slots, slots_of
 from .spec import Pass, Spec
-from .walk import fold_tile, positions, space_sizes, tile_keys
+from .walk import WalkSelection, fold_tile, positions, space_sizes, tile_keys
 
 
 def decode_tiles(p: Pass, n: int, t: int, A: dict) -> Iterator[tuple]:
@@ -56,9 +56,26 @@ def _finish(q, out, lse) -> tuple:
     return out.to(q.dtype), lse if lse.dtype == torch.float64 else lse.float()
 
 
+def _selections(spec: Spec, blocks: Optional[torch.Tensor], b: int, n: int, t: int, H: int) -> list:
+    """(first head, last head, WalkSelection or None) of batch row b: all heads at once, or with a
+    run-time selection each selection head's query heads with its blocks."""
+    if blocks is None:
+        return [(0, H - 1, None)]
+    _, block, qblock = spec.select
+    need = -(-n // qblock)  # the query blocks of the pattern at length n (the new rows' are the last)
+    if blocks.shape[2] < need:
+        raise ValueError(f"blocks cover {blocks.shape[2]} query blocks, but row {b} holds {n} positions: its new "
+                         f"tokens lie in query block {(n - 1) // qblock} (qblock={qblock})")
+    Hs = blocks.shape[1]
+    per = H // Hs
+    return [(s * per, s * per + per - 1, WalkSelection(blocks[b, s, :need].tolist(), blocks[b, s, :need], block,
+                                                       qblock)) for s in range(Hs)]
+
+
 def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, page_table=None,
-                ring: Optional[Ring] = None) -> tuple:
-    """(out, lse) of the new rows, exactly, gathering only the keys the pattern's closed forms allow."""
+                ring: Optional[Ring] = None, blocks: Optional[torch.Tensor] = None) -> tuple:
+    """(out, lse) of the new rows, exactly, gathering only the keys the pattern's closed forms (and
+    a run-time selection's blocks) allow."""
     B, H, t, D = q.shape
     group = H // k_cache.shape[1]
     out, lse = _empty_state(q)
@@ -68,29 +85,37 @@ def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, pa
         spec.check_length(n)
         A = spec.length_args(n)
         for case in spec.cases:
-            h0, h1 = case.first, H - 1 if case.last is None else case.last
-            kv = torch.arange(h0, h1 + 1, device=dev) // group
-            for p in case.passes:
-                for a0, a1, r, lq, lk in decode_tiles(p, n, t, A):
-                    keys = tile_keys(p, a0, a1, r, n, lq, lk, A, dev)
-                    if keys.numel() == 0:
-                        continue
-                    rows = positions(p, torch.arange(a0, a1 + 1, device=dev), r, A, query=True)
-                    keep = torch.broadcast_to(p.mask(rows[:, None], keys[None, :], n, A), (rows.numel(), keys.numel()))
-                    if not keep.any():
-                        continue
-                    at = rows - (n - t)  # rows of q
-                    slots = slots_of(keys, ring)
-                    kt = gather_slots(k_cache, b, slots, page_table)[kv].to(ct)
-                    vt = gather_slots(v_cache, b, slots, page_table)[kv].to(ct)
-                    out[b, h0:h1 + 1, at], lse[b, h0:h1 + 1, at] = fold_tile(
-                        out[b, h0:h1 + 1, at], lse[b, h0:h1 + 1, at], q[b, h0:h1 + 1, at].to(ct), kt, vt, keep, scale)
+            c0, c1 = case.first, H - 1 if case.last is None else case.last
+            for s0, s1, sel in _selections(spec, blocks, b, n, t, H):
+                h0, h1 = max(c0, s0), min(c1, s1)
+                if h0 > h1:
+                    continue
+                kv = torch.arange(h0, h1 + 1, device=dev) // group
+                for p in case.passes:
+                    for a0, a1, r, lq, lk in decode_tiles(p, n, t, A):
+                        keys = tile_keys(p, a0, a1, r, n, lq, lk, A, dev, sel)
+                        if keys.numel() == 0:
+                            continue
+                        rows = positions(p, torch.arange(a0, a1 + 1, device=dev), r, A, query=True)
+                        pairs = p.mask(rows[:, None], keys[None, :], n, A) if sel is None else \
+                            p.mask(rows[:, None], keys[None, :], n, A, sel.tensor)
+                        keep = torch.broadcast_to(pairs, (rows.numel(), keys.numel()))
+                        if not keep.any():
+                            continue
+                        at = rows - (n - t)  # rows of q
+                        slots = slots_of(keys, ring)
+                        kt = gather_slots(k_cache, b, slots, page_table)[kv].to(ct)
+                        vt = gather_slots(v_cache, b, slots, page_table)[kv].to(ct)
+                        out[b, h0:h1 + 1, at], lse[b, h0:h1 + 1, at] = fold_tile(
+                            out[b, h0:h1 + 1, at], lse[b, h0:h1 + 1, at], q[b, h0:h1 + 1, at].to(ct), kt, vt, keep,
+                            scale)
     return _finish(q, out, lse)
 
 
 def dense_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, page_table=None,
-                 ring: Optional[Ring] = None) -> tuple:
-    """(out, lse) of the new rows by the definition: every cached key, masked by the whole pattern."""
+                 ring: Optional[Ring] = None, blocks: Optional[torch.Tensor] = None) -> tuple:
+    """(out, lse) of the new rows by the definition: every cached key, masked by the whole pattern
+    (with a selection: head h asks blocks[b, h // (H / Hs)])."""
     B, H, t, D = q.shape
     group = H // k_cache.shape[1]
     out, lse = _empty_state(q)
@@ -100,9 +125,12 @@ def dense_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, p
         spec.check_length(n)
         keys = torch.arange(n, device=dev)
         rows = keys[n - t:]
-        heads = range(H) if spec.num_heads is not None else range(1)
-        keep = torch.stack([torch.broadcast_to(spec.mask_head(h, rows[:, None], keys[None, :], n), (t, n))
-                            for h in heads])  # (H or 1, t, n)
+        sels = {h0: x.tensor for h0, _, x in _selections(spec, blocks, b, n, t, H)} if blocks is not None else None
+        per = H // len(sels) if sels else H
+        heads = range(H) if spec.num_heads is not None or sels else range(1)
+        keep = torch.stack([torch.broadcast_to(
+            spec.mask_head(h, rows[:, None], keys[None, :], n, **({"sel": sels[h // per * per]} if sels else {})),
+            (t, n)) for h in heads])  # (H or 1, t, n)
         slots = slots_of(keys, ring)
         kv = torch.arange(H, device=dev) // group
         kt = gather_slots(k_cache, b, slots, page_table)[kv].to(ct)

@@ -137,6 +137,39 @@ class DecodeChecks:
         return capacity
 
 
+def check_decode_blocks(select: Optional[tuple], blocks, q, k_cache, capacity: int, name: str):
+    """A selection for decode (a pattern with select(k, block=b, qblock=qb)): an int32 tensor
+    (B, Hs, query blocks, k) with Hs in (1, Hkv, Hq), or a Selection, covering the query blocks of
+    every row's new tokens; entries -1 or a key block of the cache.  Returns the tensor."""
+    if select is None:
+        if blocks is not None:
+            raise ValueError(f"pattern {name!r} has no select(...): blocks= is not taken")
+        return None
+    K, block, qblock = select
+    if blocks is None:
+        raise ValueError(f"pattern {name!r} has select({K}, block={block}, qblock={qblock}): decode needs blocks= "
+                         "(an int32 tensor (B, Hs, query blocks, k) or a Selection), the selection of the query "
+                         "blocks the new tokens fall in")
+    t = getattr(blocks, "blocks", blocks)  # a Selection holds its tensor
+    B, Hq = q.shape[:2]
+    Hkv = k_cache.shape[1]
+    heads = tuple(dict.fromkeys((1, Hkv, Hq)))
+    want = f"an int32 tensor of shape ({B}, Hs, query blocks, {K}) with Hs in {heads}"
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int32:
+        raise TypeError(f"blocks must be {want}, got {_describe(t)}")
+    if t.device != q.device:
+        raise ValueError(f"blocks must be on q's device ({q.device}), got {t.device}")
+    if t.dim() != 4 or t.shape[0] != B or t.shape[1] not in heads or t.shape[2] == 0 or t.shape[3] != K:
+        raise ValueError(f"blocks must be {want}, got shape {tuple(t.shape)}")
+    nkb = -(-capacity // block)
+    bad = ((t < -1) | (t >= nkb)).nonzero()  # (decode with a selection walks on the host: no kernel to keep async)
+    if bad.shape[0]:
+        z, h, qb, s = bad[0].tolist()
+        raise ValueError(f"blocks entries must be -1 (an empty slot) or a key block 0..{nkb - 1} of the cache "
+                         f"({capacity} positions, block={block}); got {int(t[z, h, qb, s])} at [{z}, {h}, {qb}, {s}]")
+    return t
+
+
 def _describe(t) -> str:
     if isinstance(t, torch.Tensor):
         return f"{t.dtype} of shape {tuple(t.shape)}"

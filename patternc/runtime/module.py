@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from .decode import dense_decode, walk_decode
-from .decode_inputs import DecodeChecks, Ring, check_lengths
+from .decode_inputs import DecodeChecks, Ring, check_decode_blocks, check_lengths
 from .decode_launch import TritonDecode
 from .context_parallel import cp_attention
 from .cp_layout import layout_positions
@@ -185,22 +185,26 @@ class Compiled:
     # ---- decoding ----------------------------------------------------------------------------
 
     def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor, *,
-               scale: Optional[float] = None, page_table: Optional[torch.Tensor] = None, return_lse: bool = False):
-        """The t newest rows of each batch row against its cache (runtime.decode has the definition)."""
-        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, None, return_lse)
+               scale: Optional[float] = None, page_table: Optional[torch.Tensor] = None, return_lse: bool = False,
+               blocks=None):
+        """The t newest rows of each batch row against its cache (runtime.decode has the definition).
+        A pattern with select(...) takes `blocks`: the selection (B, Hs, query blocks, k), or a
+        Selection, of at least the query blocks that the rows' new tokens fall in."""
+        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, None, return_lse, blocks)
 
     def cache_decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring: Optional[Ring]):
         """decode over a pattern-shaped cache (KVCache): positions map to slots through `ring`."""
-        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False)
-
-    def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool):
         if self.spec.select is not None:
             raise NotImplementedError(
-                f"pattern '{self.spec.name}' has select(...): decoding with a run-time selection is not supported "
-                "yet; run the new tokens through attention(q, k, v, blocks=...) over the cached keys")
+                f"pattern '{self.spec.name}' has select(...): KVCache does not keep a run-time selection yet; "
+                "keep the cache yourself and call decode(q, k_cache, v_cache, cache_seqlens, blocks=...)")
+        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False)
+
+    def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool, blocks=None):
         capacity = self.decode_checks(q, k_cache, v_cache, cache_seqlens, page_table)
+        blocks = check_decode_blocks(self.spec.select, blocks, q, k_cache, capacity, self.spec.name)
         scale = check_scale(scale, q.shape[-1])
-        kernels = self.decoder is not None and _kernels_run_on(q)
+        kernels = self.decoder is not None and _kernels_run_on(q)  # (no decode kernels take a selection yet)
         if not (kernels and cache_seqlens.is_cuda):  # reading lengths on the GPU would synchronise
             check_lengths(cache_seqlens.tolist(), q.shape[2], capacity, ring)
         if kernels:  # the kernels write fresh tensors: nothing for autograd to record
@@ -208,9 +212,11 @@ class Compiled:
         else:
             with torch.no_grad():
                 if self.backend == "reference":
-                    out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+                    out, lse = dense_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring,
+                                            blocks)
                 else:
-                    out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring)
+                    out, lse = walk_decode(self.spec, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring,
+                                           blocks)
         return (out, lse) if return_lse else out
 
 
