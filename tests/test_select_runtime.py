@@ -380,16 +380,38 @@ def test_custom_ops_for_torch_compile():
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_what_a_selection_does_not_combine_with_says_so(backend):
-    """A KVCache and packed/padded calls take no run-time selection yet: one clear error each,
-    naming what to do instead (not a crash inside a kernel, not a silently ignored argument)."""
+    """Packed/padded calls take no run-time selection yet: one clear error, naming what to do
+    instead (not a crash inside a kernel, not a silently ignored argument)."""
     mod = patternc.load("pattern p = causal & (local(8) | select(2, block=16))", backend=backend)
     q = torch.randn(1, 2, 40, 16)
     blocks = torch.zeros(1, 1, 3, 2, dtype=torch.int32)
-    cache = mod.KVCache(1, 2, 16, dtype=torch.float32, device="cpu")
-    with pytest.raises(NotImplementedError, match="KVCache does not keep a run-time selection yet"):
-        cache.attend(q[:, :, -1:], q[:, :, -1:], q[:, :, -1:])
     with pytest.raises(NotImplementedError, match="packed or padded sequences"):
         mod.attention(q, q, q, blocks=blocks, seq_lens=torch.tensor([30], dtype=torch.int32))
+
+
+def test_kv_cache_generation_with_a_selection():
+    """A KVCache of a pattern with select(...) keeps every position (the selection may pick any
+    earlier block) and decodes each step with the selection it is handed: 50 steps of one token,
+    then one of three, each equal to attention's last rows over everything so far."""
+    src = "pattern p = causal & (sink(2) | local(8) | select(2, block=16))"
+    mod, ref = patternc.load(src, backend="triton"), patternc.load(src, backend="reference")
+    B, Hq, Hkv, D, steps = 2, 4, 2, 16, 53
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, h, steps, D, generator=g, dtype=torch.float64) for h in (Hq, Hkv, Hkv))
+    blocks = torch.randint(-1, 4, (B, Hkv, 4, 2), generator=g, dtype=torch.int32)
+    cache = mod.KVCache(B, Hkv, D, dtype=torch.float64, device="cpu")
+    assert not cache.bounded
+    n = 0
+    for t in [1] * 50 + [3]:
+        out = cache.attend(q[:, :, n:n + t], k[:, :, n:n + t], v[:, :, n:n + t], blocks=blocks)
+        n += t
+        nqb = -(-n // 16)
+        sel = torch.where(blocks[:, :, :nqb] * 16 >= n, -1, blocks[:, :, :nqb])  # blocks past n: no keys yet
+        want = ref.attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], blocks=sel)[:, :, n - t:]
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="decode needs blocks="):
+        cache.attend(q[:, :, :1], k[:, :, :1], v[:, :, :1])
+    assert int(cache.seqlens[0]) == n  # the refused call wrote nothing
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference", "flex"])

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .decode_inputs import MAX_DECODE_T, Ring
+from .decode_inputs import MAX_DECODE_T, Ring, check_decode_blocks
 
 GROW_FROM = 256  # slots of an unbounded cache without max_len, doubled when full (decisions.md: kv-cache-layout)
 
@@ -209,15 +209,19 @@ class KVCacheBase:
                              f"{tuple(q.shape)}")
         return t
 
-    def attend(self, q, k_new, v_new, scale: Optional[float] = None) -> torch.Tensor:
+    def attend(self, q, k_new, v_new, scale: Optional[float] = None, *, blocks=None) -> torch.Tensor:
         """Append the t new tokens' keys and values to every row and return their attention output
-        (B, Hq, t, D)."""
+        (B, Hq, t, D).  A pattern with select(...) takes `blocks` as `decode` does (a pattern with a
+        run-time selection can read any earlier key: its cache keeps every position)."""
         t = self._check(q, k_new, v_new)
+        select = self.compiled.spec.select
+        if (select is None) != (blocks is None):  # refused before the new tokens are written
+            check_decode_blocks(select, blocks, q, self.k, 0, self.compiled.spec.name)
         self._make_room(t)
         self._write(range(self._n, self._n + t), k_new, v_new)
         self._n += t
         self.seqlens.fill_(self._n)
-        return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring)
+        return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring, blocks)
 
     def append(self, k_new, v_new, *, prompt: bool = False) -> None:
         """Append t new tokens' keys and values to every row without attending: any t >= 1.  Then
@@ -239,7 +243,7 @@ class KVCacheBase:
         self._n = end
         self.seqlens.fill_(end)
 
-    def decode(self, q, scale: Optional[float] = None) -> torch.Tensor:
+    def decode(self, q, scale: Optional[float] = None, *, blocks=None) -> torch.Tensor:
         """The attention output (B, Hq, t, D) of the t = q.shape[2] newest positions (the last `append`'s
         tokens, t at most what it appended when that was at most MAX_DECODE_T) against what the cache holds."""
         self._check_tensors((("q", q),))
@@ -249,7 +253,7 @@ class KVCacheBase:
         if self.bounded and q.shape[2] > self._chunk:
             raise ValueError(f"decode takes at most {self._chunk} new rows here (the ring's room for new tokens), "
                              f"got t = {q.shape[2]}")
-        return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring)
+        return self.compiled.cache_decode(q, self.k, self.v, self.seqlens, scale, self.page_table, self.ring, blocks)
 
     def memory_bytes(self) -> int:
         """Bytes of device memory the cache holds (keys, values and the page table)."""

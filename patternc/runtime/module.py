@@ -192,13 +192,9 @@ class Compiled:
         Selection, of at least the query blocks that the rows' new tokens fall in."""
         return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, None, return_lse, blocks)
 
-    def cache_decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring: Optional[Ring]):
+    def cache_decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring: Optional[Ring], blocks=None):
         """decode over a pattern-shaped cache (KVCache): positions map to slots through `ring`."""
-        if self.spec.select is not None:
-            raise NotImplementedError(
-                f"pattern '{self.spec.name}' has select(...): KVCache does not keep a run-time selection yet; "
-                "keep the cache yourself and call decode(q, k_cache, v_cache, cache_seqlens, blocks=...)")
-        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False)
+        return self._decode(q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, False, blocks)
 
     def _decode(self, q, k_cache, v_cache, cache_seqlens, scale, page_table, ring, return_lse: bool, blocks=None):
         capacity = self.decode_checks(q, k_cache, v_cache, cache_seqlens, page_table)
