@@ -45,7 +45,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patternc  # noqa: E402
 from patternc.runtime import Selection, config, launch, tma  # noqa: E402
 from patternc.runtime.select_index import INDEX_KEYS, block_means  # noqa: E402

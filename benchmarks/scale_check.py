@@ -8,14 +8,11 @@ the log-sum-exp and the gradients are allocated, which this script reports.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 import triton
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import patternc  # noqa: E402
+import patternc
 
 
 def main():

@@ -40,7 +40,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patternc  # noqa: E402
 from patternc import ir  # noqa: E402
 from patternc.counting import count_nnz, count_rect  # noqa: E402
