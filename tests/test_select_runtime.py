@@ -442,6 +442,25 @@ def test_decode_with_a_selection_is_the_last_rows_of_attention(backend, hs):
             torch.testing.assert_close(out[b:b + 1], want, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_decode_with_a_selection_from_a_paged_cache(backend):
+    """The same step from a cache in shuffled pages of 16 rows: the selection names key blocks by
+    position, and the page table says where each position lives."""
+    from test_decode import paged
+    src = "pattern p = causal & (local(12) | select(2, block=16))"
+    mod = patternc.load(src, backend=backend)
+    B, Hq, Hkv, D, L = 2, 4, 2, 16, 96
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(B, Hq, 2, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, Hkv, L, D, generator=g, dtype=torch.float64) for _ in range(2))
+    blocks = torch.randint(-1, 6, (B, 1, 6, 2), generator=g, dtype=torch.int32)
+    seq = torch.tensor([50, 96], dtype=torch.int32)
+    table = torch.randperm(B * L // 16, generator=g).view(B, -1).to(torch.int32)
+    want = mod.decode(q, k, v, seq, blocks=blocks)
+    got = mod.decode(q, paged(k, table, 16), paged(v, table, 16), seq, page_table=table, blocks=blocks)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_decode_with_a_selection_refuses_bad_blocks():
     mod = patternc.load("pattern p = causal & (local(8) | select(2, block=16))", backend="triton")
     q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 1, 64, 16)
