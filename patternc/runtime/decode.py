@@ -30,7 +30,7 @@ import torch
 
 from .decode_inputs import Ring, gather_slots, slots_of
 from .spec import Pass, Spec
-from .walk import WalkSelection, fold_tile, positions, space_sizes, tile_keys
+from .walk import WalkSelection, fold_tile, positions, space_sizes, tile_keys, tile_pairs
 
 
 def decode_tiles(p: Pass, n: int, t: int, A: dict) -> Iterator[tuple]:
@@ -84,9 +84,10 @@ def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, pa
     for b, n in enumerate(cache_seqlens.tolist()):
         spec.check_length(n)
         A = spec.length_args(n)
+        groups = _selections(spec, blocks, b, n, t, H)
         for case in spec.cases:
             c0, c1 = case.first, H - 1 if case.last is None else case.last
-            for s0, s1, sel in _selections(spec, blocks, b, n, t, H):
+            for s0, s1, sel in groups:
                 h0, h1 = max(c0, s0), min(c1, s1)
                 if h0 > h1:
                     continue
@@ -97,9 +98,7 @@ def walk_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, pa
                         if keys.numel() == 0:
                             continue
                         rows = positions(p, torch.arange(a0, a1 + 1, device=dev), r, A, query=True)
-                        pairs = p.mask(rows[:, None], keys[None, :], n, A) if sel is None else \
-                            p.mask(rows[:, None], keys[None, :], n, A, sel.tensor)
-                        keep = torch.broadcast_to(pairs, (rows.numel(), keys.numel()))
+                        keep = tile_pairs(p, rows, keys, n, A, sel)
                         if not keep.any():
                             continue
                         at = rows - (n - t)  # rows of q
@@ -125,11 +124,10 @@ def dense_decode(spec: Spec, q, k_cache, v_cache, cache_seqlens, scale: float, p
         spec.check_length(n)
         keys = torch.arange(n, device=dev)
         rows = keys[n - t:]
-        sels = {h0: x.tensor for h0, _, x in _selections(spec, blocks, b, n, t, H)} if blocks is not None else None
-        per = H // len(sels) if sels else H
+        sels = None if blocks is None else [x.tensor for _, _, x in _selections(spec, blocks, b, n, t, H)]
         heads = range(H) if spec.num_heads is not None or sels else range(1)
         keep = torch.stack([torch.broadcast_to(
-            spec.mask_head(h, rows[:, None], keys[None, :], n, **({"sel": sels[h // per * per]} if sels else {})),
+            spec.mask_head(h, rows[:, None], keys[None, :], n, **({"sel": sels[h * len(sels) // H]} if sels else {})),
             (t, n)) for h in heads])  # (H or 1, t, n)
         slots = slots_of(keys, ring)
         kv = torch.arange(H, device=dev) // group

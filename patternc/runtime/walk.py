@@ -127,6 +127,14 @@ def query_tiles(p: Pass, n: int, A: dict, tile: int, q_pos: Optional[torch.Tenso
                 yield a0, min(a0 + tile - 1, hi), r, lq, lk
 
 
+def tile_pairs(p: Pass, rows: torch.Tensor, keys: torch.Tensor, n: int, A: dict,
+               sel: Optional[WalkSelection] = None) -> torch.Tensor:
+    """(rows, keys) bool: the pass's mask on one tile (asking `sel` for a selected term)."""
+    pairs = p.mask(rows[:, None], keys[None, :], n, A) if sel is None else \
+        p.mask(rows[:, None], keys[None, :], n, A, sel.tensor)
+    return torch.broadcast_to(pairs, (rows.numel(), keys.numel()))
+
+
 def tile_keys(p: Pass, a0: int, a1: int, r: int, n: int, lq: int, lk: int, A: dict, device,
               sel: Optional[WalkSelection] = None) -> torch.Tensor:
     """Positions of the keys the pass's terms allow query tile [a0, a1] to meet (a superset of its
@@ -192,9 +200,7 @@ def _walk_steps(spec: Spec, n: int, H: int, device, tile: int, q_pos: Optional[t
                 if keys.numel() == 0:
                     continue
                 rows = positions(p, torch.arange(a0, a1 + 1, device=device), r, A, query=True)
-                pairs = p.mask(rows[:, None], keys[None, :], n, A) if sel is None else \
-                    p.mask(rows[:, None], keys[None, :], n, A, sel.tensor)
-                keep = torch.broadcast_to(pairs, (rows.numel(), keys.numel()))
+                keep = tile_pairs(p, rows, keys, n, A, sel)
                 live = keep.any(1)  # rows that take part (rows_mod keeps one row in r)
                 if not live.all():
                     rows, keep = rows[live], keep[live]
